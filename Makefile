@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine with python3: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: env demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash sample_data/demo.sh
+
+test: $(STAMP)
+	$(BIN)/ruff check mlops_cli tests benchmarks sample_data
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check mlops_cli tests benchmarks sample_data
+	$(BIN)/ruff format --check mlops_cli tests benchmarks sample_data
+	$(BIN)/mypy mlops_cli
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,55 @@
+"""The `mlops` command line. Each module here parses one command (group), calls the library, renders, exits.
+
+Nothing here imports pandas, scikit-learn or scipy at module level: `mlops --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlops_cli import __version__
+from mlops_cli.cli import _common, models, register
+
+app = typer.Typer(
+    cls=_common.MlopsGroup,
+    name="mlops",
+    help="Take trained scikit-learn models through their life in production, on local files only.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    registry: Annotated[Path, typer.Option("--registry", envvar="MLOPS_REGISTRY",
+                                           help="Registry directory.")] = Path("registry"),
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Take trained scikit-learn models through their life in production, on local files only.
+
+    Exit codes: 0 success, 1 negative verdict, 2 usage error, 3 input error, 4 registry error, 5 internal error.
+    """
+    _common.session.registry = registry
+    _common.session.debug = debug
+
+
+# The command table: one module per command (group) in this package.
+app.command("register")(register.run)
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:
+    app(prog_name="mlops")

@@ -1,0 +1,166 @@
+"""What every command shares: options, the one error-to-exit-code path, and the one report writer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from mlops_cli.errors import MlopsError
+from mlops_cli.report import Report, envelope
+
+
+@dataclass
+class Session:
+    """Per-invocation state the error path needs: how to report, and the warnings raised so far."""
+
+    registry: Path = Path("registry")
+    debug: bool = False
+    as_json: bool = False
+    quiet: bool = False
+    output: Path | None = None
+    overwrite: bool = False
+    command: str = "mlops"
+    warnings: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+session = Session()
+
+
+def _remember(attribute: str) -> Callable[[Any], Any]:
+    def callback(value: Any) -> Any:
+        setattr(session, attribute, value)
+        session.seen.add(attribute)
+        if attribute in ("output", "overwrite") and {"output", "overwrite"} <= session.seen and session.output:
+            # Typer runs every option's callback before the command: refuse an existing -o FILE before any work.
+            from mlops_cli import io
+
+            io.check_output(session.output, session.overwrite)
+        return value
+
+    return callback
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout instead of tables.",
+                                       callback=_remember("as_json"))]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report to FILE.",
+                                                metavar="FILE", callback=_remember("output"))]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
+                                        callback=_remember("quiet"))]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.",
+                                            callback=_remember("overwrite"))]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail (exit 4) when the model was recorded under "
+                                                          "another scikit-learn version, instead of warning.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="Input format, overriding the extension: "
+                                                                "parquet or csv.")]
+
+
+def registry() -> Any:
+    from mlops_cli.registry import Registry
+
+    return Registry(session.registry)
+
+
+def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
+    """Parse repeated `k=v` options."""
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=what)
+        try:
+            out[key] = convert(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{key}: {value!r} is not a number", param_hint=what) from exc
+    return out
+
+
+def emit(report: Report, render: Callable[[Report, Any], None] | None) -> None:
+    """The one report writer: -o FILE (atomic), --json on stdout, or tables; then exit with the verdict."""
+    from mlops_cli import io
+
+    report.messages.extend(m for m in session.warnings if m not in report.messages)
+    data = report.envelope()
+    if session.output is not None:
+        io.write_json(session.output, data)
+    if session.as_json:
+        sys.stdout.write(io.dumps_json(data))
+    elif not session.quiet and render is not None:
+        from mlops_cli import render as render_lib
+
+        render(report, render_lib.stdout_console())
+    raise typer.Exit(report.exit_code)
+
+
+def _print_error(line: str) -> None:
+    sys.stderr.write(f"error: {line}\n")
+
+
+def _error_report(code: int, message: str) -> None:
+    """With --json, scripts still get an envelope on stdout: status error, the exit code, the message."""
+    if session.as_json:
+        from mlops_cli import io
+
+        sys.stdout.write(io.dumps_json(envelope(session.command, status="error", exit_code=code,
+                                                messages=[message])))
+
+
+def _save_traceback() -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    fd, name = tempfile.mkstemp(prefix=f"mlops-crash-{stamp}-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"mlops {session.command}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    return Path(name)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    text = " ".join(str(message).split())
+    if text in session.warnings:
+        return
+    session.warnings.append(text)
+    if not session.quiet:
+        sys.stderr.write(f"warning: {text}\n")
+
+
+class MlopsGroup(TyperGroup):
+    """Runs every command; the one place where exceptions become exit codes and one-line errors."""
+
+    def invoke(self, ctx: Any) -> Any:
+        if ctx.parent is not None:  # a nested group (`models`): the root already handles everything
+            return super().invoke(ctx)
+        session.__dict__.update(vars(Session()))  # fresh state for each invocation (tests run many in-process)
+        session.command = next(iter(getattr(ctx, "_protected_args", None) or []), "mlops")
+        showwarning = warnings.showwarning
+        warnings.showwarning = _show_warning  # type: ignore[assignment]
+        try:
+            return super().invoke(ctx)
+        except MlopsError as exc:
+            if session.debug:
+                traceback.print_exc()
+            _error_report(exc.exit_code, exc.one_line())
+            _print_error(exc.one_line())
+            raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise  # Typer's own: usage errors (exit 2), --help, explicit exits
+        except Exception as exc:
+            if session.debug:
+                traceback.print_exc()
+            path = _save_traceback()
+            message = f"internal error: {type(exc).__name__}: {exc} (a bug; traceback saved to {path})"
+            _error_report(5, message)
+            _print_error(message)
+            raise typer.Exit(5) from None
+        finally:
+            warnings.showwarning = showwarning

@@ -1,0 +1,326 @@
+"""Tabular I/O for every command: Parquet (a file or a folder of files), CSV and CSV.gz, by extension.
+
+Reads come whole (`read_table`) or streamed in record batches (`iter_batches`) with memory bounded by the
+batch size. Every write is atomic: a temporary file beside the destination, fsync, then `os.replace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from mlops_cli.errors import EmptyInput, MissingFile, OutputExists, UnreadableFile
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+FORMATS = ("parquet", "csv")
+
+
+def detect_format(path: Path, fmt: str | None = None) -> str:
+    """The format of `path`: the --format override, else its extension (a folder means Parquet)."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise UnreadableFile(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+        return fmt
+    name = path.name.lower()
+    if name.endswith(".parquet") or path.is_dir():
+        return "parquet"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    raise UnreadableFile(
+        f"{path}: unknown file type", "use .parquet, a folder of .parquet files, .csv or .csv.gz, or pass --format"
+    )
+
+
+def _files(path: Path) -> list[Path]:
+    """The data files behind `path`: itself, or the Parquet files of a folder in name order."""
+    if not path.exists():
+        raise MissingFile(f"{path}: no such file or folder", "check the path")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+        if not files:
+            raise EmptyInput(f"{path}: folder holds no .parquet files", "point at a Parquet file or a folder of them")
+        return files
+    if path.stat().st_size == 0:
+        raise EmptyInput(f"{path}: file is empty", "check that the job that writes it finished")
+    return [path]
+
+
+def _open_parquet(file: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # pre_buffer=False: with pre-buffering, read-ahead buffers stay alive across iter_batches and memory
+        # grows with the file size instead of the batch size.
+        return pq.ParquetFile(file, pre_buffer=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFile(f"{file}: not a readable Parquet file ({_first_line(exc)})", "re-create the file") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[str] | None) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    convert = pacsv.ConvertOptions(column_types=column_types or {}, include_columns=columns or [],
+                                   strings_can_be_null=True)
+    try:
+        return pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
+
+
+def schema(path: Path, fmt: str | None = None) -> pa.Schema:
+    """The Arrow schema of the data at `path`, read without loading the rows (CSV: from its first block)."""
+    file = _files(path)[0]
+    if detect_format(path, fmt) == "parquet":
+        return _open_parquet(file).schema_arrow
+    return _csv_reader(file, None, None).schema
+
+
+def iter_batches(
+    path: Path,
+    *,
+    batch_size: int = 100_000,
+    columns: list[str] | None = None,
+    column_types: dict[str, Any] | None = None,
+    fmt: str | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of at most `batch_size` rows. Memory is bounded by the batch, not the file."""
+    import pyarrow as pa
+
+    kind = detect_format(path, fmt)
+    for file in _files(path):
+        try:
+            if kind == "parquet":
+                pf = _open_parquet(file)
+                cols = [c for c in columns if c in pf.schema_arrow.names] if columns is not None else None
+                yield from pf.iter_batches(batch_size=batch_size, columns=cols)
+            else:
+                yield from _rebatch(_csv_reader(file, column_types, columns), batch_size)
+        except pa.ArrowException as exc:
+            raise UnreadableFile(f"{file}: cannot read ({_first_line(exc)})", "check the file") from exc
+
+
+def _rebatch(reader: Any, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """CSV blocks are sized in bytes; cut them into batches of exactly `batch_size` rows (the last may be short)."""
+    import pyarrow as pa
+
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield from table.slice(0, batch_size).combine_chunks().to_batches()
+            rest = table.slice(batch_size)
+            pending, rows = rest.combine_chunks().to_batches(), rest.num_rows
+    if rows:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+
+
+def read_table(
+    path: Path, *, columns: list[str] | None = None, fmt: str | None = None, allow_empty: bool = False
+) -> pd.DataFrame:
+    """Read the whole file into a DataFrame (Arrow strings become Python objects, as scikit-learn expects)."""
+    import pyarrow as pa
+
+    batches = list(iter_batches(path, batch_size=1 << 20, columns=columns, fmt=fmt))
+    if batches:
+        table = pa.Table.from_batches(batches)
+    else:
+        table = schema(path, fmt).empty_table()
+        if columns is not None:
+            table = table.select([c for c in columns if c in table.column_names])
+    if table.num_rows == 0 and not allow_empty:
+        raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
+    return to_pandas(table)
+
+
+def to_pandas(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+    """One Arrow-to-pandas conversion for the whole tool: strings as object columns, nullable ints as floats."""
+    import pandas as pd
+
+    # ignore_metadata: pandas' own metadata would bring back nullable extension types (Int8) that sklearn dislikes.
+    frame = data.to_pandas(ignore_metadata=True)
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.StringDtype):
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def fingerprint(path: Path, rows: int | None = None) -> dict[str, Any]:
+    """sha256 of the file (or of a folder's files, in name order), its size and row count: the lineage record."""
+    files = _files(path)
+    digest = hashlib.sha256()
+    size = 0
+    for file in files:
+        if len(files) > 1:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        size += file.stat().st_size
+    if rows is None and detect_format(path) == "parquet":
+        rows = sum(_open_parquet(f).metadata.num_rows for f in files)
+    return {"path": str(path), "sha256": digest.hexdigest(), "bytes": size, "rows": rows}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists (without --overwrite) or whose folder is missing."""
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists", "pass --overwrite to replace it, or choose another path")
+    if not path.parent.is_dir():
+        raise MissingFile(f"{path.parent}: output folder does not exist", "create it first")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` whole, on failure it is removed."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with tmp.open("rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` whole or not at all."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        write(fh)
+
+
+def dumps_json(obj: Any) -> str:
+    """Strict JSON: keys sorted, NaN and Inf as null, numpy scalars and paths as plain values."""
+    return json.dumps(_plain(obj), sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = dumps_json(obj).encode()
+    write_atomic(path, lambda fh: fh.write(text))
+
+
+def _plain(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [_plain(v) for v in items]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalar
+        return _plain(obj.item())
+    if hasattr(obj, "tolist"):  # numpy array
+        return _plain(obj.tolist())
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return str(obj)
+
+
+def write_table(path: Path, frame: pd.DataFrame, fmt: str | None = None) -> None:
+    """Write a DataFrame atomically as Parquet or CSV (by extension)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with TableWriter(path, table.schema, fmt=fmt) as writer:
+        writer.write(table)
+
+
+class TableWriter:
+    """Incremental, atomic table writer: batches go to a temporary file that replaces `path` only on close.
+
+    Used as a context manager; leaving it with an exception (or a kill) never touches `path`.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None) -> None:
+        self.path = path
+        self.schema = schema
+        self.format = detect_format(path, fmt)
+        self._atomic = atomic_path(path)
+        self._writer: Any = None
+        self._stream: Any = None
+
+    def __enter__(self) -> TableWriter:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        tmp = self._atomic.__enter__()
+        if self.format == "parquet":
+            self._writer = pq.ParquetWriter(tmp, self.schema)
+        else:
+            compression = "gzip" if self.path.name.lower().endswith(".gz") else None
+            self._stream = pa.CompressedOutputStream(str(tmp), compression) if compression else pa.OSFile(str(tmp), "wb")
+            self._writer = pacsv.CSVWriter(self._stream, self.schema)
+        return self
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        import pyarrow as pa
+
+        if isinstance(data, pa.RecordBatch):
+            self._writer.write_batch(data)
+        else:
+            self._writer.write_table(data)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._writer.close()
+            if self._stream is not None:
+                self._stream.close()
+        except BaseException as close_error:
+            # A file that failed to close is incomplete: discard it like any other failure.
+            if exc is None:
+                exc_type, exc, tb = type(close_error), close_error, close_error.__traceback__
+            self._atomic.__exit__(exc_type, exc, tb)
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)

@@ -1,0 +1,171 @@
+"""Every table and line a person reads. The only module that imports rich's renderables.
+
+Each `render_*` takes a Report and a Console and prints; tests render against a fixed-width Console.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mlops_cli.report import Report
+
+OK, BAD, WARN, SKIP = "✓", "✗", "!", "–"
+STATUS_STYLE = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "dim", "error": "red"}
+
+
+def stdout_console() -> Console:
+    """Colour only on a terminal (rich also honours NO_COLOR); a wide fixed width for logs and pipes."""
+    terminal = sys.stdout.isatty()
+    return Console(file=sys.stdout, width=None if terminal else int(os.environ.get("COLUMNS", 120)),
+                   no_color=not terminal or "NO_COLOR" in os.environ, highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, stderr=True, highlight=False)
+
+
+def progress(*, quiet: bool = False, total: float | None = None) -> Any:
+    """A progress bar on stderr, shown only when stderr is a terminal, so logs and `--json | jq` stay clean."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = stderr_console()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=quiet or not console.is_terminal, transient=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def metric_ci(entry: dict[str, Any]) -> str:
+    return f"{fmt(entry['value'])}  [{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]"
+
+
+def _messages(report: Report, console: Console) -> None:
+    for message in report.messages:
+        console.print(f"[yellow]{WARN}[/] {message}", markup=True)
+
+
+# --- registry ------------------------------------------------------------------------------------------------
+
+
+def render_register(report: Report, console: Console) -> None:
+    r = report.results
+    verb = "registered" if r["created"] else "already registered (same artifact sha256) as"
+    console.print(f"[bold]{verb} {r['ref']}[/]  {r['estimator_class']} ({r['task']})  sha256 {r['sha256'][:12]}")
+    if r.get("alias"):
+        console.print(f"alias {r['alias']} → {r['version']}")
+    if r.get("eval_metrics"):
+        _metrics_table(r["eval_metrics"], console, title="test metrics (95% bootstrap CI)")
+    _messages(report, console)
+
+
+def _metrics_table(eval_metrics: dict[str, Any], console: Console, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name, entry in eval_metrics.items():
+        table.add_row(name, fmt(entry["value"]), f"[{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]")
+    console.print(table)
+
+
+def render_models_list(report: Report, console: Console) -> None:
+    r = report.results
+    if "models" in r:
+        table = Table(title=f"models in {r['registry']}", title_justify="left")
+        for column in ("name", "versions", "latest", "aliases", "updated"):
+            table.add_column(column)
+        for m in r["models"]:
+            aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
+            table.add_row(m["name"], str(m["versions"]), m["latest"], aliases, m["updated"])
+        console.print(table if r["models"] else f"no models in {r['registry']}")
+        return
+    table = Table(title=f"{r['name']} versions", title_justify="left")
+    for column in ("version", "created (UTC)", "estimator", "sha256", "aliases", "description"):
+        table.add_column(column)
+    for v in r["versions"]:
+        table.add_row(v["version"], v["created_at"], v["estimator_class"].rsplit(".", 1)[-1], v["sha256"][:12],
+                      ", ".join(v["aliases"]), v["description"] or "")
+    console.print(table)
+
+
+def render_manifest(report: Report, console: Console) -> None:
+    m = report.results["manifest"]
+    aliases = ", ".join(report.results["aliases"]) or "none"
+    console.print(f"[bold]{m['name']}:{m['version']}[/]  {m['estimator_class']} ({m['task']})  aliases: {aliases}")
+    console.print(f"registered {m['created_at']} by {m['registered_by']['user']}@{m['registered_by']['host']}"
+                  f"  integrity: {'verified' if report.results['verified'] else 'NOT verified'}")
+    if m.get("description"):
+        console.print(m["description"])
+    info = Table(show_header=False, box=None)
+    info.add_column(style="bold")
+    info.add_column()
+    git = (m.get("lineage") or {}).get("git")
+    info.add_row("artifact", f"{m['files']['model.joblib']['sha256']}  ({fmt(m['files']['model.joblib']['bytes'])} bytes)")
+    info.add_row("classes", fmt(m.get("classes")))
+    info.add_row("target", fmt(m.get("target")))
+    if m.get("training_data"):
+        td = m["training_data"]
+        info.add_row("training data", f"{td['path']}  {fmt(td['rows'])} rows  sha256 {td['sha256'][:12]}")
+    info.add_row("git", f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git else "–")
+    info.add_row("libraries", "  ".join(f"{k} {v}" for k, v in m["libraries"].items()))
+    contract = m["input_contract"]
+    info.add_row("accepts", f"missing values: {fmt(contract['accepts_missing'])}, "
+                            f"unseen categories: {fmt(contract['accepts_unseen'])}")
+    for key in ("params", "tags", "metrics"):
+        if m.get(key):
+            info.add_row(key, "  ".join(f"{k}={fmt(v)}" for k, v in m[key].items()))
+    console.print(info)
+    if m.get("features"):
+        table = Table(title="input schema", title_justify="left")
+        for column in ("feature", "kind", "dtype", "range / categories", "missing"):
+            table.add_column(column)
+        for f in m["features"]:
+            if f.get("kind") == "numeric":
+                detail = f"[{fmt(f.get('min'))}, {fmt(f.get('max'))}]"
+            elif f.get("kind") == "categorical":
+                cats = f.get("categories") or []
+                detail = f"{f.get('n_categories')} categories" + (f": {', '.join(cats[:6])}{'…' if len(cats) > 6 else ''}" if cats else "")
+            else:
+                detail = ""
+            share = f.get("missing_share")
+            table.add_row(f["name"], f.get("kind", "?"), f.get("dtype", "?"), detail,
+                          f"{share:.1%}" if share is not None else "–")
+        console.print(table)
+    if m.get("eval_metrics"):
+        _metrics_table(m["eval_metrics"], console, title=f"test metrics on {m['eval_data']['path']} "
+                                                          f"({fmt(m['eval_data']['rows'])} rows, 95% bootstrap CI)")
+
+
+def render_alias_move(report: Report, console: Console) -> None:
+    r = report.results
+    console.print(f"{r['name']}@{r['alias']}: {r['from'] or 'unset'} → {r['to']}")
+
+
+def render_history(report: Report, console: Console) -> None:
+    table = Table(title=f"{report.results['name']} history", title_justify="left")
+    for column in ("time (UTC)", "event", "version / alias", "user", "reason"):
+        table.add_column(column)
+    for e in report.results["events"]:
+        if "alias" in e and e.get("alias"):
+            what = f"{e['alias']}: {e.get('from') or 'unset'} → {e.get('to')}"
+        else:
+            what = str(e.get("version", ""))
+        table.add_row(e["time"], e["event"], what, f"{e.get('user')}@{e.get('host')}", e.get("reason") or "")
+    console.print(table)

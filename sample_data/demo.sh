@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The end-to-end demo on sample_data/ (`make demo` runs it with the project's virtual environment on PATH).
+# Everything it writes goes to build/demo/, starting fresh each time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=build/demo
+rm -rf "$OUT" && mkdir -p "$OUT"
+export MLOPS_REGISTRY="$OUT/registry"
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+# --- registry: train, register with training and evaluation data, promote, register v2, roll back ---
+step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib"
+step mlops register "$OUT/flights-v1.joblib" --name flights --train-data sample_data/reference.parquet \
+    --target delayed --eval-data sample_data/current.parquet --description "HistGradientBoosting, Jan-Apr 2013"
+step mlops models list
+step mlops models show flights:1
+step mlops models promote flights:1 production --reason "first release"
+step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v2.joblib" --max-iter 60
+step mlops register "$OUT/flights-v2.joblib" --name flights --train-data sample_data/reference.parquet \
+    --target delayed --eval-data sample_data/current.parquet --description "fewer rounds"
+step mlops models promote flights:2 production --reason "smaller model"
+step mlops models rollback flights --reason "demo: roll back to v1"
+step mlops models history flights
+
+# --- release gates (smoke-test, checklist) ---
+
+# --- batch scoring (score-batch) ---
+
+# --- drift (drift-report) ---
+
+# --- A/B decision (abtest) ---
+
+# --- retraining (retrain) ---
+
+printf '\nDemo finished. Registry: %s\n' "$MLOPS_REGISTRY"
