@@ -130,3 +130,26 @@ def evaluate(scorer: Scorer, *, n_boot: int = 1000, seed: int = 0, confidence: f
     """Every metric of `scorer` with a bootstrap confidence interval."""
     replicates = [scorer.compute(w) for w in bootstrap_weights(scorer.n, n_boot, seed)]
     return with_ci(scorer.compute(), replicates, confidence)
+
+
+def paired_bootstrap(baseline: Scorer, candidate: Scorer, metric: str, *, n_boot: int = 1000, seed: int = 0,
+                     confidence: float = 0.95) -> dict[str, float]:
+    """`candidate - baseline` in `metric` on the same rows, both resampled with the same weights.
+
+    The p-value is two-sided: how often the resampled difference falls on the other side of zero, doubled
+    ((count + 1) / (n_boot + 1) so it is never exactly 0).
+    """
+    if baseline.n != candidate.n:
+        raise ValueError("a paired comparison needs the same rows for both models")
+    diffs = []
+    for w in bootstrap_weights(baseline.n, n_boot, seed):
+        diffs.append(candidate.compute(w)[metric] - baseline.compute(w)[metric])
+    draws = np.array(diffs)
+    draws = draws[np.isfinite(draws)]
+    alpha = (1 - confidence) / 2
+    point = candidate.compute()[metric] - baseline.compute()[metric]
+    low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    below, above = (draws <= 0).sum(), (draws >= 0).sum()
+    p_value = min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1)) if len(draws) else float("nan")
+    return {"difference": float(point), "ci_low": float(low), "ci_high": float(high), "p_value": float(p_value),
+            "n_boot": n_boot}
