@@ -80,7 +80,8 @@ def _metrics_table(eval_metrics: dict[str, Any], console: Console, title: str) -
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
-    for name, entry in eval_metrics.items():
+    # Overall metrics first, then per-class ones grouped by class (JSON round-trips sort the keys alphabetically).
+    for name, entry in sorted(eval_metrics.items(), key=lambda kv: ("[" in kv[0], kv[0].split("[")[-1], kv[0])):
         table.add_row(name, fmt(entry["value"]), f"[{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]")
     console.print(table)
 

@@ -16,7 +16,6 @@ from mlops_cli.cli import _common, models, register
 app = typer.Typer(
     cls=_common.MlopsGroup,
     name="mlops",
-    help="Take trained scikit-learn models through their life in production, on local files only.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
