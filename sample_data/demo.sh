@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 OUT=build/demo
 rm -rf "$OUT" && mkdir -p "$OUT"
 export MLOPS_REGISTRY="$OUT/registry"
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$' "$bold"; printf ' %q' "$@"; printf '%s\n' "$plain"; "$@"; }
 
 # --- registry: train, register with training and evaluation data, promote, register v2, roll back ---
 step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib"
