@@ -185,3 +185,57 @@ def render_history(report: Report, console: Console) -> None:
 
 
 # --- retrain --------------------------------------------------------------------------------------------------
+
+
+_DECISIONS = {
+    "no_trigger": ("green", "no trigger fired; the champion stays"),
+    "check_only": ("yellow", "triggers fired (--check-only: nothing trained)"),
+    "registered": ("green", "the challenger won and was registered (--no-promote)"),
+    "promoted": ("green", "the challenger won and was promoted"),
+    "rejected": ("red", "the challenger did not win; the champion stays"),
+    "rejected_by_gates": ("red", "the challenger won but failed smoke-test/checklist; the champion stays"),
+    "rolled_back": ("red", "promoted, then a check failed: rolled back"),
+}
+
+
+def render_retrain(report: Report, console: Console) -> None:
+    job = report.results["job"]
+    table = Table(title=f"retrain {job['name']} (job {job['id']})", title_justify="left")
+    for column in ("trigger", "fired", "evidence"):
+        table.add_column(column)
+    for name, result in job["triggers"].items():
+        if not result["evaluated"]:
+            table.add_row(name, SKIP, "not evaluated")
+            continue
+        evidence = {k: v for k, v in result.items() if k not in ("evaluated", "fired")}
+        table.add_row(name, f"[red]{OK}[/]" if result["fired"] else "–",
+                      "  ".join(f"{k}={fmt(v)}" for k, v in evidence.items()))
+    console.print(table)
+    if job.get("comparison"):
+        c = job["comparison"]
+        console.print(f"champion {job['champion']['version']} vs challenger {job['challenger']['version']} on "
+                      f"{fmt(job['challenger']['split']['holdout_rows'])} holdout rows: {c['metric']} difference "
+                      f"{fmt(c['difference'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}], p={fmt(c['p_value'])}"
+                      f" → {c['verdict']}")
+    if job.get("guardrails"):
+        for check in job["guardrails"]["checks"]:
+            mark = f"[green]{OK}[/]" if check["passed"] else f"[red]{BAD}[/]"
+            console.print(f"  {mark} guardrail {check['id']}: champion {fmt(check['champion'])}, "
+                          f"challenger {fmt(check['challenger'])}")
+    for gate, status in (job.get("gates") or {}).items():
+        console.print(f"  {OK if status == 'pass' else BAD} {gate}: {status}")
+    style, text = _DECISIONS.get(job["decision"], ("red", job["status"]))
+    console.print(f"[bold {style}]{text}[/]" + (f"  ({job['error']})" if job.get("error") else ""))
+    _messages(report, console)
+
+
+def render_retrain_history(report: Report, console: Console) -> None:
+    table = Table(title=f"{report.results['name']} retrain jobs", title_justify="left")
+    for column in ("job", "started (UTC)", "status", "fired", "champion", "challenger", "decision / error"):
+        table.add_column(column)
+    for job in report.results["jobs"]:
+        style = "red" if job["status"] in ("failed", "killed", "rejected", "rolled_back") else ""
+        table.add_row(job["id"], job["started_at"], f"[{style}]{job['status']}[/]" if style else job["status"],
+                      ", ".join(job["fired"]) or "–", (job.get("champion") or {}).get("version", "–"),
+                      (job.get("challenger") or {}).get("version", "–"), job.get("error") or job.get("decision") or "")
+    console.print(table if report.results["jobs"] else f"no retrain jobs for {report.results['name']}")

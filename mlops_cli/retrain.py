@@ -1,0 +1,489 @@
+"""Retrain when a trigger fires, promote only a proven winner, roll back on failure.
+
+One run is a job with a record in the registry (`<registry>/<name>/jobs/<id>.json`), rewritten atomically at
+every phase, so a crashed or killed run shows as such and never as a success:
+
+    triggers ─▶ split (out of time) ─▶ train ─▶ register challenger ─▶ paired comparison on the holdout
+      ─▶ guardrails ─▶ smoke-test + checklist ─▶ move the alias ─▶ verify through the alias (else roll back)
+
+It builds on the other commands' library functions instead of repeating them: `drift.drift_for_model` for the
+drift trigger, `abtest.compare_models` for the gate, `gates.smoke_test` and `gates.checklist` before promotion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops_cli import io
+from mlops_cli.errors import InputError, SchemaMismatch
+from mlops_cli.registry import Registry, RegisterOptions, Version, register
+from mlops_cli.report import Report, utc_now
+
+TRIGGERS = ("auto", "drift", "performance", "schedule", "manual")
+
+
+class TrainingFailed(InputError):
+    """The training function raised or returned something that cannot predict."""
+
+
+@dataclass
+class RetrainOptions:
+    data: Path
+    target: str
+    champion_alias: str = "production"
+    trigger: str = "auto"
+    reason: str | None = None
+    check_only: bool = False
+    time_column: str | None = None
+    holdout_fraction: float = 0.2
+    holdout: Path | None = None
+    include_reference: bool = False
+    window_days: int | None = None
+    train_fn: str | None = None
+    metric: str | None = None
+    min_improvement: float = 0.0
+    max_age_days: float | None = None
+    max_drop: float = 0.0
+    max_recall_drop: float = 0.05
+    max_latency_ratio: float = 2.0
+    alpha: float = 0.05
+    promote: bool = True
+    n_boot: int = 1000
+    seed: int = 0
+
+
+# --- the job record ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What one retrain run did, kept in the registry. `status` is final only when `finished_at` is set."""
+
+    id: str
+    name: str
+    started_at: str
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+    status: str = "running"
+    phase: str = "starting"
+    options: dict[str, Any] = field(default_factory=dict)
+    triggers: dict[str, Any] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+    champion: dict[str, Any] | None = None
+    challenger: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
+    guardrails: dict[str, Any] | None = None
+    gates: dict[str, Any] = field(default_factory=dict)
+    decision: str | None = None
+    error: str | None = None
+    finished_at: str | None = None
+
+
+def jobs_dir(registry: Registry, name: str) -> Path:
+    return registry.root / name / "jobs"
+
+
+def _save(registry: Registry, job: Job) -> None:
+    path = jobs_dir(registry, job.name)
+    path.mkdir(parents=True, exist_ok=True)
+    io.write_json(path / f"{job.id}.json", asdict(job))
+
+
+def history(registry: Registry, name: str) -> list[dict[str, Any]]:
+    """Every job record of `name`, oldest first; a run whose process is gone without finishing shows as killed."""
+    import json
+
+    registry.versions(name)  # ModelNotFound for an unknown name
+    records = []
+    for path in sorted(jobs_dir(registry, name).glob("*.json")):
+        with contextlib.suppress(ValueError, OSError):
+            records.append(json.loads(path.read_text()))
+    for record in records:
+        if record["finished_at"] is None and not _alive(record):
+            record["status"] = "killed"
+    return sorted(records, key=lambda r: r["started_at"])
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    if record.get("host") != socket.gethostname():
+        return True  # cannot tell from here; shown as running
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover_killed_promotions(registry: Registry, name: str, alias: str) -> list[str]:
+    """A run killed between moving the alias and confirming it left an unproven model live: put the old one back."""
+    messages = []
+    for record in history(registry, name):
+        if record["status"] == "killed" and record["phase"] == "verifying" and not record.get("recovered"):
+            promoted = (record.get("challenger") or {}).get("version")
+            if registry.aliases(name).get(alias) == promoted:
+                registry.rollback(name, alias, reason=f"retrain job {record['id']} was killed after promotion")
+                messages.append(f"rolled {name}@{alias} back: job {record['id']} died after promoting {promoted}")
+            record["recovered"] = True
+            io.write_json(jobs_dir(registry, name) / f"{record['id']}.json", record)
+    return messages
+
+
+# --- triggers ------------------------------------------------------------------------------------------------
+
+
+def _metric_key(metric: str | None, task: str) -> str:
+    from mlops_cli.abtest import metric_key
+
+    return metric_key(metric, task)
+
+
+def _evaluate_triggers(registry: Registry, champion: Version, estimator: Any, frame: Any,
+                       options: RetrainOptions) -> dict[str, dict[str, Any]]:
+    wanted = {"auto": ("performance", "drift", "schedule")}.get(options.trigger, (options.trigger,))
+    out: dict[str, dict[str, Any]] = {}
+    for trigger in ("performance", "drift", "schedule", "manual"):
+        if trigger not in wanted:
+            out[trigger] = {"evaluated": False, "fired": False}
+            continue
+        out[trigger] = {"evaluated": True, **_TRIGGERS[trigger](registry, champion, estimator, frame, options)}
+    return out
+
+
+def _performance(registry: Registry, champion: Version, estimator: Any, frame: Any,
+                 options: RetrainOptions) -> dict[str, Any]:
+    from mlops_cli import metrics
+
+    key = _metric_key(options.metric, champion.manifest["task"])
+    recorded = ((champion.manifest.get("eval_metrics") or {}).get(key) or {}).get("value")
+    if recorded is None:
+        return {"fired": False, "detail": f"{champion.ref} has no recorded eval {key}; register with --eval-data"}
+    scorer = _scorer(champion, estimator, frame, options.target)
+    now = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)[key]
+    # Fire only when the whole CI lies beyond the allowed drop: noise alone does not retrain.
+    if metrics.higher_is_better(key):
+        fired = now["ci_high"] < recorded - options.max_drop
+    else:
+        fired = now["ci_low"] > recorded + options.max_drop
+    return {"fired": bool(fired), "metric": key, "recorded": recorded, "current": now["value"],
+            "ci_low": now["ci_low"], "ci_high": now["ci_high"], "max_drop": options.max_drop,
+            "rows": scorer.n}
+
+
+def _drift(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+    from mlops_cli import drift
+
+    features = [f["name"] for f in champion.manifest["features"]]
+    summary = drift.drift_for_model(registry, champion, frame[features]).results["summary"]
+    return {"fired": summary["verdict"] == "drift", "verdict": summary["verdict"],
+            "drifted_share": summary.get("drifted_share"),
+            "weighted_drifted_share": summary.get("weighted_drifted_share")}
+
+
+def _schedule(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+    created = dt.datetime.fromisoformat(champion.manifest["created_at"].replace("Z", "+00:00"))
+    age_days = (dt.datetime.now(dt.UTC) - created).total_seconds() / 86400
+    if options.max_age_days is None:
+        return {"fired": False, "age_days": age_days, "detail": "no --max-age-days given"}
+    return {"fired": age_days > options.max_age_days, "age_days": age_days, "max_age_days": options.max_age_days}
+
+
+def _manual(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+    return {"fired": True, "reason": options.reason}
+
+
+_TRIGGERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "performance": _performance, "drift": _drift, "schedule": _schedule, "manual": _manual}
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+
+def _labelled(frame: Any, target: str, where: Path) -> Any:
+    if target not in frame.columns:
+        raise SchemaMismatch(f"{where}: no target column {target!r}", "pass --target with the label column")
+    labelled = frame[frame[target].notna()]
+    if labelled.empty:
+        raise SchemaMismatch(f"{where}: every {target!r} value is missing", "retraining needs labelled rows")
+    return labelled
+
+
+def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any]]:
+    """Out-of-time split: the latest --holdout-fraction by --time-column, or --holdout. Never train on the holdout."""
+    import pandas as pd
+
+    if options.holdout is not None:
+        holdout = _labelled(io.read_table(options.holdout), options.target, options.holdout)
+        train, info = frame, {"holdout": io.fingerprint(options.holdout, rows=len(holdout))}
+    else:
+        column = options.time_column
+        if column not in frame.columns:
+            raise SchemaMismatch(f"{options.data}: no time column {column!r}", "pass --time-column or --holdout")
+        times = pd.to_datetime(frame[column])
+        cutoff = times.quantile(1 - options.holdout_fraction)
+        train, holdout = frame[times < cutoff], frame[times >= cutoff]
+        info = {"time_column": column, "cutoff": str(cutoff), "holdout_fraction": options.holdout_fraction}
+    if options.window_days is not None:
+        if options.time_column is None:
+            raise SchemaMismatch("--window-days needs --time-column", "name the time column")
+        times = pd.to_datetime(train[options.time_column])
+        start = times.max() - pd.Timedelta(days=options.window_days)
+        train = train[times >= start]
+        info["window_start"] = str(start)
+    if train.empty or holdout.empty:
+        raise SchemaMismatch(f"the split left {len(train)} training and {len(holdout)} holdout rows",
+                             "pass more data, or change --holdout-fraction / --window-days")
+    return train, holdout, {**info, "train_rows": len(train), "holdout_rows": len(holdout)}
+
+
+def _scorer(version: Version, estimator: Any, frame: Any, target: str) -> Any:
+    from mlops_cli import metrics
+    from mlops_cli import model as model_lib
+    from mlops_cli.registry import _align_labels
+
+    features = [f["name"] for f in version.manifest["features"]]
+    task, classes = version.manifest["task"], version.manifest["classes"]
+    predictions = model_lib.predict_frame(estimator, frame[features], task=task, classes=classes)
+    y = frame[target].to_numpy()
+    if task == "classifier":
+        y = _align_labels(y, classes)
+        return metrics.Scorer(task, y, predictions["prediction"].to_numpy(),
+                              model_lib.proba_matrix(predictions, classes), classes)
+    return metrics.Scorer(task, y, predictions["prediction"].to_numpy())
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def load_train_fn(spec: str) -> Callable[[Any, str], Any]:
+    """`package.module:function`, imported with the working directory on sys.path (like `python -m`)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise TrainingFailed(f"--train-fn {spec!r} is not of the form package.module:function",
+                             "e.g. --train-fn mypkg.training:fit")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise TrainingFailed(f"cannot import --train-fn {spec!r} ({exc})", "check the module path") from exc
+    if not callable(fn):
+        raise TrainingFailed(f"--train-fn {spec!r} is not callable", "point at a function")
+    return fn
+
+
+def _train(champion_estimator: Any, train: Any, features: list[str], options: RetrainOptions) -> Any:
+    from sklearn.base import clone
+
+    if options.train_fn:
+        fn = load_train_fn(options.train_fn)
+        try:
+            estimator = fn(train.copy(), options.target)
+        except Exception as exc:  # the user's code: any failure is a failed training, reported in one line
+            raise TrainingFailed(f"--train-fn {options.train_fn} raised {type(exc).__name__}: {exc}",
+                                 "fix the training function; the registry was not changed") from exc
+        if not hasattr(estimator, "predict"):
+            raise TrainingFailed(f"--train-fn {options.train_fn} returned {type(estimator).__name__}, not an estimator",
+                                 "return the fitted estimator")
+        return estimator
+    from mlops_cli.registry import _align_labels
+
+    # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
+    classes = getattr(champion_estimator, "classes_", None)
+    y = train[options.target].to_numpy()
+    y = _align_labels(y, [c.item() if hasattr(c, "item") else c for c in classes]) if classes is not None else y
+    try:
+        return clone(champion_estimator).fit(train[features], y)
+    except Exception as exc:
+        raise TrainingFailed(f"refitting the champion's estimator failed ({type(exc).__name__}: {exc})",
+                             "use --train-fn for a custom pipeline") from exc
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+def _after_promotion(registry: Registry, name: str, alias: str, expected: Version, holdout: Any,
+                     features: list[str]) -> None:
+    """Check the live alias end to end: it resolves to the challenger, verifies, loads and predicts."""
+    from mlops_cli import model as model_lib
+
+    estimator, live = registry.load_model(f"{name}@{alias}")
+    if live.version != expected.version:
+        raise RuntimeError(f"{name}@{alias} points at {live.version}, expected {expected.version}")
+    model_lib.predict_frame(estimator, holdout[features].head(100), task=live.manifest["task"],
+                            classes=live.manifest["classes"])
+
+
+@contextlib.contextmanager
+def _temporary_tables(**frames: Any) -> Iterator[dict[str, Path]]:
+    with tempfile.TemporaryDirectory(prefix="mlops-retrain-") as tmp:
+        paths = {}
+        for key, frame in frames.items():
+            paths[key] = Path(tmp) / f"{key}.parquet"
+            io.write_table(paths[key], frame.reset_index(drop=True))
+        yield paths
+
+
+def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
+    """One retraining job for `name`. Raises MlopsError for errors; the Report's verdict covers the rest."""
+    if options.trigger not in TRIGGERS:
+        raise InputError(f"unknown trigger {options.trigger!r}", f"use one of {', '.join(TRIGGERS)}")
+    champion = registry.resolve(f"{name}@{options.champion_alias}")
+    job = Job(id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", name=name,
+              started_at=utc_now(), options={k: str(v) if isinstance(v, Path) else v
+                                             for k, v in asdict(options).items()})
+    report = Report("retrain", model=champion.summary())
+    report.messages += _recover_killed_promotions(registry, name, options.champion_alias)
+    _save(registry, job)
+    try:
+        _run(registry, champion, job, options, report)
+        job.status = job.decision or "done"
+    except BaseException as exc:
+        job.status = "failed"
+        job.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        job.finished_at = utc_now()
+        _save(registry, job)
+        report.results = {"job": asdict(job)}
+    return report
+
+
+def _run(registry: Registry, champion: Version, job: Job, options: RetrainOptions, report: Report) -> None:
+    from mlops_cli import abtest, gates
+
+    started = time.perf_counter()
+    estimator, champion = registry.load_model(champion)
+    job.champion = {"version": champion.version, "sha256": champion.summary()["sha256"]}
+    frame = _labelled(io.read_table(options.data), options.target, options.data)
+    report.inputs.append(io.fingerprint(options.data, rows=len(frame)))
+    features = [f["name"] for f in champion.manifest["features"]]
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise SchemaMismatch(f"{options.data}: lacks the champion's feature columns {missing}",
+                             "pass data with the model's schema")
+
+    job.phase = "triggers"
+    job.triggers = _evaluate_triggers(registry, champion, estimator, frame, options)
+    job.fired = [t for t, r in job.triggers.items() if r["fired"]]
+    _save(registry, job)
+    if not job.fired or options.check_only:
+        job.decision = "no_trigger" if not job.fired else "check_only"
+        return
+
+    job.phase = "training"
+    train, holdout, split = _split(frame, options)
+    if options.include_reference:
+        import pandas as pd
+
+        reference = io.read_table(champion.file("sample.parquet"))
+        reference = reference[reference[options.target].notna()]
+        train = pd.concat([reference[features + [options.target]], train[features + [options.target]]],
+                          ignore_index=True)
+        split["reference_rows"] = len(reference)
+    _save(registry, job)
+    challenger_estimator = _train(estimator, train, features, options)
+
+    job.phase = "registering"
+    key = _metric_key(options.metric, champion.manifest["task"])
+    holdout_metrics = {
+        "champion": _scorer(champion, estimator, holdout, options.target).compute(),
+        "challenger": _scorer(champion, challenger_estimator, holdout, options.target).compute(),
+    }
+    import joblib
+
+    with _temporary_tables(train=train[features + [options.target]],
+                           holdout=holdout[features + [options.target]]) as paths:
+        artifact = paths["train"].parent / "challenger.joblib"
+        joblib.dump(challenger_estimator, artifact)
+        challenger, _ = register(registry, artifact, champion.name, RegisterOptions(
+            train_data=paths["train"], target=options.target, eval_data=paths["holdout"],
+            description=f"retrained from {champion.ref} ({', '.join(job.fired)})", alias="challenger",
+            allow_duplicate=True, accepts_missing=champion.manifest["input_contract"]["accepts_missing"],
+            accepts_unseen=champion.manifest["input_contract"]["accepts_unseen"], n_boot=options.n_boot,
+            reason=f"retrain job {job.id}", lineage={
+                "parent": champion.ref, "job": job.id, "trigger": job.fired, "reason": options.reason,
+                "source_data": io.fingerprint(options.data, rows=len(frame)), "split": split,
+                "include_reference": options.include_reference, "holdout_metrics": holdout_metrics}))
+        job.challenger = {"version": challenger.version, "sha256": challenger.summary()["sha256"], "split": split}
+        _save(registry, job)
+
+        job.phase = "comparing"
+        comparison = abtest.compare_models(registry, champion, challenger, holdout, options.target, metric=key,
+                                           min_improvement=options.min_improvement, alpha=options.alpha,
+                                           n_boot=options.n_boot, seed=options.seed).results
+        job.comparison = {k: comparison.get(k) for k in ("verdict", "challenger_wins", "metric", "difference",
+                                                         "ci_low", "ci_high", "p_value")}
+        job.guardrails = _guardrails(registry, champion, estimator, challenger, challenger_estimator, holdout,
+                                     features, comparison, options)
+        _save(registry, job)
+        if not comparison["challenger_wins"] or not job.guardrails["passed"]:
+            job.decision = "rejected"
+            report.passed = False
+            return
+        if not options.promote:
+            job.decision = "registered"
+            return
+
+        job.phase = "gates"
+        smoke = gates.smoke_test(registry, challenger.ref)
+        checklist = gates.checklist(registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"])
+        job.gates = {"smoke_test": smoke.envelope()["status"], "checklist": checklist.envelope()["status"]}
+        _save(registry, job)
+        if not (smoke.passed and checklist.passed):
+            job.decision = "rejected_by_gates"
+            report.passed = False
+            return
+
+    job.phase = "promoting"
+    registry.promote(challenger.ref, options.champion_alias, reason=f"retrain job {job.id}: challenger won")
+    job.phase = "verifying"  # the alias has moved; from here any failure puts the champion back
+    _save(registry, job)
+    try:
+        _after_promotion(registry, champion.name, options.champion_alias, challenger, holdout, features)
+    except BaseException as exc:
+        registry.rollback(champion.name, options.champion_alias,
+                          reason=f"retrain job {job.id}: check after promotion failed ({type(exc).__name__})")
+        job.decision = "rolled_back"
+        job.error = f"{type(exc).__name__}: {exc}"
+        report.passed = False
+        report.messages.append(f"promotion of {challenger.ref} rolled back: {job.error}")
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C / SIGTERM: alias restored, now stop
+        return
+    job.phase = "done"
+    job.decision = "promoted"
+    job.options["seconds"] = round(time.perf_counter() - started, 3)
+
+
+def _guardrails(registry: Registry, champion: Version, champion_estimator: Any, challenger: Version,
+                challenger_estimator: Any, holdout: Any, features: list[str], comparison: dict[str, Any],
+                options: RetrainOptions) -> dict[str, Any]:
+    """The challenger must not be worse where the primary metric does not look: per-class recall, p99 latency."""
+    from mlops_cli import gates
+
+    checks = []
+    ours, theirs = comparison["challenger"]["metrics"], comparison["champion"]["metrics"]
+    for key in sorted(k for k in theirs if k.startswith("recall[")):
+        drop = theirs[key] - ours.get(key, 0.0)
+        checks.append({"id": key, "champion": theirs[key], "challenger": ours.get(key), "drop": drop,
+                       "passed": bool(drop <= options.max_recall_drop), "limit": options.max_recall_drop})
+    rows = holdout[features].head(200)
+    latency = {label: gates.latency_p99_ms(est, rows) for label, est in
+               (("champion", champion_estimator), ("challenger", challenger_estimator))}
+    checks.append({"id": "p99_latency_ms", **latency, "limit_ratio": options.max_latency_ratio,
+                   "passed": bool(latency["challenger"] <= options.max_latency_ratio * max(latency["champion"], 1.0))})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
