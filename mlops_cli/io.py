@@ -226,7 +226,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write `path` whole or not at all."""
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         write(fh)
