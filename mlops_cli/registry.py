@@ -81,6 +81,13 @@ class Version:
         return {"name": self.name, "version": self.version, "sha256": self.manifest["files"][ARTIFACT]["sha256"]}
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is unreadable ({exc})", "restore the registry from a backup") from exc
+
+
 def _verify_file(version: Version, name: str) -> None:
     expected = version.manifest["files"].get(name)
     if expected is None:
@@ -119,11 +126,8 @@ class Registry:
     def versions(self, name: str) -> list[Version]:
         """Every registered version of `name`, in registration order."""
         versions_dir = self._require_model(name) / "versions"
-        found = []
-        for path in versions_dir.iterdir():
-            manifest_path = path / MANIFEST
-            if manifest_path.is_file():
-                found.append(Version(name, path.name, path, json.loads(manifest_path.read_text())))
+        found = [Version(name, p.name, p, _read_manifest(p / MANIFEST)) for p in versions_dir.iterdir()
+                 if (p / MANIFEST).is_file()]
         return sorted(found, key=lambda v: v.manifest["sequence"])
 
     def aliases(self, name: str) -> dict[str, str]:
@@ -148,7 +152,7 @@ class Registry:
         manifest_path = model_dir / "versions" / version / MANIFEST
         if not manifest_path.is_file():
             raise ModelNotFound(f"{ref.name} has no version {version!r}", f"see: mlops models list {ref.name}")
-        return Version(ref.name, version, manifest_path.parent, json.loads(manifest_path.read_text()))
+        return Version(ref.name, version, manifest_path.parent, _read_manifest(manifest_path))
 
     def verify(self, version: Version) -> None:
         """Check every stored file of a version against its manifest hashes."""
