@@ -651,8 +651,8 @@ def compare_models(
             f"{champion.ref} is a {task} but {challenger.ref} is a {challenger.manifest['task']}",
             "compare two models of the same task",
         )
-    classes = champion.manifest.get("classes")
-    if task == "classifier" and sorted(map(str, classes)) != sorted(map(str, challenger.manifest.get("classes"))):
+    classes: list[Any] = champion.manifest.get("classes") or []
+    if task == "classifier" and sorted(map(str, classes)) != sorted(map(str, challenger.manifest.get("classes") or [])):
         raise SchemaMismatch(
             f"{champion.ref} predicts classes {classes} but {challenger.ref} predicts "
             f"{challenger.manifest.get('classes')}",
@@ -712,7 +712,7 @@ def compare_models(
 def _model_metric(metric: str | None, task: str) -> str:
     if metric is None:
         return "roc_auc" if task == "classifier" else "rmse"
-    name = METRIC_ALIASES.get(metric)
+    name = METRIC_ALIASES.get(metric, "")
     choices = CLASSIFIER_CHOICES if task == "classifier" else REGRESSOR_CHOICES
     if name not in choices:
         raise SchemaMismatch(
@@ -723,7 +723,7 @@ def _model_metric(metric: str | None, task: str) -> str:
 
 
 def _scorer(
-    estimator: Any, version: Version, data: pd.DataFrame, target: str, classes: list[Any] | None, metric: str
+    estimator: Any, version: Version, data: pd.DataFrame, target: str, classes: list[Any], metric: str
 ) -> _Scorer:
     features = [f["name"] for f in version.manifest.get("features") or []] or [c for c in data.columns if c != target]
     missing = [f for f in features if f not in data.columns]
@@ -784,12 +784,12 @@ def _paired_tests(
         c = int(((champion.correct == 0) & (challenger.correct == 1)).sum())
         out["mcnemar"] = stats.mcnemar(b, c)
         if metric == "accuracy":
-            diff, low, high = stats.paired_proportion_interval(b, c, champion.n, alpha=alpha)
+            _, low, high = stats.paired_proportion_interval(b, c, champion.n, alpha=alpha)
             primary = {"ci_low": low, "ci_high": high, "p_value": out["mcnemar"]["p_value"]}
             out["test"] = "mcnemar"
         if metric == "roc_auc" and champion.k == 2:
             positive = champion.true_idx == 1
-            if 2 <= positive.sum() <= champion.n - 2:
+            if 2 <= positive.sum() <= champion.n - 2 and champion.proba is not None and challenger.proba is not None:
                 out["delong"] = stats.delong(positive, champion.proba[:, 1], challenger.proba[:, 1], alpha=alpha)
                 primary = out["delong"]
                 out["test"] = "delong"

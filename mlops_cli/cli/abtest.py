@@ -36,6 +36,7 @@ def run(
         typer.Argument(
             help="Experiment results: one row per unit, or n / METRIC_sum / METRIC_sum_sq per variant.",
             show_default=False,
+            metavar="RESULTS",
         ),
     ] = None,
     variant_column: Annotated[
@@ -145,18 +146,15 @@ def run(
 ) -> None:
     """Decide whether the treatment (or challenger) really wins: exit 0 if it does, 1 if not.
 
-    RESULTS of an online experiment: every treatment against control on every metric (Welch's t-test or the
-    two-proportion z-test), sample ratio mismatch, power, multiple-comparison correction.
-    --champion/--challenger: two registered models score the same labelled rows, and paired tests (McNemar,
-    DeLong, paired bootstrap, paired t / Wilcoxon) decide.
+    RESULTS of an online experiment: every treatment against control on every metric (Welch's t-test or the two-proportion z-test), sample ratio mismatch, power, multiple-comparison correction.
+
+    --champion/--challenger: two registered models score the same labelled rows; paired tests (McNemar, DeLong, paired bootstrap, paired t and Wilcoxon) decide.
     """
     from mlops_cli import render
 
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
     given = {
-        name
-        for name in ctx.params
-        if ctx.get_parameter_source(name) is not None
-        and ctx.get_parameter_source(name).name in ("COMMANDLINE", "ENVIRONMENT")
+        name for name, source in sources.items() if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
     }
     if champion is not None or challenger is not None:
         report = _models(
