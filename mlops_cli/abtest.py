@@ -241,15 +241,17 @@ def _arms(variants: list[str], options: ExperimentOptions, messages: list[str]) 
             )
         return name
 
+    chosen = [known(t, "treatment") for t in options.treatments or []]
     if options.control is not None:
         control = known(options.control, "control")
-    elif "control" in variants:
+    elif "control" in variants and "control" not in chosen:
         control = "control"
     else:
-        control = variants[0]
+        candidates = [v for v in variants if v not in chosen] or variants
+        control = candidates[0]
         messages.append(f"no --control given: using {control!r} (the first variant in sorted order) as control")
     if options.treatments:
-        treatments = list(dict.fromkeys(known(t, "treatment") for t in options.treatments))
+        treatments = list(dict.fromkeys(chosen))
         if control in treatments:
             raise InvalidData(f"variant {control!r} is both control and a treatment", "pick one role for it")
     else:

@@ -196,6 +196,10 @@ def run(
     emit(report, render.render_abtest)
 
 
+def _verb(names: set[str]) -> str:
+    return "apply" if len(names) > 1 else "applies"
+
+
 def _flags(names: set[str]) -> str:
     return ", ".join("--" + n.replace("_", "-") for n in sorted(names))
 
@@ -222,7 +226,7 @@ def _models(
         )
     wrong = given & set(_EXPERIMENT_ONLY)
     if wrong:
-        raise typer.BadParameter(f"{_flags(wrong)} apply to experiment RESULTS only", param_hint=_flags(wrong))
+        raise typer.BadParameter(f"{_flags(wrong)} {_verb(wrong)} to experiment RESULTS only", param_hint=_flags(wrong))
     if champion is None or challenger is None:
         raise typer.BadParameter(
             "a model comparison needs both --champion and --challenger", param_hint="--champion/--challenger"
@@ -276,7 +280,7 @@ def _experiment(
     wrong = given & set(_MODELS_ONLY)
     if wrong:
         raise typer.BadParameter(
-            f"{_flags(wrong)} apply to --champion/--challenger comparisons only", param_hint=_flags(wrong)
+            f"{_flags(wrong)} {_verb(wrong)} to --champion/--challenger comparisons only", param_hint=_flags(wrong)
         )
     if results is None:
         raise typer.BadParameter(
