@@ -746,3 +746,30 @@ def test_tables_render(two_models, labelled_rows):
     render.render_abtest(experiment, console)
     text = console.file.getvalue()
     assert "DeLong" in text and "treatment better" in text and "+∞" in text
+
+
+def test_treatment_without_control_picks_control_from_the_rest():
+    data = _units(rates={"a": 0.1, "b": 0.15, "c": 0.1}, seed=8)
+    r = abtest.experiment(data, _options(treatments=["a"])).results
+    assert r["control"] == "b" and r["treatments"] == ["a"] and len(r["metrics"]) == 1
+
+
+def test_demo_outcomes_helper_derives_per_flight_outcomes():
+    import outcomes  # sample_data/outcomes.py, on the path through conftest
+
+    scores = pd.DataFrame(
+        {
+            "flight": [1, 2, 3, 4],
+            "date": pd.to_datetime(["2013-06-01"] * 4),
+            "delayed": [1.0, 0.0, None, 1.0],
+            "prediction": [1, 1, 0, 0],
+            "proba_0": [0.2, 0.4, 0.9, 0.7],
+            "proba_1": [0.8, 0.6, 0.1, 0.3],
+            "model_name": "flights",
+            "model_version": ["1", "2", "1", "2"],
+        }
+    )
+    out = outcomes.outcomes(scores)
+    assert list(out["variant"]) == ["1", "2", "2"]  # the flight without an outcome is left out
+    assert list(out["correct"]) == [1, 0, 0]
+    assert out["brier"].to_numpy() == pytest.approx([0.04, 0.36, 0.49])
