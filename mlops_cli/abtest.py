@@ -152,7 +152,7 @@ def experiment(data: pd.DataFrame, options: ExperimentOptions) -> Report:
     if variant_col not in data.columns:
         raise SchemaMismatch(f"no variant column {variant_col!r}", f"columns are {list(data.columns)[:20]}")
     aggregated = _is_aggregated(data, options.metrics)
-    labels = data[variant_col].map(_label)
+    labels = _labels(data[variant_col])
     if labels.isna().any():
         messages.append(f"{int(labels.isna().sum()):,} rows have no variant and were left out")
     data = data[labels.notna()]
@@ -213,6 +213,15 @@ def experiment(data: pd.DataFrame, options: ExperimentOptions) -> Report:
         "metrics": comparisons,
     }
     return Report("abtest", results=results, passed=winner is not None and valid, messages=messages)
+
+
+def _labels(column: pd.Series) -> pd.Series:
+    """Each row's variant label, computed once per distinct value (a million rows hold a handful)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    labels = np.array([_label(u) for u in uniques] + [None], dtype=object)
+    return pd.Series(labels[codes], index=column.index, dtype=object)
 
 
 def _label(value: Any) -> str | None:
@@ -321,7 +330,8 @@ def _aggregated_groups(
     data: pd.DataFrame, labels: pd.Series, arms: list[str], options: ExperimentOptions
 ) -> tuple[dict[str, dict[str, _Group]], dict[str, int]]:
     """Rows of n / METRIC_sum / METRIC_sum_sq per variant; several rows of a variant (days, shards) add up."""
-    columns = [c for c in data.columns if c != options.variant_column]
+    wanted = [f"{m}{suffix}" for m in options.metrics for suffix in ("_n", "_sum", "_sum_sq")]
+    columns = [c for c in data.columns if c == "n" or c in wanted]
     numeric = data[columns].apply(lambda col: _numeric(col, col.name)).assign(_variant=labels.to_numpy())
     if numeric[columns].isna().any().any():
         raise InvalidData("pre-aggregated results have empty cells", "every variant row needs n and the sums")

@@ -353,7 +353,7 @@ def test_aggregated_input_gives_the_same_answer_as_units():
                 "revenue_sum_sq": (g["revenue"] ** 2).sum(),
             }
         )
-    aggregated = pd.DataFrame(rows)  # three rows per variant (days) that add up
+    aggregated = pd.DataFrame(rows).assign(note="daily export")  # three rows per variant (days) that add up
     options = _options(metrics=["converted", "revenue"])
     a, b = abtest.experiment(units, options).results, abtest.experiment(aggregated, options).results
     assert b["input_format"] == "aggregated" and a["input_format"] == "units"
