@@ -603,17 +603,6 @@ REGRESSOR_CHOICES = ("mae", "rmse", "r2")
 _NEEDS_PROBA = ("roc_auc", "log_loss")
 
 
-class _Scorer(metrics.Scorer):
-    """`metrics.Scorer` plus `f1`: the positive class's F1 for two classes, the macro F1 for more."""
-
-    def compute(self, w: np.ndarray | None = None) -> dict[str, float]:
-        out = super().compute(w)
-        if self.task == "classifier" and self.k:
-            per_class = [out[f"f1[{label}]"] for label in self.classes]
-            out["f1"] = per_class[1] if self.k == 2 else float(np.mean(per_class))
-        return out
-
-
 def compare_models_file(
     registry: Registry,
     champion_ref: Any,
@@ -683,9 +672,9 @@ def compare_models(
     if labelled.empty:
         raise EmptyInput(f"no row has a label in {target!r}", "pass labelled data")
 
-    metric = _model_metric(metric, task)
-    champion_scorer = _scorer(champion_est, champion, labelled, target, classes, metric)
-    challenger_scorer = _scorer(challenger_est, challenger, labelled, target, classes, metric)
+    metric = metric_name(metric, task)
+    champion_scorer = _scorer(champion_est, champion, labelled, target, metric)
+    challenger_scorer = _scorer(challenger_est, challenger, labelled, target, metric)
     higher = metrics.higher_is_better(metric)
 
     results: dict[str, Any] = {
@@ -721,7 +710,8 @@ def compare_models(
     )
 
 
-def _model_metric(metric: str | None, task: str) -> str:
+def metric_name(metric: str | None, task: str) -> str:
+    """The canonical metric name (`auc` → `roc_auc`); defaults to roc_auc for classifiers, rmse for regressors."""
     if metric is None:
         return "roc_auc" if task == "classifier" else "rmse"
     name = METRIC_ALIASES.get(metric, "")
@@ -734,40 +724,16 @@ def _model_metric(metric: str | None, task: str) -> str:
     return name
 
 
-def _scorer(
-    estimator: Any, version: Version, data: pd.DataFrame, target: str, classes: list[Any], metric: str
-) -> _Scorer:
-    features = [f["name"] for f in version.manifest.get("features") or []] or [c for c in data.columns if c != target]
-    missing = [f for f in features if f not in data.columns]
-    if missing:
-        raise SchemaMismatch(
-            f"the data lacks {version.ref}'s feature columns {missing}", "pass data with the model's schema"
-        )
-    task = version.manifest["task"]
-    predictions = model_lib.predict_frame(estimator, data[features], task=task, classes=version.manifest["classes"])
-    y_true = data[target].to_numpy()
-    if task != "classifier":
-        return _Scorer("regressor", y_true, predictions["prediction"].to_numpy())
-    y_true = _as_class_labels(y_true, classes)
-    has_proba = all(model_lib.proba_column(c) in predictions.columns for c in classes)
-    if metric in _NEEDS_PROBA and not has_proba:
+def _scorer(estimator: Any, version: Version, data: pd.DataFrame, target: str, metric: str) -> metrics.Scorer:
+    scorer = model_lib.scorer_for(estimator, version.manifest, data, target)
+    if metric in _NEEDS_PROBA and scorer.task == "classifier" and scorer.proba is None:
         raise SchemaMismatch(
             f"{version.ref} has no predict_proba, so {metric} cannot be computed", "use --metric accuracy or f1"
         )
-    proba = model_lib.proba_matrix(predictions, classes) if has_proba else None
-    prediction = _as_class_labels(predictions["prediction"].to_numpy(), classes)
-    return _Scorer("classifier", y_true, prediction, proba, classes)
+    return scorer
 
 
-def _as_class_labels(y: Any, classes: list[Any]) -> Any:
-    """Labels read from files may be floats (1.0) where the model's classes are ints (1): map them back."""
-    y = np.asarray(y)
-    if classes and all(isinstance(c, (int, np.integer)) for c in classes) and np.issubdtype(y.dtype, np.floating):
-        return y.astype(np.int64)
-    return y
-
-
-def _model_block(version: Version, scorer: _Scorer, metric: str) -> dict[str, Any]:
+def _model_block(version: Version, scorer: metrics.Scorer, metric: str) -> dict[str, Any]:
     computed = scorer.compute()
     return {
         "ref": version.ref,
@@ -781,7 +747,7 @@ def _model_block(version: Version, scorer: _Scorer, metric: str) -> dict[str, An
 
 
 def _paired_tests(
-    champion: _Scorer, challenger: _Scorer, metric: str, *, alpha: float, n_boot: int, seed: int
+    champion: metrics.Scorer, challenger: metrics.Scorer, metric: str, *, alpha: float, n_boot: int, seed: int
 ) -> dict[str, Any]:
     """Every paired test that applies to `metric`; the primary one gives p_value, ci_low, ci_high and `test`."""
     out: dict[str, Any] = {"mcnemar": None, "delong": None, "paired_t": None, "wilcoxon": None}
@@ -817,7 +783,7 @@ def _paired_tests(
     return out
 
 
-def _row_losses(champion: _Scorer, challenger: _Scorer, metric: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+def _row_losses(champion: metrics.Scorer, challenger: metrics.Scorer, metric: str) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Per-row losses of both models for the metrics that are averages of one: |error| for mae, squared error
     for rmse and r2 (both move with the mean squared error), log loss for log_loss."""
     if metric == "mae":

@@ -461,33 +461,14 @@ def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], op
 
     frame = io.read_table(options.eval_data)  # type: ignore[arg-type]
     target = options.target
-    if target not in frame.columns:
+    if target is None or target not in frame.columns:
         raise SchemaMismatch(f"{options.eval_data}: no target column {target!r}", "pass --target")
     frame = frame[frame[target].notna()]
-    features = [f["name"] for f in manifest["features"]] or _model_features(info, frame, target)
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise SchemaMismatch(f"{options.eval_data}: lacks feature columns {missing}", "pass data with the model's schema")
-    predictions = model_lib.predict_frame(estimator, frame[features], task=info["task"], classes=info["classes"])
-    y_true = frame[target].to_numpy()
-    if info["task"] == "classifier":
-        y_true = _align_labels(y_true, info["classes"])
-        proba = model_lib.proba_matrix(predictions, info["classes"]) if "proba_" + str(info["classes"][0]) in \
-            predictions.columns else None
-        scorer = metrics.Scorer("classifier", y_true, predictions["prediction"].to_numpy(), proba, info["classes"])
-    else:
-        scorer = metrics.Scorer("regressor", y_true, predictions["prediction"].to_numpy())
+    if not manifest["features"]:
+        manifest = {**manifest, "features": [{"name": n} for n in _model_features(info, frame, target)]}
+    scorer = model_lib.scorer_for(estimator, manifest, frame, target)
     results = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)
     return results, {**io.fingerprint(options.eval_data, rows=len(frame)), "n_boot": options.n_boot}  # type: ignore
-
-
-def _align_labels(y: Any, classes: list[Any]) -> Any:
-    """Labels read from files may be floats (1.0) where the model's classes are ints (1); map them back."""
-    import numpy as np
-
-    if classes and all(isinstance(c, (int, np.integer)) for c in classes) and np.issubdtype(np.asarray(y).dtype, np.floating):
-        return np.asarray(y).astype(np.int64)
-    return y
 
 
 def _library_versions() -> dict[str, str]:
