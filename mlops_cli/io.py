@@ -107,8 +107,7 @@ def iter_batches(
         try:
             if kind == "parquet":
                 pf = _open_parquet(file)
-                cols = [c for c in columns if c in pf.schema_arrow.names] if columns is not None else None
-                yield from pf.iter_batches(batch_size=batch_size, columns=cols)
+                yield from pf.iter_batches(batch_size=batch_size, columns=_present(pf, columns))
             else:
                 yield from _rebatch(_csv_reader(file, column_types, columns), batch_size)
         except pa.ArrowException as exc:
@@ -138,17 +137,26 @@ def read_table(
 ) -> pd.DataFrame:
     """Read the whole file into a DataFrame (Arrow strings become Python objects, as scikit-learn expects)."""
     import pyarrow as pa
+    import pyarrow.csv as pacsv
 
-    batches = list(iter_batches(path, batch_size=1 << 20, columns=columns, fmt=fmt))
-    if batches:
-        table = pa.Table.from_batches(batches)
-    else:
-        table = schema(path, fmt).empty_table()
-        if columns is not None:
-            table = table.select([c for c in columns if c in table.column_names])
+    files = _files(path)
+    try:
+        if detect_format(path, fmt) == "csv":
+            # Whole-file reads infer each column's type from all blocks (the streaming reader only sees the first).
+            convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=True)
+            tables = [pacsv.read_csv(f, convert_options=convert) for f in files]
+        else:
+            tables = [_open_parquet(f).read(columns=_present(_open_parquet(f), columns)) for f in files]
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as exc:
+        raise UnreadableFile(f"{path}: cannot read ({_first_line(exc)})", "check the file") from exc
     if table.num_rows == 0 and not allow_empty:
         raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
     return to_pandas(table)
+
+
+def _present(pf: Any, columns: list[str] | None) -> list[str] | None:
+    return [c for c in columns if c in pf.schema_arrow.names] if columns is not None else None
 
 
 def to_pandas(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
@@ -226,7 +234,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write `path` whole or not at all."""
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         write(fh)

@@ -111,6 +111,8 @@ class Scorer:
             out[f"precision[{label}]"] = float(precision[i])
             out[f"recall[{label}]"] = float(recall[i])
             out[f"f1[{label}]"] = float(f1[i])
+        # One F1 to compare models by: the positive (second) class's for two classes, the macro mean otherwise.
+        out["f1"] = float(f1[1]) if self.k == 2 else float(np.mean(f1))
         return out
 
 

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops_cli.errors import InvalidData, MissingFile, UnreadableFile
+from mlops_cli.errors import InvalidData, MissingFile, SchemaMismatch, UnreadableFile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,6 +86,36 @@ def predict_frame(estimator: Any, features: pd.DataFrame, *, task: str, classes:
 
 def proba_matrix(predictions: pd.DataFrame, classes: list[Any]) -> np.ndarray:
     return predictions[[proba_column(c) for c in classes]].to_numpy(dtype=float)
+
+
+def align_labels(y: Any, classes: list[Any] | None) -> Any:
+    """Labels read from files may be floats (1.0, a nullable column) where the model's classes are ints (1)."""
+    import numpy as np
+
+    y = np.asarray(y)
+    if classes and all(isinstance(c, (int, np.integer)) for c in classes) and np.issubdtype(y.dtype, np.floating):
+        return y.astype(np.int64)
+    return y
+
+
+def scorer_for(estimator: Any, manifest: dict[str, Any], data: pd.DataFrame, target: str) -> Any:
+    """A `metrics.Scorer` of the model's predictions on labelled `data` (rows without a label must be dropped)."""
+    from mlops_cli import metrics
+
+    features = [f["name"] for f in manifest.get("features") or []] or [c for c in data.columns if c != target]
+    missing = [f for f in features if f not in data.columns]
+    if missing:
+        raise SchemaMismatch(f"the data lacks the model's feature columns {missing}",
+                             "pass data with the model's schema")
+    task, classes = manifest["task"], list(manifest.get("classes") or [])
+    predictions = predict_frame(estimator, data[features], task=task, classes=classes)
+    y_true = data[target].to_numpy()
+    if task != "classifier":
+        return metrics.Scorer("regressor", y_true, predictions["prediction"].to_numpy())
+    has_proba = bool(classes) and all(proba_column(c) in predictions.columns for c in classes)
+    return metrics.Scorer("classifier", align_labels(y_true, classes),
+                          align_labels(predictions["prediction"].to_numpy(), classes),
+                          proba_matrix(predictions, classes) if has_proba else None, classes)
 
 
 def _short(exc: BaseException) -> str:

@@ -81,6 +81,13 @@ class Version:
         return {"name": self.name, "version": self.version, "sha256": self.manifest["files"][ARTIFACT]["sha256"]}
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is unreadable ({exc})", "restore the registry from a backup") from exc
+
+
 def _verify_file(version: Version, name: str) -> None:
     expected = version.manifest["files"].get(name)
     if expected is None:
@@ -119,11 +126,8 @@ class Registry:
     def versions(self, name: str) -> list[Version]:
         """Every registered version of `name`, in registration order."""
         versions_dir = self._require_model(name) / "versions"
-        found = []
-        for path in versions_dir.iterdir():
-            manifest_path = path / MANIFEST
-            if manifest_path.is_file():
-                found.append(Version(name, path.name, path, json.loads(manifest_path.read_text())))
+        found = [Version(name, p.name, p, _read_manifest(p / MANIFEST)) for p in versions_dir.iterdir()
+                 if (p / MANIFEST).is_file()]
         return sorted(found, key=lambda v: v.manifest["sequence"])
 
     def aliases(self, name: str) -> dict[str, str]:
@@ -148,7 +152,7 @@ class Registry:
         manifest_path = model_dir / "versions" / version / MANIFEST
         if not manifest_path.is_file():
             raise ModelNotFound(f"{ref.name} has no version {version!r}", f"see: mlops models list {ref.name}")
-        return Version(ref.name, version, manifest_path.parent, json.loads(manifest_path.read_text()))
+        return Version(ref.name, version, manifest_path.parent, _read_manifest(manifest_path))
 
     def verify(self, version: Version) -> None:
         """Check every stored file of a version against its manifest hashes."""
@@ -457,33 +461,14 @@ def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], op
 
     frame = io.read_table(options.eval_data)  # type: ignore[arg-type]
     target = options.target
-    if target not in frame.columns:
+    if target is None or target not in frame.columns:
         raise SchemaMismatch(f"{options.eval_data}: no target column {target!r}", "pass --target")
     frame = frame[frame[target].notna()]
-    features = [f["name"] for f in manifest["features"]] or _model_features(info, frame, target)
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise SchemaMismatch(f"{options.eval_data}: lacks feature columns {missing}", "pass data with the model's schema")
-    predictions = model_lib.predict_frame(estimator, frame[features], task=info["task"], classes=info["classes"])
-    y_true = frame[target].to_numpy()
-    if info["task"] == "classifier":
-        y_true = _align_labels(y_true, info["classes"])
-        proba = model_lib.proba_matrix(predictions, info["classes"]) if "proba_" + str(info["classes"][0]) in \
-            predictions.columns else None
-        scorer = metrics.Scorer("classifier", y_true, predictions["prediction"].to_numpy(), proba, info["classes"])
-    else:
-        scorer = metrics.Scorer("regressor", y_true, predictions["prediction"].to_numpy())
+    if not manifest["features"]:
+        manifest = {**manifest, "features": [{"name": n} for n in _model_features(info, frame, target)]}
+    scorer = model_lib.scorer_for(estimator, manifest, frame, target)
     results = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)
     return results, {**io.fingerprint(options.eval_data, rows=len(frame)), "n_boot": options.n_boot}  # type: ignore
-
-
-def _align_labels(y: Any, classes: list[Any]) -> Any:
-    """Labels read from files may be floats (1.0) where the model's classes are ints (1); map them back."""
-    import numpy as np
-
-    if classes and all(isinstance(c, (int, np.integer)) for c in classes) and np.issubdtype(np.asarray(y).dtype, np.floating):
-        return np.asarray(y).astype(np.int64)
-    return y
 
 
 def _library_versions() -> dict[str, str]:

@@ -184,6 +184,125 @@ def render_history(report: Report, console: Console) -> None:
 # --- abtest ---------------------------------------------------------------------------------------------------
 
 
+VERDICT_STYLE = {"treatment_better": "green", "non_inferior": "green", "challenger_better": "green",
+                 "treatment_worse": "red", "inferior": "red", "champion_better": "red"}
+
+
+def _verdict(verdict: str) -> str:
+    text = verdict.replace("non_inferior", "non-inferior").replace("_", " ")
+    return f"[{VERDICT_STYLE.get(verdict, 'yellow')}]{text}[/]"
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None or value != value else f"{value:+.2%}"
+
+
+def _interval(low: Any, high: Any, pct: bool = False) -> str:
+    show = (lambda v: "–" if v is None or v != v else f"{v:+.1%}") if pct else (lambda v: fmt(v, 3))
+    lo = "-∞" if low == float("-inf") else show(low)
+    hi = "+∞" if high == float("inf") else show(high)
+    return f"[{lo}, {hi}]"
+
+
+def render_abtest(report: Report, console: Console) -> None:
+    if report.results["mode"] == "models":
+        _render_model_comparison(report, console)
+    else:
+        _render_experiment(report, console)
+    _messages(report, console)
+
+
+def _render_experiment(report: Report, console: Console) -> None:
+    r = report.results
+    winner = f"  winner: [bold]{r['winner']}[/]" if r["winner"] else ""
+    console.print(f"[bold]{r['primary_metric']}[/] (primary): {_verdict(r['verdict'])}{winner}  "
+                  f"control {r['control']}, alpha {fmt(r['alpha'])} {r['alternative']}, correction {r['correction']}")
+    srm = r["srm"]
+    counts = "  ".join(f"{v} {fmt(n)} ({srm['expected_shares'][v]:.0%} expected)" for v, n in srm["counts"].items())
+    status = "[red]MISMATCH: experiment invalid[/]" if srm["mismatch"] else "[green]ok[/]"
+    console.print(f"sample ratio: {counts}  chi² {fmt(srm['statistic'])}, p {fmt(srm['p_value'])}  {status}")
+    table = Table(title="treatment vs control (* primary; z: two-proportion z-test, t: Welch's t-test)",
+                  title_justify="left")
+    for column in ("metric", "variant", "control (n)", "treatment (n)", "p", "p adjusted", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "variant", "verdict") else "right")
+    effects = Table(title=f"effect sizes ({fmt(1 - r['alpha'])} CI{'' if r['alternative'] == 'two-sided' else ', one-sided'})",
+                    title_justify="left")
+    for column in ("metric", "variant", "difference", "CI", "relative lift", "CI "):
+        effects.add_column(column, justify="left" if column in ("metric", "variant") else "right")
+    for c in r["metrics"]:
+        name = f"{c['metric']}{'*' if c['primary'] else ''} ({'z' if c['test'] == 'two_proportion_z' else 't'})"
+        table.add_row(name, c["variant"], f"{fmt(c['control']['mean'])} ({fmt(c['control']['n'])})",
+                      f"{fmt(c['treatment']['mean'])} ({fmt(c['treatment']['n'])})", fmt(c["p_value"], 3),
+                      fmt(c["p_value_adjusted"], 3), _verdict(c["verdict"]))
+        effects.add_row(c["metric"], c["variant"], fmt(c["difference"]), _interval(c["ci_low"], c["ci_high"]),
+                        _pct(c["relative_lift"]), _interval(c["relative_ci_low"], c["relative_ci_high"], pct=True))
+    console.print(table)
+    console.print(effects)
+    extra = [c for c in r["metrics"] if c["mann_whitney"] or c["non_inferiority"]]
+    if extra:
+        side = Table(title="non-inferiority and Mann-Whitney", title_justify="left")
+        for column in ("metric", "variant", "margin", "lower bound", "p (NI) adj", "U", "P(T > C)", "p (MW)"):
+            side.add_column(column, justify="left" if column in ("metric", "variant") else "right")
+        for c in extra:
+            ni, mw = c["non_inferiority"] or {}, c["mann_whitney"] or {}
+            side.add_row(c["metric"], c["variant"], fmt(ni.get("margin")), fmt(ni.get("lower_bound")),
+                         fmt(ni.get("p_value_adjusted")), fmt(mw.get("statistic")), fmt(mw.get("prob_superiority")),
+                         fmt(mw.get("p_value")))
+        console.print(side)
+    power = Table(title=f"power (target {fmt(r['target_power'])})", title_justify="left")
+    for column in ("metric", "variant", "achieved", "MDE at this n", "MDE relative", "MDE target", "n per group"):
+        power.add_column(column, justify="left" if column in ("metric", "variant") else "right")
+    for c in r["metrics"]:
+        p = c["power"]
+        power.add_row(c["metric"], c["variant"], fmt(p["achieved"]), fmt(p["mde"]), "–" if p["mde_relative"] is None or p["mde_relative"] != p["mde_relative"] else f"{p['mde_relative']:.2%}",
+                      fmt(p["mde_target"]), fmt(p["n_per_group_for_mde"]))
+    console.print(power)
+    for c in r["metrics"]:
+        if c["reason"]:
+            console.print(f"[yellow]{WARN}[/] {c['metric']} / {c['variant']}: {c['reason']}")
+
+
+def _render_model_comparison(report: Report, console: Console) -> None:
+    r = report.results
+    champion, challenger = r["champion"], r["challenger"]
+    direction = "higher" if r["higher_is_better"] else "lower"
+    console.print(f"[bold]{challenger['ref']}[/] vs [bold]{champion['ref']}[/] on {fmt(r['n'])} rows: "
+                  f"{_verdict(r['verdict'])}  ({r['metric']}, {direction} is better, test: {r['test']})")
+    console.print(f"{r['metric']}: {fmt(champion['value'])} → {fmt(challenger['value'])}  difference "
+                  f"{fmt(r['difference'])} {_interval(r['ci_low'], r['ci_high'])}  p {fmt(r['p_value'])}  "
+                  f"(needs ≥ {fmt(r['min_improvement'])} at alpha {fmt(r['alpha'])})")
+    tests = Table(title="paired tests", title_justify="left")
+    for column in ("test", "on", "statistic", "p", "detail"):
+        tests.add_column(column, justify="right" if column in ("statistic", "p") else "left")
+    if r["mcnemar"]:
+        m = r["mcnemar"]
+        tests.add_row("McNemar", "correct / wrong", fmt(m["statistic"]), fmt(m["p_value"]),
+                      f"only champion right {fmt(m['b'])}, only challenger right {fmt(m['c'])}; {m['method']}")
+    if r["delong"]:
+        d = r["delong"]
+        tests.add_row("DeLong", "ROC AUC", fmt(d["statistic"]), fmt(d["p_value"]),
+                      f"difference {fmt(d['difference'])} {_interval(d['ci_low'], d['ci_high'])}")
+    b = r["bootstrap"]
+    tests.add_row("paired bootstrap", r["metric"], "–", fmt(b["p_value"]),
+                  f"difference {fmt(b['difference'])} {_interval(b['ci_low'], b['ci_high'])}, {fmt(b['n_boot'])} resamples")
+    if r["paired_t"]:
+        t = r["paired_t"]
+        tests.add_row("paired t", t["loss"].replace("_", " "), fmt(t["statistic"]), fmt(t["p_value"]),
+                      f"mean loss difference {fmt(t['mean'])} {_interval(t['ci_low'], t['ci_high'])}")
+    if r["wilcoxon"]:
+        w = r["wilcoxon"]
+        tests.add_row("Wilcoxon signed-rank", w["loss"].replace("_", " "), fmt(w["statistic"]), fmt(w["p_value"]),
+                      f"{fmt(w['n_nonzero'])} non-zero differences")
+    console.print(tests)
+    table = Table(title="metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column(f"champion {champion['ref']}", justify="right")
+    table.add_column(f"challenger {challenger['ref']}", justify="right")
+    for name, value in champion["metrics"].items():
+        table.add_row(name, fmt(value), fmt(challenger["metrics"].get(name)))
+    console.print(table)
+
+
 # --- retrain --------------------------------------------------------------------------------------------------
 
 

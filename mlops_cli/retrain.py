@@ -146,9 +146,9 @@ def _recover_killed_promotions(registry: Registry, name: str, alias: str) -> lis
 
 
 def _metric_key(metric: str | None, task: str) -> str:
-    from mlops_cli.abtest import metric_key
+    from mlops_cli.abtest import metric_name
 
-    return metric_key(metric, task)
+    return metric_name(metric, task)
 
 
 def _evaluate_triggers(registry: Registry, champion: Version, estimator: Any, frame: Any,
@@ -250,19 +250,9 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
 
 
 def _scorer(version: Version, estimator: Any, frame: Any, target: str) -> Any:
-    from mlops_cli import metrics
     from mlops_cli import model as model_lib
-    from mlops_cli.registry import _align_labels
 
-    features = [f["name"] for f in version.manifest["features"]]
-    task, classes = version.manifest["task"], version.manifest["classes"]
-    predictions = model_lib.predict_frame(estimator, frame[features], task=task, classes=classes)
-    y = frame[target].to_numpy()
-    if task == "classifier":
-        y = _align_labels(y, classes)
-        return metrics.Scorer(task, y, predictions["prediction"].to_numpy(),
-                              model_lib.proba_matrix(predictions, classes), classes)
-    return metrics.Scorer(task, y, predictions["prediction"].to_numpy())
+    return model_lib.scorer_for(estimator, version.manifest, frame, target)
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -299,12 +289,12 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
             raise TrainingFailed(f"--train-fn {options.train_fn} returned {type(estimator).__name__}, not an estimator",
                                  "return the fitted estimator")
         return estimator
-    from mlops_cli.registry import _align_labels
+    from mlops_cli.model import align_labels
 
     # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
     classes = getattr(champion_estimator, "classes_", None)
-    y = train[options.target].to_numpy()
-    y = _align_labels(y, [c.item() if hasattr(c, "item") else c for c in classes]) if classes is not None else y
+    y = align_labels(train[options.target].to_numpy(), [c.item() if hasattr(c, "item") else c for c in classes]
+                     if classes is not None else None)
     try:
         return clone(champion_estimator).fit(train[features], y)
     except Exception as exc:

@@ -30,6 +30,21 @@ step mlops models history flights
 # --- drift (drift-report) ---
 
 # --- A/B decision (abtest) ---
+# A. The online experiment: flights:2 scored part of the traffic as challenger (score-batch's split in
+# $OUT/scores.parquet; outcomes.py simulates that split when score-batch has not run), joined with the flights'
+# real outcomes. Did the challenger predict delays right more often, with better-calibrated probabilities?
+step python sample_data/outcomes.py "$OUT/scores.parquet" "$OUT/outcomes.parquet" \
+    --champion flights@production --challenger flights:2
+# Exit 1 means "the challenger did not win": a possible answer, not a failure of the demo. Anything else is.
+rc=0
+step mlops abtest "$OUT/outcomes.parquet" --variant-column variant --control 1 --metric correct \
+    --metric brier --lower-is-better brier --mde 1% --mann-whitney -o "$OUT/abtest-experiment.json" || rc=$?
+[ "$rc" -le 1 ] || exit "$rc"
+# B. The same two models offline, paired on the same labelled flights (DeLong for ROC AUC, McNemar, bootstrap).
+rc=0
+step mlops abtest --champion flights@production --challenger flights:2 --data sample_data/current.parquet \
+    --target delayed -o "$OUT/abtest-models.json" || rc=$?
+[ "$rc" -le 1 ] || exit "$rc"
 
 # --- retraining (retrain) ---
 

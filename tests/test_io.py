@@ -148,3 +148,10 @@ def test_check_output(tmp_path):
 def test_fingerprint_is_stable_and_counts_rows():
     a, b = io.fingerprint(CURRENT), io.fingerprint(CURRENT)
     assert a == b and a["rows"] == 30_000 and len(a["sha256"]) == 64
+
+
+def test_csv_whose_column_type_changes_after_the_first_block(tmp_path):
+    path = tmp_path / "late-float.csv"
+    path.write_text("a,b\n" + "1,x\n" * 400_000 + "1.5,y\n")  # past pyarrow's first 1 MB block
+    frame = io.read_table(path)
+    assert frame["a"].dtype == np.float64 and frame["a"].iloc[-1] == 1.5
