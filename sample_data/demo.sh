@@ -47,5 +47,12 @@ step mlops abtest --champion flights@production --challenger flights:2 --data sa
 [ "$rc" -le 1 ] || exit "$rc"
 
 # --- retraining (retrain) ---
+# Summer data has drifted from the Jan-Apr training period: the drift trigger fires, a challenger is trained on
+# June to mid-August and must beat production on the latest 20% (late August) before it is promoted.
+# Exit 1 would mean the challenger lost: a valid answer, reported, not a demo failure.
+step mlops retrain flights --data sample_data/current.parquet --target delayed --time-column date \
+    --reason "nightly check" || [ $? -eq 1 ]
+step mlops retrain history flights
+step mlops models list flights
 
 printf '\nDemo finished. Registry: %s\n' "$MLOPS_REGISTRY"
