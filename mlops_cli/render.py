@@ -174,6 +174,40 @@ def render_history(report: Report, console: Console) -> None:
 
 # --- smoke-test and checklist ---------------------------------------------------------------------------------
 
+_MARK = {"pass": f"[green]{OK}[/]", "fail": f"[red]{BAD}[/]", "warn": f"[yellow]{WARN}[/]", "skip": f"[dim]{SKIP}[/]"}
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    parts = []
+    for key, value in evidence.items():
+        if isinstance(value, list):
+            value = "; ".join(str(v.get("case", "") + " " + v.get("feature", "") + ": " + v.get("outcome", ""))
+                              if isinstance(v, dict) else str(v) for v in value) or "none"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={fmt(v)}" for k, v in value.items()) or "none"
+        parts.append(f"{key}={fmt(value)}")
+    return "  ".join(parts)
+
+
+def render_steps(report: Report, console: Console) -> None:
+    """smoke-test steps and checklist items: one line each, evidence shown for everything that did not pass."""
+    entries = report.results.get("steps") or report.results.get("items") or []
+    model = report.model or {}
+    console.print(f"[bold]{report.command} {model.get('name')}:{model.get('version')}[/]")
+    section = None
+    for e in entries:
+        if e.get("section") and e["section"] != section:
+            section = e["section"]
+            console.print(f"[bold]{section}[/]")
+        label = e.get("check") or e["id"]
+        tag = "" if e.get("required", True) else " [dim](advisory)[/]"
+        console.print(f"  {_MARK[e['status']]} {e['id']}: {label}{tag}  [dim]{e['duration_s']:.2f}s[/]")
+        if e["status"] != "pass" or e["id"] in ("latency", "baseline_comparison"):
+            console.print(f"      {_evidence(e['evidence'])}", markup=False)
+    verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({', '.join(report.results['failed'])})"
+    console.print(f"{verdict}")
+    _messages(report, console)
+
 
 # --- score-batch ----------------------------------------------------------------------------------------------
 
