@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops_cli import io
-from mlops_cli import model as model_lib
 from mlops_cli.errors import EmptyInput, InputError, MlopsError, ModelNotFound, UnreadableFile
 from mlops_cli.registry import PROFILE, SAMPLE, Registry, Version, alias_stack
 from mlops_cli.report import Report
@@ -167,7 +166,7 @@ def smoke_test(registry: Registry, ref: str | Version, *, data: Path | None = No
         entry["status"] = FAIL if problems else PASS
     batch = _outputs(estimator, frame, task)
     with steps.step("batch_consistency") as entry:
-        n = min(len(frame), 200)
+        n = min(len(frame), 100)
         single = np.vstack([_outputs(estimator, frame.iloc[[i]], task) for i in range(n)])
         worst = float(np.nanmax(np.abs(single - batch[:n]))) if n else 0.0
         entry["evidence"] = {"rows": n, "max_abs_difference": worst, "tolerance": 1e-9}
@@ -307,7 +306,7 @@ def load_policy(path: Path | None) -> dict[str, Any]:
 
 
 def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = None, eval_data: Path | None = None,
-              policy: Path | dict[str, Any] | None = None, strict: bool = False) -> Report:
+              policy: Path | dict[str, Any] | None = None, strict: bool = False, iterations: int = 200) -> Report:
     """The pre-deployment checklist, judged automatically wherever a machine can judge it."""
     rules = policy if isinstance(policy, dict) else load_policy(policy)
     budgets = rules["budgets"]
@@ -320,7 +319,7 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
         return items.step(item_id, section=section, check=what, required=item_id in rules["required"])
 
     has_sample = SAMPLE in manifest["files"]
-    smoke = smoke_test(registry, version, max_latency_ms=budgets["latency_p99_ms"], strict=strict,
+    smoke = smoke_test(registry, version, max_latency_ms=budgets["latency_p99_ms"], strict=strict, iterations=iterations,
                        data=eval_data if not has_sample else None) if (has_sample or eval_data) else None
     smoke_steps = {s["id"]: s for s in smoke.results["steps"]} if smoke else {}
 

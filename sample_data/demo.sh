@@ -24,6 +24,8 @@ step mlops models rollback flights --reason "demo: roll back to v1"
 step mlops models history flights
 
 # --- release gates (smoke-test, checklist) ---
+step mlops smoke-test flights@production
+step mlops checklist flights:2 --eval-data sample_data/current.parquet
 
 # --- batch scoring (score-batch) ---
 

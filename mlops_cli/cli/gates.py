@@ -40,11 +40,13 @@ def checklist(
     eval_data: Annotated[Path | None, typer.Option(help="Labelled data for the paired baseline comparison.")] = None,
     policy: Annotated[Path | None, typer.Option(help="TOML policy: required/advisory items, budgets, "
                                                      "baseline rule.")] = None,
+    iterations: Annotated[int, typer.Option(min=10, help="Single-row calls timed for the latency item.")] = 200,
     strict: StrictOpt = False, as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Release gate: the pre-deployment checklist; exit 0 only when every required item passes."""
     from mlops_cli import gates, render
 
-    emit(gates.checklist(registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict),
+    emit(gates.checklist(registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict,
+                         iterations=iterations),
          render.render_steps)
