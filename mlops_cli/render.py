@@ -174,11 +174,88 @@ def render_history(report: Report, console: Console) -> None:
 
 # --- smoke-test and checklist ---------------------------------------------------------------------------------
 
+_MARK = {"pass": f"[green]{OK}[/]", "fail": f"[red]{BAD}[/]", "warn": f"[yellow]{WARN}[/]", "skip": f"[dim]{SKIP}[/]"}
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    parts = []
+    for key, value in evidence.items():
+        if isinstance(value, list):
+            value = "; ".join(str(v.get("case", "") + " " + v.get("feature", "") + ": " + v.get("outcome", ""))
+                              if isinstance(v, dict) else str(v) for v in value) or "none"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={fmt(v)}" for k, v in value.items()) or "none"
+        parts.append(f"{key}={fmt(value)}")
+    return "  ".join(parts)
+
+
+def render_steps(report: Report, console: Console) -> None:
+    """smoke-test steps and checklist items: one line each, evidence shown for everything that did not pass."""
+    entries = report.results.get("steps") or report.results.get("items") or []
+    model = report.model or {}
+    console.print(f"[bold]{report.command} {model.get('name')}:{model.get('version')}[/]")
+    section = None
+    for e in entries:
+        if e.get("section") and e["section"] != section:
+            section = e["section"]
+            console.print(f"[bold]{section}[/]")
+        label = e.get("check") or e["id"]
+        tag = "" if e.get("required", True) else " [dim](advisory)[/]"
+        console.print(f"  {_MARK[e['status']]} {e['id']}: {label}{tag}  [dim]{e['duration_s']:.2f}s[/]")
+        if e["status"] != "pass" or e["id"] in ("latency", "baseline_comparison"):
+            console.print(f"      {_evidence(e['evidence'])}", markup=False)
+    verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({', '.join(report.results['failed'])})"
+    console.print(f"{verdict}")
+    _messages(report, console)
+
 
 # --- score-batch ----------------------------------------------------------------------------------------------
 
 
 # --- drift-report ---------------------------------------------------------------------------------------------
+
+_SEVERITY_STYLE = {"high": "bold red", "medium": "dark_orange", "low": "yellow", "none": "dim"}
+
+
+def render_drift(report: Report, console: Console) -> None:
+    summary = report.results["summary"]
+    table = Table(title="drift per feature (most important and most severe first)", title_justify="left")
+    for column, justify in (("feature", "left"), ("kind", "left"), ("drift", "left"), ("severity", "left"),
+                            ("decided by", "left"), ("effect", "right"), ("p-value", "right"),
+                            ("missing Δ", "right"), ("importance", "right"), ("note", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in report.results["features"]:
+        s = r["statistics"]
+        effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
+        note = r["note"] or (r["status"] if r["status"] != "ok" else "")
+        if s.get("new_categories"):
+            note = (note + "; " if note else "") + f"{len(s['new_categories'])} new categories"
+        drift = {True: f"[red]{BAD}[/]", False: OK, None: SKIP}[r["drifted"]]
+        kind = {"numeric": "num", "categorical": "cat"}.get(r["kind"], r["kind"] or "–")
+        table.add_row(r["name"], kind, drift, f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]",
+                      r["decided_by"] or "–", fmt(effect, 3), fmt(r["p_value"], 2), fmt(s.get("missing_share_change"), 2),
+                      fmt(r["importance"], 2), note)
+    console.print(table)
+    weighted = summary["weighted_drifted_share"]
+    console.print(f"{summary['drifted']} of {summary['tested']} features drifted ({summary['drifted_share']:.0%}"
+                  + (f", {weighted:.0%} weighted by importance" if weighted is not None else "")
+                  + f"); verdict at ≥ {summary['drift_share']:.0%}: "
+                  + ("[bold red]DRIFT[/]" if summary["verdict"] == "drift" else "[bold green]no drift[/]"))
+    pred = summary.get("prediction_drift")
+    if pred:
+        console.print(f"prediction drift ({pred['name']}): {'yes' if pred['drifted'] else 'no'} "
+                      f"(decided by {pred['decided_by']}"
+                      + (f"; mean {fmt(pred['mean_reference'])} → {fmt(pred['mean_current'])}" if
+                         pred.get("mean_reference") is not None else "") + ")")
+    perf = summary.get("performance")
+    if perf:
+        for name, m in perf["metrics"].items():
+            if "drop" in m:
+                console.print(f"performance {name}: recorded {fmt(m['recorded'])} → current {fmt(m['current'])}; "
+                              f"drop {fmt(m['drop'])} [{fmt(m['drop_ci'][0])}, {fmt(m['drop_ci'][1])}]")
+    if report.results.get("html"):
+        console.print(f"HTML report: {report.results['html']}")
+    _messages(report, console)
 
 
 # --- abtest ---------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class RetrainOptions:
     max_latency_ratio: float = 2.0
     alpha: float = 0.05
     promote: bool = True
+    policy: Path | None = None
     n_boot: int = 1000
     seed: int = 0
 
@@ -430,7 +431,8 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
 
         job.phase = "gates"
         smoke = gates.smoke_test(registry, challenger.ref)
-        checklist = gates.checklist(registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"])
+        checklist = gates.checklist(registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"],
+                                    policy=options.policy)
         job.gates = {"smoke_test": smoke.envelope()["status"], "checklist": checklist.envelope()["status"]}
         _save(registry, job)
         if not (smoke.passed and checklist.passed):

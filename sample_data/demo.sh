@@ -24,10 +24,14 @@ step mlops models rollback flights --reason "demo: roll back to v1"
 step mlops models history flights
 
 # --- release gates (smoke-test, checklist) ---
+step mlops smoke-test flights@production
+step mlops checklist flights:2 --eval-data sample_data/current.parquet
 
 # --- batch scoring (score-batch) ---
 
 # --- drift (drift-report) ---
+# Summer against the stored Jan-Apr reference: drift is expected and reported (exit 0 without --fail-on-drift).
+step mlops drift-report sample_data/current.parquet --model flights@production --html "$OUT/drift.html"
 
 # --- A/B decision (abtest) ---
 # A. The online experiment: flights:2 scored part of the traffic as challenger (score-batch's split in

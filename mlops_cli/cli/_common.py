@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mlops_cli.errors import MlopsError
+from mlops_cli.errors import MlopsError, MlopsWarning
 from mlops_cli.report import Report, envelope
 
 
@@ -145,7 +145,10 @@ class MlopsGroup(TyperGroup):
         showwarning = warnings.showwarning
         warnings.showwarning = _show_warning  # type: ignore[assignment]
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # Our own warnings are messages for the user, shown and reported, even under `-W error`.
+                warnings.simplefilter("always", MlopsWarning)
+                return super().invoke(ctx)
         except MlopsError as exc:
             if session.debug:
                 traceback.print_exc()

@@ -57,6 +57,7 @@ def run(
                                                           "times the champion's.")] = 2.0,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote a winner that passes the "
                                                                          "gates.")] = True,
+    policy: Annotated[Path | None, typer.Option(help="Checklist policy (TOML) for the pre-promotion gate.")] = None,
     as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Check the champion, retrain on new data when a trigger fires, promote only a proven winner."""
@@ -71,7 +72,8 @@ def run(
         check_only=check_only, time_column=time_column, holdout_fraction=holdout_fraction, holdout=holdout,
         include_reference=include_reference, window_days=window_days, train_fn=train_fn, metric=metric,
         min_improvement=min_improvement, max_age_days=max_age_days, max_drop=max_drop,
-        max_recall_drop=max_recall_drop, max_latency_ratio=max_latency_ratio, promote=promote)
+        max_recall_drop=max_recall_drop, max_latency_ratio=max_latency_ratio, promote=promote,
+        policy=policy)
     emit(retrain_lib.retrain(registry(), name, options), render.render_retrain)
 
 

@@ -1,0 +1,28 @@
+"""Release-gate benchmarks: `mlops smoke-test` and `mlops checklist` wall time on the sample model (medians of 3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _util import ROOT, median_of, python, save
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-gates-"))
+    mlops = [python(), "-m", "mlops_cli", "--registry", str(work / "registry")]
+    subprocess.run([python(), "sample_data/train.py", "sample_data/reference.parquet", str(work / "m.joblib")],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*mlops, "register", str(work / "m.joblib"), "--name", "flights", "--train-data",
+                    "sample_data/reference.parquet", "--target", "delayed", "--eval-data",
+                    "sample_data/current.parquet", "-q"], cwd=ROOT, check=True)
+    smoke = median_of([*mlops, "smoke-test", "flights", "-q", "--max-latency-ms", "1000"], cwd=ROOT)
+    check = median_of([*mlops, "checklist", "flights", "--eval-data", "sample_data/current.parquet", "-q"], cwd=ROOT)
+    save("gates", {"smoke_test_s": round(smoke["seconds"], 2), "smoke_test_peak_mb": round(smoke["peak_mb"]),
+                   "checklist_s": round(check["seconds"], 2), "checklist_peak_mb": round(check["peak_mb"])})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
