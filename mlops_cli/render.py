@@ -389,6 +389,7 @@ _DECISIONS = {
     "registered": ("green", "the challenger won and was registered (--no-promote)"),
     "promoted": ("green", "the challenger won and was promoted"),
     "rejected": ("red", "the challenger did not win; the champion stays"),
+    "rejected_by_guardrails": ("red", "the challenger won on the metric but broke a guardrail; the champion stays"),
     "rejected_by_gates": ("red", "the challenger won but failed smoke-test/checklist; the champion stays"),
     "rolled_back": ("red", "promoted, then a check failed: rolled back"),
 }

@@ -28,7 +28,7 @@ from typing import Any
 
 from mlops_cli import io
 from mlops_cli.errors import InputError, SchemaMismatch
-from mlops_cli.registry import Registry, RegisterOptions, Version, register
+from mlops_cli.registry import RegisterOptions, Registry, Version, register
 from mlops_cli.report import Report, utc_now
 
 TRIGGERS = ("auto", "drift", "performance", "schedule", "manual")
@@ -56,7 +56,7 @@ class RetrainOptions:
     min_improvement: float = 0.0
     max_age_days: float | None = None
     max_drop: float = 0.0
-    max_recall_drop: float = 0.05
+    max_recall_drop: float = 0.10
     max_latency_ratio: float = 2.0
     alpha: float = 0.05
     promote: bool = True
@@ -282,7 +282,7 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
     if options.train_fn:
         fn = load_train_fn(options.train_fn)
         try:
-            estimator = fn(train.copy(), options.target)
+            estimator = fn(train[features + [options.target]].copy(), options.target)
         except Exception as exc:  # the user's code: any failure is a failed training, reported in one line
             raise TrainingFailed(f"--train-fn {options.train_fn} raised {type(exc).__name__}: {exc}",
                                  "fix the training function; the registry was not changed") from exc
@@ -422,7 +422,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
                                      features, comparison, options)
         _save(registry, job)
         if not comparison["challenger_wins"] or not job.guardrails["passed"]:
-            job.decision = "rejected"
+            job.decision = "rejected" if not comparison["challenger_wins"] else "rejected_by_guardrails"
             report.passed = False
             return
         if not options.promote:

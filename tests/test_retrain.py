@@ -36,7 +36,7 @@ def _state(registry):
 
 
 def test_drifted_window_challenger_beats_champion_and_is_promoted(cli, champion, relaxed):
-    report = cli.json("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
+    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
                       "--reason", "summer", "--policy", relaxed)
     job = report["results"]["job"]
     assert job["triggers"]["drift"]["fired"] and "drift" in job["fired"]
@@ -69,7 +69,7 @@ def test_no_drift_with_auto_trigger_does_nothing(cli, champion, tmp_path, refere
     before = _state(champion)
     half = tmp_path / "later-same-season.parquet"
     io.write_table(half, reference_frame.sample(frac=0.5, random_state=1))
-    report = cli.json("retrain", "flights", "--data", half, "--target", "delayed", "--time-column", "date")
+    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", half, "--target", "delayed", "--time-column", "date")
     job = report["results"]["job"]
     assert job["fired"] == [] and job["decision"] == "no_trigger" and report["exit_code"] == 0
     assert not job["triggers"]["performance"]["fired"] and not job["triggers"]["drift"]["fired"]
@@ -78,7 +78,7 @@ def test_no_drift_with_auto_trigger_does_nothing(cli, champion, tmp_path, refere
 
 
 def test_check_only_evaluates_and_stops(cli, champion):
-    report = cli.json("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--check-only",
+    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--check-only",
                       "--trigger", "schedule", "--max-age-days", "0")
     job = report["results"]["job"]
     assert job["fired"] == ["schedule"] and job["decision"] == "check_only"
@@ -87,7 +87,7 @@ def test_check_only_evaluates_and_stops(cli, champion):
 
 def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, champion):
     before = _state(champion)
-    result = cli("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
+    result = cli("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
                  "--trigger", "manual", "--reason", "test", "--train-fn", "retrain_fns:explode")
     assert result.exit_code == 3 and "the feature store is down" in result.stderr
     assert _state(champion) == before
@@ -96,13 +96,13 @@ def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, 
 
 
 def test_train_function_returning_no_model_is_refused(cli, champion):
-    result = cli("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
+    result = cli("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
                  "--trigger", "manual", "--train-fn", "retrain_fns:not_a_model")
     assert result.exit_code == 3 and "not an estimator" in result.stderr
 
 
 def test_worse_challenger_is_registered_but_not_promoted(cli, champion):
-    report = cli.json("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
+    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
                       "--trigger", "manual", "--reason", "try a baseline", "--train-fn", "retrain_fns:prior_only",
                       expect=1)
     job = report["results"]["job"]
@@ -117,7 +117,7 @@ def test_failure_after_promotion_rolls_the_alias_back(cli, champion, monkeypatch
         raise RuntimeError("injected: the serving check failed")
 
     monkeypatch.setattr(retrain_lib, "_after_promotion", broken_check)
-    report = cli.json("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
+    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
                       "--policy", relaxed, expect=1)
     job = report["results"]["job"]
     assert job["decision"] == "rolled_back" and "injected" in job["error"]
@@ -137,7 +137,7 @@ def test_killed_run_shows_as_killed_and_promotion_is_undone(cli, champion):
     champion.promote("flights:1", "production")  # as the killed job left it (moved, unconfirmed)
     history = cli.json("retrain", "history", "flights")["results"]["jobs"]
     assert history[0]["status"] == "killed"
-    cli.json("retrain", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
+    cli.json("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
     assert champion.events("flights")[-1]["event"] == "rolled_back"
 
 

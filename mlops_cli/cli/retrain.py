@@ -52,12 +52,13 @@ def run(
     max_drop: Annotated[float, typer.Option(help="Performance trigger: fire when the metric's 95% CI lies "
                                                  "entirely more than this below the recorded value.")] = 0.0,
     max_recall_drop: Annotated[float, typer.Option(help="Guardrail: largest allowed per-class recall "
-                                                        "drop.")] = 0.05,
+                                                        "drop.")] = 0.10,
     max_latency_ratio: Annotated[float, typer.Option(help="Guardrail: challenger p99 latency at most this "
                                                           "times the champion's.")] = 2.0,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote a winner that passes the "
                                                                          "gates.")] = True,
     policy: Annotated[Path | None, typer.Option(help="Checklist policy (TOML) for the pre-promotion gate.")] = None,
+    bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for CIs and paired tests.")] = 1000,
     as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False, overwrite: OverwriteOpt = False,
 ) -> None:
     """Check the champion, retrain on new data when a trigger fires, promote only a proven winner."""
@@ -73,7 +74,7 @@ def run(
         include_reference=include_reference, window_days=window_days, train_fn=train_fn, metric=metric,
         min_improvement=min_improvement, max_age_days=max_age_days, max_drop=max_drop,
         max_recall_drop=max_recall_drop, max_latency_ratio=max_latency_ratio, promote=promote,
-        policy=policy)
+        policy=policy, n_boot=bootstrap)
     emit(retrain_lib.retrain(registry(), name, options), render.render_retrain)
 
 
