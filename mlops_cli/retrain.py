@@ -461,21 +461,34 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     job.options["seconds"] = round(time.perf_counter() - started, 3)
 
 
+def _interleaved_p99_ms(champion: Any, challenger: Any, rows: Any, iterations: int = 200) -> dict[str, float]:
+    """Single-row p99 latency of both models, calls alternating, so machine load falls on both alike."""
+    import numpy as np
+
+    timings: dict[str, list[float]] = {"champion": [], "challenger": []}
+    for i in range(iterations + 10):
+        row = rows.iloc[[i % len(rows)]]
+        for label, estimator in (("champion", champion), ("challenger", challenger)):
+            start = time.perf_counter()
+            estimator.predict(row)
+            if i >= 10:  # warm-up
+                timings[label].append((time.perf_counter() - start) * 1000)
+    return {label: float(np.percentile(values, 99)) for label, values in timings.items()}
+
+
 def _guardrails(registry: Registry, champion: Version, champion_estimator: Any, challenger: Version,
                 challenger_estimator: Any, holdout: Any, features: list[str], comparison: dict[str, Any],
                 options: RetrainOptions) -> dict[str, Any]:
     """The challenger must not be worse where the primary metric does not look: per-class recall, p99 latency."""
-    from mlops_cli import gates
-
     checks = []
     ours, theirs = comparison["challenger"]["metrics"], comparison["champion"]["metrics"]
     for key in sorted(k for k in theirs if k.startswith("recall[")):
         drop = theirs[key] - ours.get(key, 0.0)
         checks.append({"id": key, "champion": theirs[key], "challenger": ours.get(key), "drop": drop,
                        "passed": bool(drop <= options.max_recall_drop), "limit": options.max_recall_drop})
-    rows = holdout[features].head(200)
-    latency = {label: gates.latency_p99_ms(est, rows) for label, est in
-               (("champion", champion_estimator), ("challenger", challenger_estimator))}
-    checks.append({"id": "p99_latency_ms", **latency, "limit_ratio": options.max_latency_ratio,
-                   "passed": bool(latency["challenger"] <= options.max_latency_ratio * max(latency["champion"], 1.0))})
+    p99 = _interleaved_p99_ms(champion_estimator, challenger_estimator, holdout[features].head(200))
+    # 5 ms of slack: on a busy machine two sub-millisecond models differ by scheduling noise, not by design.
+    limit = options.max_latency_ratio * p99["champion"] + 5.0
+    checks.append({"id": "p99_latency_ms", **p99, "limit_ms": limit, "limit_ratio": options.max_latency_ratio,
+                   "passed": bool(p99["challenger"] <= limit)})
     return {"passed": all(c["passed"] for c in checks), "checks": checks}

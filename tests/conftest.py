@@ -38,27 +38,33 @@ def current_frame():
     return io.read_table(CURRENT)
 
 
-@pytest.fixture(scope="session")
-def model_file(tmp_path_factory, reference_frame) -> Path:
-    """The sample pipeline, kept small (30 boosting rounds) so the suite stays fast."""
+def _fit_sample_model(tmp_path_factory, reference_frame, max_iter: int, name: str) -> Path:
     import joblib
 
     labelled = reference_frame[reference_frame["delayed"].notna()]
-    model = sample_train.build(max_iter=30).fit(labelled[sample_train.FEATURES], labelled["delayed"].astype(int))
-    path = tmp_path_factory.mktemp("models") / "flights.joblib"
+    model = sample_train.build(max_iter=max_iter).fit(labelled[sample_train.FEATURES], labelled["delayed"].astype(int))
+    path = tmp_path_factory.mktemp("models") / name
     joblib.dump(model, path)
     return path
 
 
 @pytest.fixture(scope="session")
+def model_file(tmp_path_factory, reference_frame) -> Path:
+    """The sample pipeline, kept small (30 boosting rounds) so the suite stays fast."""
+    return _fit_sample_model(tmp_path_factory, reference_frame, 30, "flights.joblib")
+
+
+@pytest.fixture(scope="session")
 def other_model_file(tmp_path_factory, reference_frame) -> Path:
     """A second, different artifact of the same pipeline (for promote/rollback)."""
-    import joblib
+    return _fit_sample_model(tmp_path_factory, reference_frame, 20, "flights-v2.joblib")
 
-    labelled = reference_frame[reference_frame["delayed"].notna()]
-    model = sample_train.build(max_iter=20).fit(labelled[sample_train.FEATURES], labelled["delayed"].astype(int))
-    path = tmp_path_factory.mktemp("models") / "flights-v2.joblib"
-    joblib.dump(model, path)
+
+@pytest.fixture
+def relaxed(tmp_path) -> Path:
+    """A checklist policy with a latency budget no busy test machine misses (latency has its own tests)."""
+    path = tmp_path / "relaxed.toml"
+    path.write_text("[budgets]\nlatency_p99_ms = 2000\n")
     return path
 
 

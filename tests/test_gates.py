@@ -123,14 +123,6 @@ def test_smoke_test_needs_data_when_nothing_is_stored(cli, model_file):
 # --- checklist -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def relaxed(tmp_path):
-    """The default policy with a latency budget no busy test machine misses (latency has its own test)."""
-    path = tmp_path / "relaxed.toml"
-    path.write_text("[budgets]\nlatency_p99_ms = 2000\n")
-    return path
-
-
 def _items(report):
     return {i["id"]: i for i in report["results"]["items"]}
 

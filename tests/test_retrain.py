@@ -22,14 +22,6 @@ def champion(cli, model_file):
     return Registry(cli.registry)
 
 
-@pytest.fixture
-def relaxed(tmp_path):
-    """Checklist policy with a latency budget no busy test machine misses (latency has its own tests)."""
-    path = tmp_path / "relaxed.toml"
-    path.write_text("[budgets]\nlatency_p99_ms = 2000\n")
-    return path
-
-
 def _state(registry):
     return (sorted(v.version for v in registry.versions("flights")), registry.aliases("flights"),
             len(registry.events("flights")))
