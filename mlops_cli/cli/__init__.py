@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, models, register
+from mlops_cli.cli import _common, abtest, models, register, score_batch
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -49,6 +49,7 @@ def _root(
 app.command("register")(register.run)
 app.add_typer(models.app, name="models")
 app.command("abtest")(abtest.run)
+app.command("score-batch")(score_batch.run)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mlops_cli.errors import MlopsError
+from mlops_cli.errors import Interrupted, MlopsError
 from mlops_cli.report import Report, envelope
 
 
@@ -146,7 +146,7 @@ class MlopsGroup(TyperGroup):
         warnings.showwarning = _show_warning  # type: ignore[assignment]
         try:
             return super().invoke(ctx)
-        except MlopsError as exc:
+        except (MlopsError, Interrupted) as exc:
             if session.debug:
                 traceback.print_exc()
             _error_report(exc.exit_code, exc.one_line())
