@@ -311,10 +311,12 @@ class TableWriter:
     Used as a context manager; leaving it with an exception (or a kill) never touches `path`.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None, *,
+                 parquet_options: dict[str, Any] | None = None) -> None:
         self.path = path
         self.schema = schema
         self.format = detect_format(path, fmt)
+        self.parquet_options = parquet_options or {}  # passed to pyarrow's ParquetWriter (ignored for CSV)
         self._atomic = atomic_path(path)
         self._writer: Any = None
         self._stream: Any = None
@@ -326,7 +328,7 @@ class TableWriter:
 
         tmp = self._atomic.__enter__()
         if self.format == "parquet":
-            self._writer = pq.ParquetWriter(tmp, self.schema)
+            self._writer = pq.ParquetWriter(tmp, self.schema, **self.parquet_options)
         else:
             compression = "gzip" if self.path.name.lower().endswith(".gz") else None
             self._stream = pa.CompressedOutputStream(str(tmp), compression) if compression else pa.OSFile(str(tmp), "wb")

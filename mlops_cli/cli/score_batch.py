@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -15,6 +16,7 @@ from mlops_cli.cli._common import (
     emit,
     registry,
 )
+from mlops_cli.report import Report
 
 
 def _columns(values: list[str] | None) -> list[str]:
@@ -99,7 +101,6 @@ def run(
     if not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise typer.BadParameter(f"{predictions}: name it .parquet, .csv or .csv.gz", param_hint="OUTPUT")
 
-    from mlops_cli import render
     from mlops_cli.scoring import ScoreOptions, score_batch
 
     options = ScoreOptions(
@@ -116,8 +117,19 @@ def run(
         overwrite=overwrite,
         strict=strict,
     )
-    with render.progress(quiet=quiet) as bar:
-        task = bar.add_task("scoring", total=None)
-        options.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
+    if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
         report = score_batch(registry(), ref, data, predictions, options=options)
-    emit(report, render.render_score_batch)
+    else:
+        from mlops_cli import render
+
+        with render.progress(quiet=quiet) as bar:
+            task = bar.add_task("scoring", total=None)
+            options.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
+            report = score_batch(registry(), ref, data, predictions, options=options)
+    emit(report, _render)
+
+
+def _render(report: Report, console: Any) -> None:
+    from mlops_cli import render
+
+    render.render_score_batch(report, console)
