@@ -4,6 +4,8 @@ MlopsError (exit 5, a bug if it escapes as the base class)
  ├── InputError (exit 3): MissingFile, EmptyInput, UnreadableFile, SchemaMismatch, InvalidData, OutputExists
  └── RegistryError (exit 4): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
                              VersionMismatch, NothingToRollBack
+
+Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
 """
 
 from __future__ import annotations
@@ -82,6 +84,26 @@ class VersionMismatch(RegistryError):
 
 class NothingToRollBack(RegistryError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the command stopped and removed what it had started to write.
+
+    A BaseException like KeyboardInterrupt, not an MlopsError, so that no `except Exception` on the way out (an
+    unpickler's, a library's) can swallow it; the CLI turns it into exit 128 + the signal number.
+    """
+
+    def __init__(self, signum: int, hint: str | None = None) -> None:
+        import signal
+
+        self.message = f"interrupted by {signal.Signals(signum).name}"
+        super().__init__(self.message)
+        self.hint = hint
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def one_line(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
 class MlopsWarning(UserWarning):

@@ -54,6 +54,18 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+def parts(path: Path) -> list[Path]:
+    """The files behind `path`: itself, or a folder's Parquet files in name order (what `iter_batches` reads)."""
+    return _files(path)
+
+
+def row_count(path: Path, fmt: str | None = None) -> int | None:
+    """Rows of a Parquet file or folder, from the footers alone; None for CSV (known only once it is read)."""
+    if detect_format(path, fmt) != "parquet":
+        return None
+    return sum(_open_parquet(f).metadata.num_rows for f in _files(path))
+
+
 def _open_parquet(file: Path) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -216,11 +228,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` whole, on failure it is removed."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the mode `open` would give it
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -290,10 +311,12 @@ class TableWriter:
     Used as a context manager; leaving it with an exception (or a kill) never touches `path`.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None, *,
+                 parquet_options: dict[str, Any] | None = None) -> None:
         self.path = path
         self.schema = schema
         self.format = detect_format(path, fmt)
+        self.parquet_options = parquet_options or {}  # passed to pyarrow's ParquetWriter (ignored for CSV)
         self._atomic = atomic_path(path)
         self._writer: Any = None
         self._stream: Any = None
@@ -305,7 +328,7 @@ class TableWriter:
 
         tmp = self._atomic.__enter__()
         if self.format == "parquet":
-            self._writer = pq.ParquetWriter(tmp, self.schema)
+            self._writer = pq.ParquetWriter(tmp, self.schema, **self.parquet_options)
         else:
             compression = "gzip" if self.path.name.lower().endswith(".gz") else None
             self._stream = pa.CompressedOutputStream(str(tmp), compression) if compression else pa.OSFile(str(tmp), "wb")

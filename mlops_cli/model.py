@@ -84,6 +84,61 @@ def predict_frame(estimator: Any, features: pd.DataFrame, *, task: str, classes:
     return pd.DataFrame(out, index=features.index)
 
 
+class Predictor:
+    """Predictions batch after batch, at the cost of one model call per batch.
+
+    For a classifier with `predict_proba` and `proba=True`, each batch costs one `predict_proba` call, and
+    `prediction` is the class of highest probability. That equals `predict` for scikit-learn's classifiers but not
+    for every estimator (a decision threshold other than 0.5, for one), so the first batch is also passed to
+    `predict` (up to CHECK_ROWS rows) and, if the two disagree on any row, every batch calls `predict` as well.
+    """
+
+    CHECK_ROWS = 5_000
+
+    def __init__(self, estimator: Any, *, task: str, proba: bool = True) -> None:
+        import numpy as np
+
+        self.estimator = estimator
+        classes = getattr(estimator, "classes_", None)
+        self.classes: np.ndarray | None = np.asarray(classes) if task == "classifier" and classes is not None \
+            else None
+        self.with_proba = proba and self.classes is not None and hasattr(estimator, "predict_proba")
+        # An estimator fitted on an array warns on every call that passes a DataFrame: give it the array.
+        self._as_array = hasattr(estimator, "n_features_in_") and not hasattr(estimator, "feature_names_in_")
+        self._argmax_is_predict: bool | None = None
+
+    def predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        """(prediction, probabilities in the order of `classes` or None) for the rows of `features`."""
+        import numpy as np
+
+        data: Any = features.to_numpy() if self._as_array else features
+        try:
+            if not self.with_proba:
+                return self._checked(np.asarray(self.estimator.predict(data))), None
+            proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
+            if self._argmax_is_predict is None:
+                head = data[: self.CHECK_ROWS] if self._as_array else data.iloc[: self.CHECK_ROWS]
+                own = np.asarray(self.estimator.predict(head))
+                self._argmax_is_predict = bool(np.array_equal(own, self._argmax(proba[: len(head)])))
+            prediction = self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidData(f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",
+                              "check the columns and types against the model's schema") from exc
+        return self._checked(prediction), proba
+
+    def _argmax(self, proba: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        return self.classes[np.argmax(proba, axis=1)]  # type: ignore[index]
+
+    @staticmethod
+    def _checked(prediction: np.ndarray) -> np.ndarray:
+        if prediction.ndim != 1:
+            raise InvalidData(f"the model returns predictions of shape {prediction.shape}",
+                              "only single-output models can be scored")
+        return prediction
+
+
 def proba_matrix(predictions: pd.DataFrame, classes: list[Any]) -> np.ndarray:
     return predictions[[proba_column(c) for c in classes]].to_numpy(dtype=float)
 

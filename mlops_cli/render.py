@@ -212,6 +212,66 @@ def render_steps(report: Report, console: Console) -> None:
 # --- score-batch ----------------------------------------------------------------------------------------------
 
 
+def render_score_batch(report: Report, console: Console) -> None:
+    r = report.results
+    source = report.inputs[0]["path"] if report.inputs else "input"
+    out = r["output"]
+    console.print(f"[bold]scored {fmt(r['rows_scored'])} of {fmt(r['rows_read'])} rows[/] of {source} → "
+                  f"{out['path']} ({fmt(out['rows'])} rows written)")
+    speed = fmt(round(r["rows_per_second"])) if r["rows_per_second"] is not None else "–"
+    console.print(f"{r['wall_seconds']:.2f} s, {speed} rows/s, peak memory {r['peak_rss_mb']:.0f} MB, "
+                  f"{fmt(r['batches'])} batch(es) of up to {fmt(r['batch_size'])} rows")
+    if r["rejected_by_reason"]:
+        table = Table(title=f"rows not scored (--on-invalid {r['on_invalid']}): {fmt(r['rows_rejected'])}",
+                      title_justify="left")
+        table.add_column("reason")
+        table.add_column("rows", justify="right")
+        for reason, count in sorted(r["rejected_by_reason"].items(), key=lambda item: (-item[1], item[0])):
+            table.add_row(reason, fmt(count))
+        console.print(table)
+    table = Table(title="models", title_justify="left")
+    for column in ("role", "model", "sha256", "routed", "share", "scored", "rejected", "predicted classes"):
+        table.add_column(column, justify="left" if column in ("role", "model", "sha256", "predicted classes")
+                         else "right")
+    for m in r["models"]:
+        shares = (m["prediction"].get("class_shares") or {}).items()
+        table.add_row(m["role"], f"{m['name']}:{m['version']}", m["sha256"][:12], fmt(m["rows_routed"]),
+                      f"{m['share']:.1%}" if m["share"] is not None else "–", fmt(m["rows_scored"]),
+                      fmt(m["rows_rejected"]), ", ".join(f"{c}: {share:.1%}" for c, share in shares) or "–")
+    console.print(table)
+    _prediction_table(r["models"], console)
+    if r["split"]:
+        s = r["split"]
+        console.print(f"split on {', '.join(s['key'])} ({s['method']}): challenger share {s['challenger_share']:.1%}"
+                      f" requested, {s['observed_share']:.1%} observed; rows without a key (to the champion): "
+                      f"{fmt(s['rows_without_key'])}")
+    _messages(report, console)
+
+
+def _prediction_table(models: list[dict[str, Any]], console: Console) -> None:
+    """Mean and quantiles of each class probability (binary: the positive class only), or of a regressor's output."""
+    table = Table(title="prediction distribution", title_justify="left")
+    for column in ("model", "value", "mean", "5%", "25%", "median", "75%", "95%"):
+        table.add_column(column, justify="left" if column in ("model", "value") else "right")
+    rows = 0
+    for m in models:
+        p = m["prediction"]
+        if not p.get("rows"):
+            continue
+        if "class_shares" not in p:
+            series = [("prediction", p["mean"], p["quantiles"])]
+        else:
+            labels = list(p.get("proba_mean") or {})
+            labels = labels[-1:] if len(labels) == 2 else labels
+            series = [(f"proba_{label}", p["proba_mean"][label], p["proba_quantiles"][label]) for label in labels]
+        for name, mean, q in series:
+            table.add_row(f"{m['name']}:{m['version']}", name, fmt(mean), *(fmt(q[k]) for k in
+                                                                             ("0.05", "0.25", "0.5", "0.75", "0.95")))
+            rows += 1
+    if rows:
+        console.print(table)
+
+
 # --- drift-report ---------------------------------------------------------------------------------------------
 
 _SEVERITY_STYLE = {"high": "bold red", "medium": "dark_orange", "low": "yellow", "none": "dim"}

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain
+from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain, score_batch
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -50,6 +50,7 @@ app.command("register")(register.run)
 app.add_typer(models.app, name="models")
 app.command("smoke-test")(gates.smoke_test)
 app.command("checklist")(gates.checklist)
+app.command("score-batch")(score_batch.run)
 app.command("drift-report")(drift.run)
 app.command("abtest")(abtest.run)
 app.add_typer(retrain.app, name="retrain")

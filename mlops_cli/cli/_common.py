@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mlops_cli.errors import MlopsError, MlopsWarning
+from mlops_cli.errors import Interrupted, MlopsError, MlopsWarning
 from mlops_cli.report import Report, envelope
 
 
@@ -149,7 +149,7 @@ class MlopsGroup(TyperGroup):
                 # Our own warnings are messages for the user, shown and reported, even under `-W error`.
                 warnings.simplefilter("always", MlopsWarning)
                 return super().invoke(ctx)
-        except MlopsError as exc:
+        except (MlopsError, Interrupted) as exc:
             if session.debug:
                 traceback.print_exc()
             _error_report(exc.exit_code, exc.one_line())

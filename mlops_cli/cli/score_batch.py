@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from mlops_cli.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    StrictOpt,
+    emit,
+    registry,
+)
+from mlops_cli.report import Report
+
+
+def _columns(values: list[str] | None) -> list[str]:
+    """`--keep-columns a,b --keep-columns c` → [a, b, c]."""
+    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
+
+
+def run(
+    ref: Annotated[str, typer.Argument(help="The model: NAME, NAME:VERSION or NAME@ALIAS.", metavar="REF")],
+    data: Annotated[
+        Path,
+        typer.Argument(help="Rows to score: .parquet (a file or a folder of them), .csv, .csv.gz.", metavar="INPUT"),
+    ],
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            help="Where the predictions go (.parquet, .csv or .csv.gz); it appears whole, or not at all.",
+            metavar="OUTPUT",
+        ),
+    ],
+    id_column: Annotated[
+        list[str] | None,
+        typer.Option("--id-column", metavar="COL", help="Copy this column into the output (repeatable)."),
+    ] = None,
+    keep_columns: Annotated[
+        list[str] | None, typer.Option("--keep-columns", metavar="COL,...", help="Also copy these columns.")
+    ] = None,
+    keep_all: Annotated[bool, typer.Option("--keep-all", help="Copy every input column.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per batch: peak memory grows with it.")] = 100_000,
+    proba: Annotated[
+        bool, typer.Option("--proba/--no-proba", help="Write a proba_<class> column per class (classifiers).")
+    ] = True,
+    on_invalid: Annotated[
+        Literal["fail", "skip", "null"],
+        typer.Option(
+            help="Rows that break the model's schema: fail (exit 3, nothing written), skip (leave them out), null "
+            "(keep them with a null prediction and the reason)."
+        ),
+    ] = "fail",
+    challenger: Annotated[
+        str | None, typer.Option(metavar="REF", help="A second model that scores --challenger-share of the keys.")
+    ] = None,
+    challenger_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of split keys sent to the challenger.")
+    ] = 0.1,
+    split_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split-key",
+            metavar="COL[,COL...]",
+            help="Column(s) whose hash picks the model (default: the first --id-column).",
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score every row of a Parquet/CSV file (or folder) with a registered model, streaming, into a predictions file.
+
+    Memory depends on --batch-size, not the file size. Rows that break the model's schema follow --on-invalid. The
+    output is written to a temporary file and renamed when complete: a failure, SIGTERM or Ctrl-C leaves OUTPUT as
+    it was. With --challenger, a stable hash of --split-key sends the same keys to the challenger in every run.
+    """
+    keep = _columns(keep_columns)
+    key = _columns(split_key)
+    if keep_all and keep:
+        raise typer.BadParameter("--keep-all copies every column already; drop --keep-columns", param_hint="--keep-all")
+    if challenger is None and (key or challenger_share != 0.1):
+        raise typer.BadParameter("needs --challenger", param_hint="--split-key/--challenger-share")
+    if challenger is not None:
+        if not 0 < challenger_share < 1:
+            raise typer.BadParameter("use a share strictly between 0 and 1", param_hint="--challenger-share")
+        if not key and not id_column:
+            raise typer.BadParameter(
+                "a challenger run needs --split-key COL (or an --id-column)", param_hint="--split-key"
+            )
+    if output is not None and output.resolve() == predictions.resolve():
+        raise typer.BadParameter("the JSON report and the predictions cannot share a file", param_hint="-o")
+    if not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
+        raise typer.BadParameter(f"{predictions}: name it .parquet, .csv or .csv.gz", param_hint="OUTPUT")
+
+    from mlops_cli.scoring import ScoreOptions, score_batch
+
+    options = ScoreOptions(
+        id_columns=list(id_column or []),
+        keep_columns=keep,
+        keep_all=keep_all,
+        batch_size=batch_size,
+        proba=proba,
+        on_invalid=on_invalid,
+        challenger=challenger,
+        challenger_share=challenger_share,
+        split_key=key,
+        input_format=fmt,
+        overwrite=overwrite,
+        strict=strict,
+    )
+    if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
+        report = score_batch(registry(), ref, data, predictions, options=options)
+    else:
+        from mlops_cli import render
+
+        with render.progress(quiet=quiet) as bar:
+            task = bar.add_task("scoring", total=None)
+            options.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
+            report = score_batch(registry(), ref, data, predictions, options=options)
+    emit(report, _render)
+
+
+def _render(report: Report, console: Any) -> None:
+    from mlops_cli import render
+
+    render.render_score_batch(report, console)
