@@ -210,7 +210,7 @@ def _edge_cases(estimator: Any, rows: pd.DataFrame, manifest: dict[str, Any],
     """Schema-derived bad inputs. Raising is fine where the input really is unusable (a missing column, a wrong
     dtype) or where the manifest declares the model does not take it; invalid output is never fine."""
     contract = manifest["input_contract"]
-    cases: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame], bool]] = []
+    cases: list[tuple[str, str, Callable[..., pd.DataFrame], bool]] = []
     features = manifest["features"]
     if features:
         first = features[0]["name"]
@@ -274,7 +274,7 @@ DEFAULT_POLICY: dict[str, Any] = {
 
 def load_policy(path: Path | None) -> dict[str, Any]:
     """The default policy, overridden by a TOML file ([items] required/advisory, [budgets], [baseline])."""
-    policy = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in DEFAULT_POLICY.items()}
+    policy: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in DEFAULT_POLICY.items()}
     if path is None:
         return policy
     if not path.is_file():
@@ -461,6 +461,7 @@ def _rollback_ready(registry: Registry, version: Version, alias: str, entry: dic
     current = aliases.get(alias)
     # After this version ships, rolling back means returning to today's production (or, if this is already
     # production, to the one before it).
+    previous: str | None
     if current and current != version.version:
         previous = current
     else:

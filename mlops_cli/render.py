@@ -479,8 +479,12 @@ def render_retrain(report: Report, console: Console) -> None:
             mark = f"[green]{OK}[/]" if check["passed"] else f"[red]{BAD}[/]"
             console.print(f"  {mark} guardrail {check['id']}: champion {fmt(check['champion'])}, "
                           f"challenger {fmt(check['challenger'])}")
-    for gate, status in (job.get("gates") or {}).items():
-        console.print(f"  {OK if status == 'pass' else BAD} {gate}: {status}")
+    gates = job.get("gates") or {}
+    for gate in ("smoke_test", "checklist"):
+        if gate in gates:
+            console.print(f"  {OK if gates[gate] == 'pass' else BAD} {gate}: {gates[gate]}")
+    if gates.get("failed"):
+        console.print(f"  failed: {', '.join(gates['failed'])}")
     style, text = _DECISIONS.get(job["decision"], ("red", job["status"]))
     console.print(f"[bold {style}]{text}[/]" + (f"  ({job['error']})" if job.get("error") else ""))
     _messages(report, console)

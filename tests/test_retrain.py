@@ -34,7 +34,7 @@ def test_drifted_window_challenger_beats_champion_and_is_promoted(cli, champion,
     assert job["triggers"]["drift"]["fired"] and "drift" in job["fired"]
     assert job["decision"] == "promoted" and job["status"] == "promoted" and report["exit_code"] == 0
     assert job["comparison"]["challenger_wins"] and job["comparison"]["difference"] > 0
-    assert job["gates"] == {"smoke_test": "pass", "checklist": "pass"}
+    assert job["gates"] == {"smoke_test": "pass", "checklist": "pass", "failed": []}
     aliases = champion.aliases("flights")
     assert aliases["production"] == aliases["challenger"] == job["challenger"]["version"] == "2"
     lineage = champion.resolve("flights:2").manifest["lineage"]
