@@ -22,8 +22,9 @@ OUT = ROOT / "build" / "bench"
 def measure(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
     """Wall seconds and peak RSS (MB) of one child process (os.wait4 gives that child's own rusage)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     stderr = proc.stderr.read().decode() if proc.stderr else ""
@@ -34,8 +35,11 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | N
 
 def median_of(argv: list[str], repeats: int = 3, **kwargs: Any) -> dict[str, float]:
     runs = [measure(argv, **kwargs) for _ in range(repeats)]
-    return {"seconds": statistics.median(r["seconds"] for r in runs),
-            "peak_mb": statistics.median(r["peak_mb"] for r in runs), "repeats": repeats}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+        "repeats": repeats,
+    }
 
 
 def python() -> str:

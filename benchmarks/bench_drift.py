@@ -58,8 +58,9 @@ def evidently_python() -> str | None:
     exe = EVIDENTLY_VENV / "bin" / "python"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", str(EVIDENTLY_VENV)], check=True)
-        subprocess.run([str(exe), "-m", "pip", "install", "-q", "evidently>=0.7,<0.8", "pandas<3", "pyarrow"],
-                       check=True)
+        subprocess.run(
+            [str(exe), "-m", "pip", "install", "-q", "evidently>=0.7,<0.8", "pandas<3", "pyarrow"], check=True
+        )
     return str(exe)
 
 
@@ -80,8 +81,10 @@ def main() -> None:
         results[f"{key}_scipy_script_peak_mb"] = round(plain["peak_mb"])
         if evidently:
             ev = median_of([evidently, "-c", EVIDENTLY, str(ref), str(cur)], repeats=1 if rows > 100_000 else 3)
-            results[f"{key}_evidently_s"], results[f"{key}_evidently_peak_mb"] = round(ev["seconds"], 1), round(
-                ev["peak_mb"])
+            results[f"{key}_evidently_s"], results[f"{key}_evidently_peak_mb"] = (
+                round(ev["seconds"], 1),
+                round(ev["peak_mb"]),
+            )
             results[f"{key}_speedup_vs_evidently"] = round(ev["seconds"] / ours["seconds"], 1)
             results[f"{key}_memory_vs_evidently"] = round(ours["peak_mb"] / ev["peak_mb"], 2)
     save("drift", results)

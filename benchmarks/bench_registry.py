@@ -52,13 +52,32 @@ def main() -> None:
 
     def register(model: Path, *extra: str) -> dict[str, float]:
         reg = work / f"reg-{time.monotonic_ns()}"
-        return median_of([*mlops(), "--registry", str(reg), "register", str(model), "--name", "m",
-                          "--allow-duplicate", "-q", *extra], repeats=3)
+        return median_of(
+            [
+                *mlops(),
+                "--registry",
+                str(reg),
+                "register",
+                str(model),
+                "--name",
+                "m",
+                "--allow-duplicate",
+                "-q",
+                *extra,
+            ],
+            repeats=3,
+        )
 
     results["register_small_s"] = register(small)["seconds"]
     results["register_small_with_data_s"] = register(
-        small, "--train-data", "sample_data/reference.parquet", "--target", "delayed",
-        "--eval-data", "sample_data/current.parquet")["seconds"]
+        small,
+        "--train-data",
+        "sample_data/reference.parquet",
+        "--target",
+        "delayed",
+        "--eval-data",
+        "sample_data/current.parquet",
+    )["seconds"]
     forest = register(big)
     results["register_forest_s"], results["register_forest_peak_mb"] = forest["seconds"], forest["peak_mb"]
     dest = work / "copy"

@@ -1,6 +1,6 @@
 """`make bench`: run every benchmarks/bench_*.py in turn; each prints its figures and saves build/bench/*.json.
 
-    python benchmarks/run.py [NAME ...]     # e.g. `python benchmarks/run.py registry` runs bench_registry.py only
+python benchmarks/run.py [NAME ...]     # e.g. `python benchmarks/run.py registry` runs bench_registry.py only
 """
 
 from __future__ import annotations

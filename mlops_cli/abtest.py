@@ -783,7 +783,9 @@ def _paired_tests(
     return out
 
 
-def _row_losses(champion: metrics.Scorer, challenger: metrics.Scorer, metric: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+def _row_losses(
+    champion: metrics.Scorer, challenger: metrics.Scorer, metric: str
+) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Per-row losses of both models for the metrics that are averages of one: |error| for mae, squared error
     for rmse and r2 (both move with the mean squared error), log loss for log_loss."""
     if metric == "mae":

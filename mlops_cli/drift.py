@@ -89,8 +89,15 @@ def numeric_stats(ref: np.ndarray, cur: np.ndarray) -> dict[str, float]:
     p_ref = _shares(np.searchsorted(edges, r, side="left"), len(edges) + 1)
     p_cur = _shares(np.searchsorted(edges, c, side="left"), len(edges) + 1)
     std = float(r.std(ddof=1)) if n > 1 else 0.0
-    return {"ks": d, "ks_p_value": p, "wasserstein": w, "wasserstein_norm": w / std if std > 0 else w,
-            "psi": psi(p_ref, p_cur), "js": js_distance(p_ref, p_cur), "bins": len(edges) + 1}
+    return {
+        "ks": d,
+        "ks_p_value": p,
+        "wasserstein": w,
+        "wasserstein_norm": w / std if std > 0 else w,
+        "psi": psi(p_ref, p_cur),
+        "js": js_distance(p_ref, p_cur),
+        "bins": len(edges) + 1,
+    }
 
 
 def _psi_edges(r: np.ndarray) -> np.ndarray:
@@ -207,8 +214,17 @@ def _kind(ref: pd.Series, name: str, options: DriftOptions) -> tuple[str, str | 
 def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: DriftOptions) -> dict[str, Any]:
     import pandas as pd
 
-    row: dict[str, Any] = {"name": name, "kind": None, "statistics": {}, "p_value": None, "drifted": None,
-                           "severity": "none", "decided_by": None, "status": "ok", "note": None}
+    row: dict[str, Any] = {
+        "name": name,
+        "kind": None,
+        "statistics": {},
+        "p_value": None,
+        "drifted": None,
+        "severity": "none",
+        "decided_by": None,
+        "status": "ok",
+        "note": None,
+    }
     if cur is None:
         row.update(status="missing_in_current", note="column missing from the current data")
         return row
@@ -218,9 +234,13 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
     kind, note = _kind(ref, name, options)
     row.update(kind=kind, note=note)
     miss_ref, miss_cur = float(ref.isna().mean()), float(cur.isna().mean())
-    stats_: dict[str, Any] = {"missing_share_reference": miss_ref, "missing_share_current": miss_cur,
-                              "missing_share_change": miss_cur - miss_ref,
-                              "rows_reference": len(ref), "rows_current": len(cur)}
+    stats_: dict[str, Any] = {
+        "missing_share_reference": miss_ref,
+        "missing_share_current": miss_cur,
+        "missing_share_change": miss_cur - miss_ref,
+        "rows_reference": len(ref),
+        "rows_current": len(cur),
+    }
     row["statistics"] = stats_
     if kind in ("identifier", "datetime"):
         row.update(status="skipped", note=note or f"{kind} column: not compared")
@@ -246,8 +266,11 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
         top = r.astype(str).value_counts(normalize=True).head(12)
         cur_shares = c.astype(str).value_counts(normalize=True)
         labels = list(top.index) + [k for k in cur_shares.head(3).index if k not in top.index]
-        row["histogram"] = {"labels": labels, "reference": [float(top.get(k, 0.0)) for k in labels],
-                            "current": [float(cur_shares.get(k, 0.0)) for k in labels]}
+        row["histogram"] = {
+            "labels": labels,
+            "reference": [float(top.get(k, 0.0)) for k in labels],
+            "current": [float(cur_shares.get(k, 0.0)) for k in labels],
+        }
     return row
 
 
@@ -337,8 +360,9 @@ def _importance(registry: Registry, version: Version, estimator: Any, sample: pd
     return importance
 
 
-def _prediction_drift(version: Version, estimator: Any, sample: pd.DataFrame, current: pd.DataFrame,
-                      options: DriftOptions) -> dict[str, Any] | None:
+def _prediction_drift(
+    version: Version, estimator: Any, sample: pd.DataFrame, current: pd.DataFrame, options: DriftOptions
+) -> dict[str, Any] | None:
     import pandas as pd
 
     from mlops_cli import model as model_lib
@@ -348,15 +372,24 @@ def _prediction_drift(version: Version, estimator: Any, sample: pd.DataFrame, cu
         return None
     task, classes = version.manifest["task"], version.manifest.get("classes")
     predictions = model_lib.predict_frame(estimator, current[features], task=task, classes=classes)
-    column = model_lib.proba_column(classes[-1]) if task == "classifier" and classes and len(classes) == 2 \
-        else "prediction"
+    column = (
+        model_lib.proba_column(classes[-1]) if task == "classifier" and classes and len(classes) == 2 else "prediction"
+    )
     if column not in sample.columns:
         return None
     ref, cur = sample[column], predictions[column]
     kind = "numeric" if pd.api.types.is_float_dtype(ref) else "categorical"
-    row = _feature(column, ref, cur, DriftOptions(numeric=[column] if kind == "numeric" else [],
-                                                  categorical=[column] if kind == "categorical" else [],
-                                                  stattest=options.stattest, threshold=options.threshold))
+    row = _feature(
+        column,
+        ref,
+        cur,
+        DriftOptions(
+            numeric=[column] if kind == "numeric" else [],
+            categorical=[column] if kind == "categorical" else [],
+            stattest=options.stattest,
+            threshold=options.threshold,
+        ),
+    )
     _decide([row], DriftOptions(stattest=options.stattest, threshold=options.threshold, correction="none"))
     row["mean_reference"] = float(ref.mean()) if kind == "numeric" else None
     row["mean_current"] = float(cur.mean()) if kind == "numeric" else None
@@ -374,15 +407,18 @@ def _performance(version: Version, estimator: Any, current: pd.DataFrame, target
     scorer = model_lib.scorer_for(estimator, version.manifest, labelled, target)
     now = metrics.evaluate(scorer, n_boot=300, seed=0)
     out = {}
-    for name in (metrics.CLASSIFIER_METRICS if scorer.task == "classifier" else metrics.REGRESSOR_METRICS):
+    for name in metrics.CLASSIFIER_METRICS if scorer.task == "classifier" else metrics.REGRESSOR_METRICS:
         if name not in now:
             continue
         entry = {"current": now[name]["value"], "current_ci": [now[name]["ci_low"], now[name]["ci_high"]]}
         if name in recorded:
             base = recorded[name]["value"]
             sign = 1 if metrics.higher_is_better(name) else -1
-            entry.update(recorded=base, drop=sign * (base - now[name]["value"]),
-                         drop_ci=sorted([sign * (base - now[name]["ci_high"]), sign * (base - now[name]["ci_low"])]))
+            entry.update(
+                recorded=base,
+                drop=sign * (base - now[name]["value"]),
+                drop_ci=sorted([sign * (base - now[name]["ci_high"]), sign * (base - now[name]["ci_low"])]),
+            )
         out[name] = entry
     return {"rows": len(labelled), "metrics": out}
 
@@ -390,8 +426,9 @@ def _performance(version: Version, estimator: Any, current: pd.DataFrame, target
 # --- the report ----------------------------------------------------------------------------------------------
 
 
-def compare(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions,
-            importance: dict[str, float] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions, importance: dict[str, float] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-feature drift rows and the dataset summary."""
     if current.empty:
         raise EmptyInput("the current data has no rows", "nothing to compare")
@@ -402,8 +439,12 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOption
     unknown = [n for n in names if n not in reference.columns and n not in current.columns]
     if unknown:
         raise SchemaMismatch(f"no such columns in either data: {unknown}", "check --features")
-    rows = [_feature(n, reference[n] if n in reference.columns else None,
-                     current[n] if n in current.columns else None, options) for n in names]
+    rows = [
+        _feature(
+            n, reference[n] if n in reference.columns else None, current[n] if n in current.columns else None, options
+        )
+        for n in names
+    ]
     _decide(rows, options)
     importance = importance or {}
     for row in rows:
@@ -411,26 +452,48 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, options: DriftOption
     tested = [r for r in rows if r["drifted"] is not None]
     drifted = [r for r in tested if r["drifted"]]
     total_importance = sum(importance.get(r["name"], 0.0) for r in tested)
-    weighted = (sum(importance.get(r["name"], 0.0) for r in drifted) / total_importance
-                if importance and total_importance > 0 else None)
+    weighted = (
+        sum(importance.get(r["name"], 0.0) for r in drifted) / total_importance
+        if importance and total_importance > 0
+        else None
+    )
     share = len(drifted) / len(tested) if tested else 0.0
     verdict = share >= options.drift_share or (weighted is not None and weighted >= options.drift_share)
     order = {"high": 0, "medium": 1, "low": 2, "none": 3}
     rows.sort(key=lambda r: (-(r["importance"] or 0.0), order[r["severity"]], r["name"]))
     summary = {
-        "features": len(rows), "tested": len(tested), "drifted": len(drifted), "drifted_share": share,
-        "weighted_drifted_share": weighted, "drift_share": options.drift_share,
-        "verdict": "drift" if verdict and tested else "no drift", "drifted_features": [r["name"] for r in drifted],
+        "features": len(rows),
+        "tested": len(tested),
+        "drifted": len(drifted),
+        "drifted_share": share,
+        "weighted_drifted_share": weighted,
+        "drift_share": options.drift_share,
+        "verdict": "drift" if verdict and tested else "no drift",
+        "drifted_features": [r["name"] for r in drifted],
         "not_compared": {r["name"]: r["status"] for r in rows if r["drifted"] is None},
-        "rule": {"stattest": options.stattest, "large_sample": LARGE_SAMPLE, "thresholds": THRESHOLDS,
-                 "severity_bands": SEVERITY, "correction": options.correction,
-                 "missing_share_change": MISSING_SHARE_CHANGE, "psi_bins": PSI_BINS, "psi_floor": PSI_FLOOR},
+        "rule": {
+            "stattest": options.stattest,
+            "large_sample": LARGE_SAMPLE,
+            "thresholds": THRESHOLDS,
+            "severity_bands": SEVERITY,
+            "correction": options.correction,
+            "missing_share_change": MISSING_SHARE_CHANGE,
+            "psi_bins": PSI_BINS,
+            "psi_floor": PSI_FLOOR,
+        },
     }
     return rows, summary
 
 
-def report(registry: Registry | None, current_path: Path, *, reference_path: Path | None = None,
-           model_ref: str | None = None, options: DriftOptions | None = None, fmt: str | None = None) -> Report:
+def report(
+    registry: Registry | None,
+    current_path: Path,
+    *,
+    reference_path: Path | None = None,
+    model_ref: str | None = None,
+    options: DriftOptions | None = None,
+    fmt: str | None = None,
+) -> Report:
     """`mlops drift-report`: from files, or with --model from the version's stored reference."""
     options = options or DriftOptions()
     current = io.read_table(current_path, fmt=fmt)
@@ -440,20 +503,29 @@ def report(registry: Registry | None, current_path: Path, *, reference_path: Pat
         inputs.insert(0, io.fingerprint(reference_path, rows=len(reference)))
     if model_ref is None:
         if reference_path is None:
-            raise InputError("no reference: pass REFERENCE CURRENT, or --model REF to use the stored reference",
-                             "e.g. mlops drift-report current.parquet --model churn@production")
+            raise InputError(
+                "no reference: pass REFERENCE CURRENT, or --model REF to use the stored reference",
+                "e.g. mlops drift-report current.parquet --model churn@production",
+            )
         rows, summary = compare(reference, current, options)
         return _report(rows, summary, inputs, None, [])
     assert registry is not None
     version = registry.resolve(model_ref)
-    out = drift_for_model(registry, version, current, options=options,
-                          reference=reference if reference_path is not None else None)
+    out = drift_for_model(
+        registry, version, current, options=options, reference=reference if reference_path is not None else None
+    )
     out.inputs = inputs
     return out
 
 
-def drift_for_model(registry: Registry, version: Version, current: pd.DataFrame, *,
-                    options: DriftOptions | None = None, reference: pd.DataFrame | None = None) -> Report:
+def drift_for_model(
+    registry: Registry,
+    version: Version,
+    current: pd.DataFrame,
+    *,
+    options: DriftOptions | None = None,
+    reference: pd.DataFrame | None = None,
+) -> Report:
     """Drift of `current` against a registered version's stored reference sample (or `reference`), with
     importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
     options = options or DriftOptions()
@@ -467,17 +539,31 @@ def drift_for_model(registry: Registry, version: Version, current: pd.DataFrame,
     importance = _importance(registry, version, estimator, sample)
     rows, summary = compare(reference if reference is not None else sample, current, options, importance)
     summary["prediction_drift"] = _prediction_drift(version, estimator, sample, current, options)
-    summary["performance"] = (_performance(version, estimator, current, target)
-                              if target and target in current.columns else None)
+    summary["performance"] = (
+        _performance(version, estimator, current, target) if target and target in current.columns else None
+    )
     if summary["not_compared"]:
         messages.append(f"not compared: {', '.join(f'{k} ({v})' for k, v in summary['not_compared'].items())}")
     return _report(rows, summary, [], version, messages)
 
 
-def _report(rows: list[dict[str, Any]], summary: dict[str, Any], inputs: list[dict[str, Any]],
-            version: Version | None, messages: list[str]) -> Report:
-    messages = messages or ([f"not compared: {', '.join(f'{k} ({v})' for k, v in summary['not_compared'].items())}"]
-                            if summary["not_compared"] else [])
-    return Report("drift-report", results={"features": rows, "summary": summary}, inputs=inputs,
-                  model=version.summary() if version else None, messages=messages,
-                  passed=summary["verdict"] != "drift")
+def _report(
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    version: Version | None,
+    messages: list[str],
+) -> Report:
+    messages = messages or (
+        [f"not compared: {', '.join(f'{k} ({v})' for k, v in summary['not_compared'].items())}"]
+        if summary["not_compared"]
+        else []
+    )
+    return Report(
+        "drift-report",
+        results={"features": rows, "summary": summary},
+        inputs=inputs,
+        model=version.summary() if version else None,
+        messages=messages,
+        passed=summary["verdict"] != "drift",
+    )

@@ -67,8 +67,9 @@ def _reference_rows(version: Version, data: Path | None, rows: int) -> pd.DataFr
     features = [f["name"] for f in version.manifest["features"]]
     missing = [f for f in features if f not in frame.columns]
     if missing:
-        raise InputError(f"the smoke-test data lacks the model's feature columns {missing}",
-                         "pass data with the model's schema")
+        raise InputError(
+            f"the smoke-test data lacks the model's feature columns {missing}", "pass data with the model's schema"
+        )
     if frame.empty:
         raise EmptyInput("the smoke-test data has no rows", "pass data with rows")
     return frame[features].head(rows).reset_index(drop=True)
@@ -81,8 +82,9 @@ def _outputs(estimator: Any, frame: pd.DataFrame, task: str) -> np.ndarray:
     return np.asarray(estimator.predict(frame), dtype=float).reshape(len(frame), -1)
 
 
-def _validity(estimator: Any, frame: pd.DataFrame, manifest: dict[str, Any],
-              output_range: tuple[float, float] | None) -> list[str]:
+def _validity(
+    estimator: Any, frame: pd.DataFrame, manifest: dict[str, Any], output_range: tuple[float, float] | None
+) -> list[str]:
     """What is wrong with the model's output on `frame` (empty: nothing)."""
     problems = []
     task, classes = manifest["task"], manifest.get("classes") or []
@@ -127,9 +129,17 @@ def latency_p99_ms(estimator: Any, rows: pd.DataFrame, iterations: int = 200) ->
     return latency_ms(estimator, rows, iterations)["p99_ms"]
 
 
-def smoke_test(registry: Registry, ref: str | Version, *, data: Path | None = None, rows: int = 1000,
-               max_latency_ms: float = 50.0, iterations: int = 200, strict: bool = False,
-               output_range: tuple[float, float] | None = None) -> Report:
+def smoke_test(
+    registry: Registry,
+    ref: str | Version,
+    *,
+    data: Path | None = None,
+    rows: int = 1000,
+    max_latency_ms: float = 50.0,
+    iterations: int = 200,
+    strict: bool = False,
+    output_range: tuple[float, float] | None = None,
+) -> Report:
     """Load, infer, validate, check consistency, determinism, round-trip, latency and schema edge cases."""
     import joblib
     import pandas as pd
@@ -146,11 +156,18 @@ def smoke_test(registry: Registry, ref: str | Version, *, data: Path | None = No
         from mlops_cli.registry import _library_versions
 
         running = _library_versions()
-        differs = {k: {"recorded": v, "running": running.get(k)} for k, v in manifest["libraries"].items()
-                   if running.get(k) != v}
-        entry["evidence"] = {"sha256_verified": True, "class": manifest["estimator_class"],
-                             "missing_methods": missing, "library_differences": differs,
-                             "load_s": round(time.perf_counter() - start, 4)}
+        differs = {
+            k: {"recorded": v, "running": running.get(k)}
+            for k, v in manifest["libraries"].items()
+            if running.get(k) != v
+        }
+        entry["evidence"] = {
+            "sha256_verified": True,
+            "class": manifest["estimator_class"],
+            "missing_methods": missing,
+            "library_differences": differs,
+            "load_s": round(time.perf_counter() - start, 4),
+        }
         if missing:
             entry["status"] = FAIL
     if steps.get("load")["status"] != PASS:  # type: ignore[index]
@@ -174,8 +191,11 @@ def smoke_test(registry: Registry, ref: str | Version, *, data: Path | None = No
     with steps.step("determinism") as entry:
         again = _outputs(estimator, frame, task)
         same = np.array_equal(batch, again, equal_nan=True)
-        entry["evidence"] = {"rows": len(frame), "identical": same,
-                             "max_abs_difference": float(np.nanmax(np.abs(batch - again))) if not same else 0.0}
+        entry["evidence"] = {
+            "rows": len(frame),
+            "identical": same,
+            "max_abs_difference": float(np.nanmax(np.abs(batch - again))) if not same else 0.0,
+        }
         entry["status"] = PASS if same else FAIL
     with steps.step("serialization") as entry, tempfile.TemporaryDirectory() as tmp:
         joblib.dump(estimator, Path(tmp) / "model.joblib")
@@ -193,20 +213,25 @@ def smoke_test(registry: Registry, ref: str | Version, *, data: Path | None = No
         entry["status"] = PASS if timings["p99_ms"] <= max_latency_ms else FAIL
     with steps.step("edge_cases") as entry:
         cases = _edge_cases(estimator, frame.head(20), manifest, output_range)
-        entry["evidence"] = {"cases": cases, "accepts_missing": manifest["input_contract"]["accepts_missing"],
-                             "accepts_unseen": manifest["input_contract"]["accepts_unseen"]}
+        entry["evidence"] = {
+            "cases": cases,
+            "accepts_missing": manifest["input_contract"]["accepts_missing"],
+            "accepts_unseen": manifest["input_contract"]["accepts_unseen"],
+        }
         entry["status"] = FAIL if any(c["verdict"] == FAIL for c in cases) else PASS
     return _smoke_report(version, steps)
 
 
 def _smoke_report(version: Version, steps: _Steps) -> Report:
     failed = [s["id"] for s in steps.entries if s["status"] == FAIL]
-    return Report("smoke-test", results={"steps": steps.entries, "failed": failed}, passed=not failed,
-                  model=version.summary())
+    return Report(
+        "smoke-test", results={"steps": steps.entries, "failed": failed}, passed=not failed, model=version.summary()
+    )
 
 
-def _edge_cases(estimator: Any, rows: pd.DataFrame, manifest: dict[str, Any],
-                output_range: tuple[float, float] | None) -> list[dict[str, Any]]:
+def _edge_cases(
+    estimator: Any, rows: pd.DataFrame, manifest: dict[str, Any], output_range: tuple[float, float] | None
+) -> list[dict[str, Any]]:
     """Schema-derived bad inputs. Raising is fine where the input really is unusable (a missing column, a wrong
     dtype) or where the manifest declares the model does not take it; invalid output is never fine."""
     contract = manifest["input_contract"]
@@ -220,19 +245,28 @@ def _edge_cases(estimator: Any, rows: pd.DataFrame, manifest: dict[str, Any],
         cases.append(("nan", name, lambda f, c=name: f.assign(**{c: np.nan}), not contract["accepts_missing"]))
         if kind == "numeric" and feat.get("min") is not None:
             span = max(feat["max"] - feat["min"], 1.0)
-            cases.append(("far_out_of_range", name, lambda f, c=name, v=feat["max"] + 100 * span: f.assign(**{c: v}),
-                          False))
+            cases.append(
+                ("far_out_of_range", name, lambda f, c=name, v=feat["max"] + 100 * span: f.assign(**{c: v}), False)
+            )
             cases.append(("wrong_dtype", name, lambda f, c=name: f.assign(**{c: "not a number"}), True))
         elif kind == "categorical":
-            cases.append(("unseen_category", name, lambda f, c=name: f.assign(**{c: "__unseen_category__"}),
-                          not contract["accepts_unseen"]))
+            cases.append(
+                (
+                    "unseen_category",
+                    name,
+                    lambda f, c=name: f.assign(**{c: "__unseen_category__"}),
+                    not contract["accepts_unseen"],
+                )
+            )
     out = []
     for case, feature, mutate, may_raise in cases:
         entry: dict[str, Any] = {"case": case, "feature": feature}
         try:
             problems = _validity(estimator, mutate(rows.copy()), manifest, None)
         except Exception as exc:
-            entry.update(outcome="raised", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
+            entry.update(
+                outcome="raised", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            )
             entry["verdict"] = PASS if may_raise else FAIL
         else:
             entry.update(outcome="invalid_output" if problems else "valid_output", problems=problems)
@@ -297,16 +331,25 @@ def load_policy(path: Path | None) -> dict[str, Any]:
     for section in ("budgets", "baseline"):
         extra = sorted(set(loaded.get(section, {})) - set(DEFAULT_POLICY[section]))
         if extra:
-            raise InputError(f"{path}: unknown [{section}] keys {extra}",
-                             f"known: {', '.join(DEFAULT_POLICY[section])}")
+            raise InputError(
+                f"{path}: unknown [{section}] keys {extra}", f"known: {', '.join(DEFAULT_POLICY[section])}"
+            )
         policy[section].update(loaded.get(section, {}))
     if policy["baseline"]["rule"] not in ("not_worse", "better"):
         raise InputError(f"{path}: baseline rule must be 'not_worse' or 'better'", "fix the policy file")
     return policy
 
 
-def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = None, eval_data: Path | None = None,
-              policy: Path | dict[str, Any] | None = None, strict: bool = False, iterations: int = 200) -> Report:
+def checklist(
+    registry: Registry,
+    ref: str | Version,
+    *,
+    baseline: str | None = None,
+    eval_data: Path | None = None,
+    policy: Path | dict[str, Any] | None = None,
+    strict: bool = False,
+    iterations: int = 200,
+) -> Report:
     """The pre-deployment checklist, judged automatically wherever a machine can judge it."""
     rules = policy if isinstance(policy, dict) else load_policy(policy)
     budgets = rules["budgets"]
@@ -319,8 +362,18 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
         return items.step(item_id, section=section, check=what, required=item_id in rules["required"])
 
     has_sample = SAMPLE in manifest["files"]
-    smoke = smoke_test(registry, version, max_latency_ms=budgets["latency_p99_ms"], strict=strict, iterations=iterations,
-                       data=eval_data if not has_sample else None) if (has_sample or eval_data) else None
+    smoke = (
+        smoke_test(
+            registry,
+            version,
+            max_latency_ms=budgets["latency_p99_ms"],
+            strict=strict,
+            iterations=iterations,
+            data=eval_data if not has_sample else None,
+        )
+        if (has_sample or eval_data)
+        else None
+    )
     smoke_steps = {s["id"]: s for s in smoke.results["steps"]} if smoke else {}
 
     with item("test_metrics") as e:
@@ -337,14 +390,20 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
             wanted = [f"{m}[{c}]" for c in manifest["classes"] for m in ("precision", "recall", "f1")]
             e["evidence"] = {k: em[k]["value"] for k in wanted if k in em}
             e["status"] = PASS if all(k in em for k in wanted) else FAIL
-    _from_smoke(item("edge_cases"), smoke_steps.get("edge_cases"), lambda s: {
-        "failing": [c for c in s["evidence"].get("cases", []) if c["verdict"] == FAIL]})
+    _from_smoke(
+        item("edge_cases"),
+        smoke_steps.get("edge_cases"),
+        lambda s: {"failing": [c for c in s["evidence"].get("cases", []) if c["verdict"] == FAIL]},
+    )
     with item("artifact_size") as e:
         size_mb = manifest["files"]["model.joblib"]["bytes"] / 1e6
         e["evidence"] = {"artifact_mb": round(size_mb, 3), "budget_mb": budgets["artifact_mb"]}
         e["status"] = PASS if size_mb <= budgets["artifact_mb"] else FAIL
-    _from_smoke(item("latency"), smoke_steps.get("latency"), lambda s: {
-        k: s["evidence"].get(k) for k in ("p50_ms", "p99_ms", "max_latency_ms", "batch_rows_per_s")})
+    _from_smoke(
+        item("latency"),
+        smoke_steps.get("latency"),
+        lambda s: {k: s["evidence"].get(k) for k in ("p50_ms", "p99_ms", "max_latency_ms", "batch_rows_per_s")},
+    )
     with item("input_schema") as e:
         feats = manifest["features"]
         described = [f for f in feats if f.get("kind") and ("min" in f or "categories" in f or f["kind"] != "numeric")]
@@ -352,8 +411,10 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
         e["status"] = PASS if feats and len(described) == len(feats) else FAIL
     with item("missing_values") as e:
         shares = {f["name"]: f["missing_share"] for f in manifest["features"] if "missing_share" in f}
-        e["evidence"] = {"input_contract": manifest["input_contract"],
-                         "features_with_missing": {k: v for k, v in shares.items() if v > 0}}
+        e["evidence"] = {
+            "input_contract": manifest["input_contract"],
+            "features_with_missing": {k: v for k, v in shares.items() if v > 0},
+        }
         e["status"] = PASS if shares and len(shares) == len(manifest["features"]) else FAIL
     profile = _profile(version)
     with item("distribution_stats") as e:
@@ -367,8 +428,10 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
     _from_smoke(item("serialization"), smoke_steps.get("serialization"), lambda s: s["evidence"])
     with item("reproducibility") as e:
         determinism = smoke_steps.get("determinism")
-        lineage = {"training_data": bool(manifest.get("training_data")),
-                   "git": bool((manifest.get("lineage") or {}).get("git"))}
+        lineage = {
+            "training_data": bool(manifest.get("training_data")),
+            "git": bool((manifest.get("lineage") or {}).get("git")),
+        }
         e["evidence"] = {"deterministic": determinism and determinism["status"] == PASS, **lineage}
         e["status"] = PASS if determinism and determinism["status"] == PASS and lineage["training_data"] else FAIL
     with item("library_versions") as e:
@@ -389,9 +452,13 @@ def checklist(registry: Registry, ref: str | Version, *, baseline: str | None = 
         if entry["status"] == FAIL and not entry["required"]:
             entry["status"] = WARN  # advisory items never fail the checklist
     failed = [i["id"] for i in items.entries if i["status"] == FAIL]
-    return Report("checklist", results={"items": items.entries, "failed": failed, "policy": rules},
-                  passed=not failed, model=version.summary(),
-                  inputs=[io.fingerprint(eval_data)] if eval_data else [])
+    return Report(
+        "checklist",
+        results={"items": items.entries, "failed": failed, "policy": rules},
+        passed=not failed,
+        model=version.summary(),
+        inputs=[io.fingerprint(eval_data)] if eval_data else [],
+    )
 
 
 def _from_smoke(context: Any, step: dict[str, Any] | None, evidence: Callable[[dict[str, Any]], Any]) -> None:
@@ -410,8 +477,14 @@ def _profile(version: Version) -> dict[str, Any] | None:
     return json.loads(version.file(PROFILE).read_text())
 
 
-def _baseline(registry: Registry, version: Version, baseline: str | None, eval_data: Path | None,
-              rule: dict[str, Any], entry: dict[str, Any]) -> None:
+def _baseline(
+    registry: Registry,
+    version: Version,
+    baseline: str | None,
+    eval_data: Path | None,
+    rule: dict[str, Any],
+    entry: dict[str, Any],
+) -> None:
     from mlops_cli import abtest
 
     try:
@@ -428,17 +501,27 @@ def _baseline(registry: Registry, version: Version, baseline: str | None, eval_d
     margin = float(rule["margin"])
     if eval_data is not None:
         frame = io.read_table(eval_data)
-        result = abtest.compare_models(registry, base, version, frame, version.manifest.get("target"),
-                                       metric=metric).results
+        result = abtest.compare_models(
+            registry, base, version, frame, version.manifest.get("target"), metric=metric
+        ).results
         boot = result["bootstrap"]
         sign = 1 if result["higher_is_better"] else -1
         # The improvement's CI, in "higher is better" terms, from the paired bootstrap.
         low = min(sign * boot["ci_low"], sign * boot["ci_high"])
         ok = low > -margin if rule["rule"] == "not_worse" else bool(result["challenger_wins"])
-        entry["evidence"] = {"baseline": base.ref, "metric": metric, "rule": rule["rule"], "margin": margin,
-                             "baseline_value": result["champion"]["value"], "value": result["challenger"]["value"],
-                             "improvement": result["improvement"], "improvement_ci_low": low,
-                             "p_value": boot["p_value"], "on": str(eval_data), "n": result["n"]}
+        entry["evidence"] = {
+            "baseline": base.ref,
+            "metric": metric,
+            "rule": rule["rule"],
+            "margin": margin,
+            "baseline_value": result["champion"]["value"],
+            "value": result["challenger"]["value"],
+            "improvement": result["improvement"],
+            "improvement_ci_low": low,
+            "p_value": boot["p_value"],
+            "on": str(eval_data),
+            "n": result["n"],
+        }
     else:
         ours = (version.manifest.get("eval_metrics") or {}).get(metric)
         theirs = (base.manifest.get("eval_metrics") or {}).get(metric)
@@ -450,9 +533,16 @@ def _baseline(registry: Registry, version: Version, baseline: str | None, eval_d
 
         improvement = (ours["value"] - theirs["value"]) * (1 if higher_is_better(metric) else -1)
         ok = improvement > -margin if rule["rule"] == "not_worse" else improvement > 0
-        entry["evidence"] = {"baseline": base.ref, "metric": metric, "rule": rule["rule"], "margin": margin,
-                             "baseline_value": theirs["value"], "value": ours["value"], "improvement": improvement,
-                             "on": "recorded eval metrics (not paired; pass --eval-data for a paired test)"}
+        entry["evidence"] = {
+            "baseline": base.ref,
+            "metric": metric,
+            "rule": rule["rule"],
+            "margin": margin,
+            "baseline_value": theirs["value"],
+            "value": ours["value"],
+            "improvement": improvement,
+            "on": "recorded eval metrics (not paired; pass --eval-data for a paired test)",
+        }
     entry["status"] = PASS if ok else FAIL
 
 

@@ -46,17 +46,23 @@ def _bars(hist: dict[str, Any]) -> str:
         x = 1 + i * step
         for j, (share, colour) in enumerate(((a, _REF), (b, _CUR))):
             h = share / top * (height - 4)
-            parts.append(f'<rect x="{x + j * step / 2:.1f}" y="{height - h:.1f}" width="{max(step / 2 - 1, 1):.1f}" '
-                         f'height="{h:.1f}" fill="{colour}"><title>{_fmt(share)}</title></rect>')
+            parts.append(
+                f'<rect x="{x + j * step / 2:.1f}" y="{height - h:.1f}" width="{max(step / 2 - 1, 1):.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{_fmt(share)}</title></rect>'
+            )
     labels = hist.get("labels")
     if labels:
         for i, label in enumerate(labels):
-            parts.append(f'<text x="{1 + i * step + step / 2:.1f}" y="{height + 12}" font-size="9" '
-                         f'text-anchor="middle">{html.escape(str(label)[:6])}</text>')
+            parts.append(
+                f'<text x="{1 + i * step + step / 2:.1f}" y="{height + 12}" font-size="9" '
+                f'text-anchor="middle">{html.escape(str(label)[:6])}</text>'
+            )
     else:
         edges = hist["edges"]
         parts.append(f'<text x="1" y="{height + 12}" font-size="10">{_fmt(edges[0])}</text>')
-        parts.append(f'<text x="{width - 1}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(edges[-1])}</text>')
+        parts.append(
+            f'<text x="{width - 1}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(edges[-1])}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -66,53 +72,80 @@ def drift_page(report: Report) -> str:
     drift = summary["verdict"] == "drift"
     model = report.model
     title = f"Drift report{' — ' + model['name'] + ':' + model['version'] if model else ''}"
-    out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-           f'<p class=muted>created {report.created_at} · inputs: '
-           f'{", ".join(html.escape(str(i["path"])) + " (" + format(i["rows"] or 0, ",") + " rows)" for i in report.inputs)}</p>',
-           f'<p><span class="verdict {"drift" if drift else "nodrift"}">{"DRIFT" if drift else "NO DRIFT"}</span> '
-           f'{summary["drifted"]} of {summary["tested"]} features drifted ({summary["drifted_share"]:.0%}'
-           + (f", {summary['weighted_drifted_share']:.0%} weighted by importance" if summary["weighted_drifted_share"]
-              is not None else "") + f"; verdict at ≥ {summary['drift_share']:.0%})</p>"]
+    out = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=muted>created {report.created_at} · inputs: "
+        f"{', '.join(html.escape(str(i['path'])) + ' (' + format(i['rows'] or 0, ',') + ' rows)' for i in report.inputs)}</p>",
+        f'<p><span class="verdict {"drift" if drift else "nodrift"}">{"DRIFT" if drift else "NO DRIFT"}</span> '
+        f"{summary['drifted']} of {summary['tested']} features drifted ({summary['drifted_share']:.0%}"
+        + (
+            f", {summary['weighted_drifted_share']:.0%} weighted by importance"
+            if summary["weighted_drifted_share"] is not None
+            else ""
+        )
+        + f"; verdict at ≥ {summary['drift_share']:.0%})</p>",
+    ]
     pred = summary.get("prediction_drift")
     if pred:
-        out.append(f"<p>Prediction drift ({html.escape(pred['name'])}): "
-                   f"<b>{'yes' if pred['drifted'] else 'no'}</b>, decided by {pred['decided_by']}"
-                   + (f", mean {_fmt(pred['mean_reference'])} → {_fmt(pred['mean_current'])}" if pred.get("mean_reference")
-                      is not None else "") + "</p>")
+        out.append(
+            f"<p>Prediction drift ({html.escape(pred['name'])}): "
+            f"<b>{'yes' if pred['drifted'] else 'no'}</b>, decided by {pred['decided_by']}"
+            + (
+                f", mean {_fmt(pred['mean_reference'])} → {_fmt(pred['mean_current'])}"
+                if pred.get("mean_reference") is not None
+                else ""
+            )
+            + "</p>"
+        )
     perf = summary.get("performance")
     if perf:
-        out.append("<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded</th><th>current "
-                   "(95% CI)</th><th>drop (95% CI)</th></tr>")
+        out.append(
+            "<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded</th><th>current "
+            "(95% CI)</th><th>drop (95% CI)</th></tr>"
+        )
         for name, m in perf["metrics"].items():
             drop = f"{_fmt(m.get('drop'))} [{_fmt(m['drop_ci'][0])}, {_fmt(m['drop_ci'][1])}]" if "drop" in m else "–"
-            out.append(f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}</td><td class=num>"
-                       f"{_fmt(m['current'])} [{_fmt(m['current_ci'][0])}, {_fmt(m['current_ci'][1])}]</td>"
-                       f"<td class=num>{drop}</td></tr>")
+            out.append(
+                f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}</td><td class=num>"
+                f"{_fmt(m['current'])} [{_fmt(m['current_ci'][0])}, {_fmt(m['current_ci'][1])}]</td>"
+                f"<td class=num>{drop}</td></tr>"
+            )
         out.append("</table>")
-    out.append("<h2>Features</h2><table><tr><th>feature</th><th>kind</th><th>drift</th><th>severity</th>"
-               "<th>decided by</th><th>effect size</th><th>p-value</th><th>missing Δ</th><th>importance</th>"
-               "<th>note</th></tr>")
+    out.append(
+        "<h2>Features</h2><table><tr><th>feature</th><th>kind</th><th>drift</th><th>severity</th>"
+        "<th>decided by</th><th>effect size</th><th>p-value</th><th>missing Δ</th><th>importance</th>"
+        "<th>note</th></tr>"
+    )
     for r in rows:
         s = r["statistics"]
         effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
-        out.append(f"<tr><td>{html.escape(r['name'])}</td><td>{_fmt(r['kind'])}</td><td>{_fmt(r['drifted'])}</td>"
-                   f"<td class=sev-{r['severity']}>{r['severity']}</td><td>{_fmt(r['decided_by'])}</td>"
-                   f"<td class=num>{_fmt(effect)}</td><td class=num>{_fmt(r['p_value'])}</td>"
-                   f"<td class=num>{_fmt(s.get('missing_share_change'))}</td><td class=num>{_fmt(r['importance'])}"
-                   f"</td><td class=muted>{_fmt(r['note'] or (r['status'] if r['status'] != 'ok' else ''))}</td></tr>")
-    out.append("</table><h2>Distributions</h2><p class=legend><span style='background:" + _REF + "'></span>reference"
-               "<span style='background:" + _CUR + "'></span>current</p><div class=grid>")
+        out.append(
+            f"<tr><td>{html.escape(r['name'])}</td><td>{_fmt(r['kind'])}</td><td>{_fmt(r['drifted'])}</td>"
+            f"<td class=sev-{r['severity']}>{r['severity']}</td><td>{_fmt(r['decided_by'])}</td>"
+            f"<td class=num>{_fmt(effect)}</td><td class=num>{_fmt(r['p_value'])}</td>"
+            f"<td class=num>{_fmt(s.get('missing_share_change'))}</td><td class=num>{_fmt(r['importance'])}"
+            f"</td><td class=muted>{_fmt(r['note'] or (r['status'] if r['status'] != 'ok' else ''))}</td></tr>"
+        )
+    out.append(
+        "</table><h2>Distributions</h2><p class=legend><span style='background:" + _REF + "'></span>reference"
+        "<span style='background:" + _CUR + "'></span>current</p><div class=grid>"
+    )
     for r in rows:
         if r.get("histogram"):
-            out.append(f"<div class=card><h3>{html.escape(r['name'])} <span class='sev-{r['severity']}'>"
-                       f"{r['severity'] if r['drifted'] else ''}</span></h3>{_bars(r['histogram'])}</div>")
+            out.append(
+                f"<div class=card><h3>{html.escape(r['name'])} <span class='sev-{r['severity']}'>"
+                f"{r['severity'] if r['drifted'] else ''}</span></h3>{_bars(r['histogram'])}</div>"
+            )
     rule = summary["rule"]
-    out.append(f"</div><h2>How drift was decided</h2><p class=muted>stattest {rule['stattest']}: above "
-               f"{rule['large_sample']:,} rows per side, effect size decides (Wasserstein / reference std ≥ "
-               f"{rule['thresholds']['wasserstein']} for numbers, Jensen-Shannon distance ≥ {rule['thresholds']['js']}"
-               f" for categories, with the corrected test also significant); below, KS or chi-square p-values with {rule['correction']} correction "
-               f"(< {rule['thresholds']['ks']}). A missing-share change ≥ {rule['missing_share_change']} is drift on "
-               f"its own. Severity bands (low, medium, high): {html.escape(str(rule['severity_bands']))}.</p>")
+    out.append(
+        f"</div><h2>How drift was decided</h2><p class=muted>stattest {rule['stattest']}: above "
+        f"{rule['large_sample']:,} rows per side, effect size decides (Wasserstein / reference std ≥ "
+        f"{rule['thresholds']['wasserstein']} for numbers, Jensen-Shannon distance ≥ {rule['thresholds']['js']}"
+        f" for categories, with the corrected test also significant); below, KS or chi-square p-values with {rule['correction']} correction "
+        f"(< {rule['thresholds']['ks']}). A missing-share change ≥ {rule['missing_share_change']} is drift on "
+        f"its own. Severity bands (low, medium, high): {html.escape(str(rule['severity_bands']))}.</p>"
+    )
     out.append("</body></html>\n")
     return "".join(out)

@@ -87,8 +87,9 @@ def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[s
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    convert = pacsv.ConvertOptions(column_types=column_types or {}, include_columns=columns or [],
-                                   strings_can_be_null=True)
+    convert = pacsv.ConvertOptions(
+        column_types=column_types or {}, include_columns=columns or [], strings_can_be_null=True
+    )
     try:
         return pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
     except (pa.ArrowException, OSError) as exc:
@@ -311,8 +312,9 @@ class TableWriter:
     Used as a context manager; leaving it with an exception (or a kill) never touches `path`.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, fmt: str | None = None, *,
-                 parquet_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: Path, schema: pa.Schema, fmt: str | None = None, *, parquet_options: dict[str, Any] | None = None
+    ) -> None:
         self.path = path
         self.schema = schema
         self.format = detect_format(path, fmt)
@@ -331,7 +333,9 @@ class TableWriter:
             self._writer = pq.ParquetWriter(tmp, self.schema, **self.parquet_options)
         else:
             compression = "gzip" if self.path.name.lower().endswith(".gz") else None
-            self._stream = pa.CompressedOutputStream(str(tmp), compression) if compression else pa.OSFile(str(tmp), "wb")
+            self._stream = (
+                pa.CompressedOutputStream(str(tmp), compression) if compression else pa.OSFile(str(tmp), "wb")
+            )
             self._writer = pacsv.CSVWriter(self._stream, self.schema)
         return self
 

@@ -54,8 +54,9 @@ class _Ranked:
 class Scorer:
     """All metrics of one model's predictions on one labelled set, under any resampling weights."""
 
-    def __init__(self, task: str, y_true: Any, y_pred: Any, proba: np.ndarray | None = None,
-                 classes: list[Any] | None = None) -> None:
+    def __init__(
+        self, task: str, y_true: Any, y_pred: Any, proba: np.ndarray | None = None, classes: list[Any] | None = None
+    ) -> None:
         self.task = task
         self.n = len(y_true)
         if task == "classifier":
@@ -90,8 +91,11 @@ class Scorer:
             sse = (w * self.err**2).sum()
             mean_y = (w * self.y).sum() / total
             sst = (w * (self.y - mean_y) ** 2).sum()
-            return {"mae": float((w * np.abs(self.err)).sum() / total), "rmse": float(np.sqrt(sse / total)),
-                    "r2": float(1 - sse / sst) if sst > 0 else float("nan")}
+            return {
+                "mae": float((w * np.abs(self.err)).sum() / total),
+                "rmse": float(np.sqrt(sse / total)),
+                "r2": float(1 - sse / sst) if sst > 0 else float("nan"),
+            }
         out = {"accuracy": float((w * self.correct).sum() / total)}
         valid_true = self.true_idx >= 0
         tp = np.bincount(self.true_idx[valid_true], weights=(w * self.correct)[valid_true], minlength=self.k)
@@ -123,7 +127,7 @@ def with_ci(point: dict[str, float], replicates: list[dict[str, float]], confide
     for name, value in point.items():
         draws = np.array([r[name] for r in replicates], dtype=float)
         draws = draws[np.isfinite(draws)]
-        low, high = (np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan))
+        low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
         out[name] = {"value": value, "ci_low": float(low), "ci_high": float(high)}
     return out
 
@@ -134,8 +138,9 @@ def evaluate(scorer: Scorer, *, n_boot: int = 1000, seed: int = 0, confidence: f
     return with_ci(scorer.compute(), replicates, confidence)
 
 
-def paired_bootstrap(baseline: Scorer, candidate: Scorer, metric: str, *, n_boot: int = 1000, seed: int = 0,
-                     confidence: float = 0.95) -> dict[str, float]:
+def paired_bootstrap(
+    baseline: Scorer, candidate: Scorer, metric: str, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
     """`candidate - baseline` in `metric` on the same rows, both resampled with the same weights.
 
     The p-value is two-sided: how often the resampled difference falls on the other side of zero, doubled
@@ -153,5 +158,10 @@ def paired_bootstrap(baseline: Scorer, candidate: Scorer, metric: str, *, n_boot
     low, high = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
     below, above = (draws <= 0).sum(), (draws >= 0).sum()
     p_value = min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1)) if len(draws) else float("nan")
-    return {"difference": float(point), "ci_low": float(low), "ci_high": float(high), "p_value": float(p_value),
-            "n_boot": n_boot}
+    return {
+        "difference": float(point),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": float(p_value),
+        "n_boot": n_boot,
+    }

@@ -29,8 +29,10 @@ def load_file(path: Path) -> tuple[Any, list[str]]:
                 "pass a joblib or pickle file of a fitted scikit-learn estimator",
             ) from exc
     if not hasattr(estimator, "predict"):
-        raise UnreadableFile(f"{path}: holds a {type(estimator).__name__}, not an estimator with predict()",
-                             "pass a fitted scikit-learn estimator or Pipeline")
+        raise UnreadableFile(
+            f"{path}: holds a {type(estimator).__name__}, not an estimator with predict()",
+            "pass a fitted scikit-learn estimator or Pipeline",
+        )
     return estimator, [str(w.message).splitlines()[0] for w in caught]
 
 
@@ -79,8 +81,10 @@ def predict_frame(estimator: Any, features: pd.DataFrame, *, task: str, classes:
             for i, label in enumerate(classes or range(proba.shape[1])):
                 out[proba_column(label)] = proba[:, i]
     except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidData(f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",
-                          "check the columns and types against the model's schema") from exc
+        raise InvalidData(
+            f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",
+            "check the columns and types against the model's schema",
+        ) from exc
     return pd.DataFrame(out, index=features.index)
 
 
@@ -100,8 +104,7 @@ class Predictor:
 
         self.estimator = estimator
         classes = getattr(estimator, "classes_", None)
-        self.classes: np.ndarray | None = np.asarray(classes) if task == "classifier" and classes is not None \
-            else None
+        self.classes: np.ndarray | None = np.asarray(classes) if task == "classifier" and classes is not None else None
         self.with_proba = proba and self.classes is not None and hasattr(estimator, "predict_proba")
         # An estimator fitted on an array warns on every call that passes a DataFrame: give it the array.
         self._as_array = hasattr(estimator, "n_features_in_") and not hasattr(estimator, "feature_names_in_")
@@ -122,8 +125,10 @@ class Predictor:
                 self._argmax_is_predict = bool(np.array_equal(own, self._argmax(proba[: len(head)])))
             prediction = self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
         except (ValueError, TypeError, KeyError) as exc:
-            raise InvalidData(f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",
-                              "check the columns and types against the model's schema") from exc
+            raise InvalidData(
+                f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",
+                "check the columns and types against the model's schema",
+            ) from exc
         return self._checked(prediction), proba
 
     def _argmax(self, proba: np.ndarray) -> np.ndarray:
@@ -134,8 +139,9 @@ class Predictor:
     @staticmethod
     def _checked(prediction: np.ndarray) -> np.ndarray:
         if prediction.ndim != 1:
-            raise InvalidData(f"the model returns predictions of shape {prediction.shape}",
-                              "only single-output models can be scored")
+            raise InvalidData(
+                f"the model returns predictions of shape {prediction.shape}", "only single-output models can be scored"
+            )
         return prediction
 
 
@@ -160,17 +166,22 @@ def scorer_for(estimator: Any, manifest: dict[str, Any], data: pd.DataFrame, tar
     features = [f["name"] for f in manifest.get("features") or []] or [c for c in data.columns if c != target]
     missing = [f for f in features if f not in data.columns]
     if missing:
-        raise SchemaMismatch(f"the data lacks the model's feature columns {missing}",
-                             "pass data with the model's schema")
+        raise SchemaMismatch(
+            f"the data lacks the model's feature columns {missing}", "pass data with the model's schema"
+        )
     task, classes = manifest["task"], list(manifest.get("classes") or [])
     predictions = predict_frame(estimator, data[features], task=task, classes=classes)
     y_true = data[target].to_numpy()
     if task != "classifier":
         return metrics.Scorer("regressor", y_true, predictions["prediction"].to_numpy())
     has_proba = bool(classes) and all(proba_column(c) in predictions.columns for c in classes)
-    return metrics.Scorer("classifier", align_labels(y_true, classes),
-                          align_labels(predictions["prediction"].to_numpy(), classes),
-                          proba_matrix(predictions, classes) if has_proba else None, classes)
+    return metrics.Scorer(
+        "classifier",
+        align_labels(y_true, classes),
+        align_labels(predictions["prediction"].to_numpy(), classes),
+        proba_matrix(predictions, classes) if has_proba else None,
+        classes,
+    )
 
 
 def _short(exc: BaseException) -> str:

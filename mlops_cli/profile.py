@@ -38,14 +38,19 @@ def _column(column: pd.Series) -> dict[str, Any]:
         if len(values):
             qs = np.quantile(values, QUANTILES)
             stats.update(
-                mean=float(values.mean()), std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                min=float(values.min()), max=float(values.max()),
+                mean=float(values.mean()),
+                std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                min=float(values.min()),
+                max=float(values.max()),
                 quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILES, qs, strict=True)},
                 zero_share=float((values == 0).mean()),
             )
     elif stats["kind"] == "categorical":
         shares = present.astype(str).value_counts(normalize=True)
         top = shares.head(TOP_CATEGORIES)
-        stats.update(n_categories=int(len(shares)), frequencies={str(k): float(v) for k, v in top.items()},
-                     other_share=float(shares.iloc[TOP_CATEGORIES:].sum()))
+        stats.update(
+            n_categories=int(len(shares)),
+            frequencies={str(k): float(v) for k, v in top.items()},
+            other_share=float(shares.iloc[TOP_CATEGORIES:].sum()),
+        )
     return stats

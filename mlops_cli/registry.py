@@ -126,8 +126,11 @@ class Registry:
     def versions(self, name: str) -> list[Version]:
         """Every registered version of `name`, in registration order."""
         versions_dir = self._require_model(name) / "versions"
-        found = [Version(name, p.name, p, _read_manifest(p / MANIFEST)) for p in versions_dir.iterdir()
-                 if (p / MANIFEST).is_file()]
+        found = [
+            Version(name, p.name, p, _read_manifest(p / MANIFEST))
+            for p in versions_dir.iterdir()
+            if (p / MANIFEST).is_file()
+        ]
         return sorted(found, key=lambda v: v.manifest["sequence"])
 
     def aliases(self, name: str) -> dict[str, str]:
@@ -142,8 +145,10 @@ class Registry:
         if ref.alias is not None:
             version = self.aliases(ref.name).get(ref.alias)
             if version is None:
-                raise ModelNotFound(f"{ref.name} has no alias {ref.alias!r}",
-                                    f"set it with: mlops models promote {ref.name}:VERSION {ref.alias}")
+                raise ModelNotFound(
+                    f"{ref.name} has no alias {ref.alias!r}",
+                    f"set it with: mlops models promote {ref.name}:VERSION {ref.alias}",
+                )
         if version is None:
             versions = self.versions(ref.name)
             if not versions:
@@ -168,8 +173,10 @@ class Registry:
         recorded = version.manifest["libraries"].get("scikit-learn")
         running = _library_versions()["scikit-learn"]
         if recorded != running:
-            message = (f"{version.ref} was registered under scikit-learn {recorded}, "
-                       f"this is scikit-learn {running}; predictions may differ")
+            message = (
+                f"{version.ref} was registered under scikit-learn {recorded}, "
+                f"this is scikit-learn {running}; predictions may differ"
+            )
             if strict:
                 raise VersionMismatch(message, "run under the recorded version, or drop --strict")
             warnings.warn(message, MlopsWarning, stacklevel=2)
@@ -203,8 +210,10 @@ class Registry:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise LockTimeout(f"could not lock {model_dir} within {timeout:.0f}s",
-                                          "another mlops process is writing this model; retry later") from exc
+                        raise LockTimeout(
+                            f"could not lock {model_dir} within {timeout:.0f}s",
+                            "another mlops process is writing this model; retry later",
+                        ) from exc
                     time.sleep(0.02)
             yield model_dir
         finally:
@@ -255,15 +264,18 @@ class Registry:
             elif (model_dir / "versions" / version).exists():
                 shutil.rmtree(staging, ignore_errors=True)
                 raise VersionExists(f"{name}:{version} already exists", "versions are immutable; pick a new label")
-            manifest = {**manifest, "name": name, "version": version,
-                        "sequence": max((v.manifest["sequence"] for v in versions), default=0) + 1}
+            manifest = {
+                **manifest,
+                "name": name,
+                "version": version,
+                "sequence": max((v.manifest["sequence"] for v in versions), default=0) + 1,
+            }
             io.write_json(staging / MANIFEST, manifest)
             io.fsync_dir(staging)
             target = model_dir / "versions" / version
             os.rename(staging, target)  # the moment the version appears: whole, with its manifest
             io.fsync_dir(target.parent)
-            self._append_event(model_dir, {"event": "registered", "version": version, "sha256": sha,
-                                           "reason": reason})
+            self._append_event(model_dir, {"event": "registered", "version": version, "sha256": sha, "reason": reason})
             if alias is not None:
                 self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
             self._clean_staging(model_dir)
@@ -282,15 +294,17 @@ class Registry:
                 if now - path.stat().st_mtime > STALE_STAGING_S:
                     shutil.rmtree(path)
 
-    def _move_alias(self, model_dir: Path, name: str, alias: str, version: str, *, event: str,
-                    reason: str | None) -> str | None:
+    def _move_alias(
+        self, model_dir: Path, name: str, alias: str, version: str, *, event: str, reason: str | None
+    ) -> str | None:
         aliases_path = model_dir / "aliases.json"
         aliases = json.loads(aliases_path.read_text()) if aliases_path.exists() else {}
         previous = aliases.get(alias)
         aliases[alias] = version
         io.write_json(aliases_path, aliases)
-        self._append_event(model_dir, {"event": event, "alias": alias, "from": previous, "to": version,
-                                       "reason": reason})
+        self._append_event(
+            model_dir, {"event": event, "alias": alias, "from": previous, "to": version, "reason": reason}
+        )
         return previous
 
     def promote(self, ref: str | ModelRef, alias: str, *, reason: str | None = None) -> tuple[Version, str | None]:
@@ -299,8 +313,9 @@ class Registry:
         version = self.resolve(ref)
         self.verify(version)
         with self.lock(version.name) as model_dir:
-            previous = self._move_alias(model_dir, version.name, alias, version.version, event="alias_moved",
-                                        reason=reason)
+            previous = self._move_alias(
+                model_dir, version.name, alias, version.version, event="alias_moved", reason=reason
+            )
         return version, previous
 
     def rollback(self, name: str, alias: str = "production", *, reason: str | None = None) -> tuple[str, str]:
@@ -310,8 +325,9 @@ class Registry:
             stack = alias_stack(self.events(name), alias)
             current = self.aliases(name).get(alias)
             if len(stack) < 2 or stack[-1] != current:
-                raise NothingToRollBack(f"{name}@{alias} has no earlier version to roll back to",
-                                        f"see: mlops models history {name}")
+                raise NothingToRollBack(
+                    f"{name}@{alias} has no earlier version to roll back to", f"see: mlops models history {name}"
+                )
             target = stack[-2]
             self._move_alias(model_dir, name, alias, target, event="rolled_back", reason=reason)
         return stack[-1], target
@@ -389,9 +405,15 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
         if options.eval_data is not None:
             manifest["eval_metrics"], manifest["eval_data"] = _evaluate(estimator, info, manifest, options)
         manifest["files"] = files
-        return registry.add_version(name, staging, manifest, version=options.version,
-                                    allow_duplicate=options.allow_duplicate, alias=options.alias,
-                                    reason=options.reason)
+        return registry.add_version(
+            name,
+            staging,
+            manifest,
+            version=options.version,
+            allow_duplicate=options.allow_duplicate,
+            alias=options.alias,
+            reason=options.reason,
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -428,7 +450,9 @@ def _model_features(info: dict[str, Any], frame: Any, target: str | None) -> lis
     if info["n_features"] is not None and len(columns) != info["n_features"]:
         raise SchemaMismatch(
             f"the model takes {info['n_features']} unnamed features but the data has {len(columns)} columns"
-            f"{' besides the target' if target else ''}", "fit the model on a DataFrame so it records its features")
+            f"{' besides the target' if target else ''}",
+            "fit the model on a DataFrame so it records its features",
+        )
     return columns
 
 
@@ -438,8 +462,9 @@ def _with_training_data(estimator: Any, info: dict[str, Any], options: RegisterO
 
     frame = io.read_table(options.train_data)  # type: ignore[arg-type]
     if options.target is not None and options.target not in frame.columns:
-        raise SchemaMismatch(f"{options.train_data}: no target column {options.target!r}",
-                             f"columns are {list(frame.columns)[:20]}")
+        raise SchemaMismatch(
+            f"{options.train_data}: no target column {options.target!r}", f"columns are {list(frame.columns)[:20]}"
+        )
     features = _model_features(info, frame, options.target)
     feature_schema = schema.infer(frame, features)
     io.write_json(staging / PROFILE, profile.build(frame[features]))
@@ -449,9 +474,11 @@ def _with_training_data(estimator: Any, info: dict[str, Any], options: RegisterO
     io.write_table(staging / SAMPLE, sample[keep].join(predictions).reset_index(drop=True))
     return {
         "features": feature_schema,
-        "training_data": {**io.fingerprint(options.train_data, rows=len(frame)),  # type: ignore[arg-type]
-                          "columns": {str(c): str(t) for c, t in frame.dtypes.items()},
-                          "sample_rows": len(sample)},
+        "training_data": {
+            **io.fingerprint(options.train_data, rows=len(frame)),  # type: ignore[arg-type]
+            "columns": {str(c): str(t) for c, t in frame.dtypes.items()},
+            "sample_rows": len(sample),
+        },
     }
 
 
@@ -496,8 +523,9 @@ def _git_state() -> dict[str, Any] | None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return None

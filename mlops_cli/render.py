@@ -21,8 +21,13 @@ STATUS_STYLE = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "dim",
 def stdout_console() -> Console:
     """Colour only on a terminal (rich also honours NO_COLOR); a wide fixed width for logs and pipes."""
     terminal = sys.stdout.isatty()
-    return Console(file=sys.stdout, width=None if terminal else int(os.environ.get("COLUMNS", 120)),
-                   no_color=not terminal or "NO_COLOR" in os.environ, highlight=False, soft_wrap=False)
+    return Console(
+        file=sys.stdout,
+        width=None if terminal else int(os.environ.get("COLUMNS", 120)),
+        no_color=not terminal or "NO_COLOR" in os.environ,
+        highlight=False,
+        soft_wrap=False,
+    )
 
 
 def stderr_console() -> Console:
@@ -34,8 +39,15 @@ def progress(*, quiet: bool = False, total: float | None = None) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = stderr_console()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=quiet or not console.is_terminal, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -101,8 +113,14 @@ def render_models_list(report: Report, console: Console) -> None:
     for column in ("version", "created (UTC)", "estimator", "sha256", "aliases", "description"):
         table.add_column(column)
     for v in r["versions"]:
-        table.add_row(v["version"], v["created_at"], v["estimator_class"].rsplit(".", 1)[-1], v["sha256"][:12],
-                      ", ".join(v["aliases"]), v["description"] or "")
+        table.add_row(
+            v["version"],
+            v["created_at"],
+            v["estimator_class"].rsplit(".", 1)[-1],
+            v["sha256"][:12],
+            ", ".join(v["aliases"]),
+            v["description"] or "",
+        )
     console.print(table)
 
 
@@ -110,15 +128,19 @@ def render_manifest(report: Report, console: Console) -> None:
     m = report.results["manifest"]
     aliases = ", ".join(report.results["aliases"]) or "none"
     console.print(f"[bold]{m['name']}:{m['version']}[/]  {m['estimator_class']} ({m['task']})  aliases: {aliases}")
-    console.print(f"registered {m['created_at']} by {m['registered_by']['user']}@{m['registered_by']['host']}"
-                  f"  integrity: {'verified' if report.results['verified'] else 'NOT verified'}")
+    console.print(
+        f"registered {m['created_at']} by {m['registered_by']['user']}@{m['registered_by']['host']}"
+        f"  integrity: {'verified' if report.results['verified'] else 'NOT verified'}"
+    )
     if m.get("description"):
         console.print(m["description"])
     info = Table(show_header=False, box=None)
     info.add_column(style="bold")
     info.add_column()
     git = (m.get("lineage") or {}).get("git")
-    info.add_row("artifact", f"{m['files']['model.joblib']['sha256']}  ({fmt(m['files']['model.joblib']['bytes'])} bytes)")
+    info.add_row(
+        "artifact", f"{m['files']['model.joblib']['sha256']}  ({fmt(m['files']['model.joblib']['bytes'])} bytes)"
+    )
     info.add_row("classes", fmt(m.get("classes")))
     info.add_row("target", fmt(m.get("target")))
     if m.get("training_data"):
@@ -127,8 +149,10 @@ def render_manifest(report: Report, console: Console) -> None:
     info.add_row("git", f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git else "–")
     info.add_row("libraries", "  ".join(f"{k} {v}" for k, v in m["libraries"].items()))
     contract = m["input_contract"]
-    info.add_row("accepts", f"missing values: {fmt(contract['accepts_missing'])}, "
-                            f"unseen categories: {fmt(contract['accepts_unseen'])}")
+    info.add_row(
+        "accepts",
+        f"missing values: {fmt(contract['accepts_missing'])}, unseen categories: {fmt(contract['accepts_unseen'])}",
+    )
     for key in ("params", "tags", "metrics"):
         if m.get(key):
             info.add_row(key, "  ".join(f"{k}={fmt(v)}" for k, v in m[key].items()))
@@ -142,16 +166,22 @@ def render_manifest(report: Report, console: Console) -> None:
                 detail = f"[{fmt(f.get('min'))}, {fmt(f.get('max'))}]"
             elif f.get("kind") == "categorical":
                 cats = f.get("categories") or []
-                detail = f"{f.get('n_categories')} categories" + (f": {', '.join(cats[:6])}{'…' if len(cats) > 6 else ''}" if cats else "")
+                detail = f"{f.get('n_categories')} categories" + (
+                    f": {', '.join(cats[:6])}{'…' if len(cats) > 6 else ''}" if cats else ""
+                )
             else:
                 detail = ""
             share = f.get("missing_share")
-            table.add_row(f["name"], f.get("kind", "?"), f.get("dtype", "?"), detail,
-                          f"{share:.1%}" if share is not None else "–")
+            table.add_row(
+                f["name"], f.get("kind", "?"), f.get("dtype", "?"), detail, f"{share:.1%}" if share is not None else "–"
+            )
         console.print(table)
     if m.get("eval_metrics"):
-        _metrics_table(m["eval_metrics"], console, title=f"test metrics on {m['eval_data']['path']} "
-                                                          f"({fmt(m['eval_data']['rows'])} rows, 95% bootstrap CI)")
+        _metrics_table(
+            m["eval_metrics"],
+            console,
+            title=f"test metrics on {m['eval_data']['path']} ({fmt(m['eval_data']['rows'])} rows, 95% bootstrap CI)",
+        )
 
 
 def render_alias_move(report: Report, console: Console) -> None:
@@ -181,8 +211,15 @@ def _evidence(evidence: dict[str, Any]) -> str:
     parts = []
     for key, value in evidence.items():
         if isinstance(value, list):
-            value = "; ".join(str(v.get("case", "") + " " + v.get("feature", "") + ": " + v.get("outcome", ""))
-                              if isinstance(v, dict) else str(v) for v in value) or "none"
+            value = (
+                "; ".join(
+                    str(v.get("case", "") + " " + v.get("feature", "") + ": " + v.get("outcome", ""))
+                    if isinstance(v, dict)
+                    else str(v)
+                    for v in value
+                )
+                or "none"
+            )
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={fmt(v)}" for k, v in value.items()) or "none"
         parts.append(f"{key}={fmt(value)}")
@@ -199,9 +236,9 @@ def render_steps(report: Report, console: Console) -> None:
         if e.get("section") and e["section"] != section:
             section = e["section"]
             console.print(f"[bold]{section}[/]")
-        label = e.get("check") or e["id"]
+        label = f": {e['check']}" if e.get("check") else ""  # checklist items say what they check
         tag = "" if e.get("required", True) else " [dim](advisory)[/]"
-        console.print(f"  {_MARK[e['status']]} {e['id']}: {label}{tag}  [dim]{e['duration_s']:.2f}s[/]")
+        console.print(f"  {_MARK[e['status']]} {e['id']}{label}{tag}  [dim]{e['duration_s']:.2f}s[/]")
         if e["status"] != "pass" or e["id"] in ("latency", "baseline_comparison"):
             console.print(f"      {_evidence(e['evidence'])}", markup=False)
     verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({', '.join(report.results['failed'])})"
@@ -216,14 +253,19 @@ def render_score_batch(report: Report, console: Console) -> None:
     r = report.results
     source = report.inputs[0]["path"] if report.inputs else "input"
     out = r["output"]
-    console.print(f"[bold]scored {fmt(r['rows_scored'])} of {fmt(r['rows_read'])} rows[/] of {source} → "
-                  f"{out['path']} ({fmt(out['rows'])} rows written)")
+    console.print(
+        f"[bold]scored {fmt(r['rows_scored'])} of {fmt(r['rows_read'])} rows[/] of {source} → "
+        f"{out['path']} ({fmt(out['rows'])} rows written)"
+    )
     speed = fmt(round(r["rows_per_second"])) if r["rows_per_second"] is not None else "–"
-    console.print(f"{r['wall_seconds']:.2f} s, {speed} rows/s, peak memory {r['peak_rss_mb']:.0f} MB, "
-                  f"{fmt(r['batches'])} batch(es) of up to {fmt(r['batch_size'])} rows")
+    console.print(
+        f"{r['wall_seconds']:.2f} s, {speed} rows/s, peak memory {r['peak_rss_mb']:.0f} MB, "
+        f"{fmt(r['batches'])} batch(es) of up to {fmt(r['batch_size'])} rows"
+    )
     if r["rejected_by_reason"]:
-        table = Table(title=f"rows not scored (--on-invalid {r['on_invalid']}): {fmt(r['rows_rejected'])}",
-                      title_justify="left")
+        table = Table(
+            title=f"rows not scored (--on-invalid {r['on_invalid']}): {fmt(r['rows_rejected'])}", title_justify="left"
+        )
         table.add_column("reason")
         table.add_column("rows", justify="right")
         for reason, count in sorted(r["rejected_by_reason"].items(), key=lambda item: (-item[1], item[0])):
@@ -231,20 +273,30 @@ def render_score_batch(report: Report, console: Console) -> None:
         console.print(table)
     table = Table(title="models", title_justify="left")
     for column in ("role", "model", "sha256", "routed", "share", "scored", "rejected", "predicted classes"):
-        table.add_column(column, justify="left" if column in ("role", "model", "sha256", "predicted classes")
-                         else "right")
+        table.add_column(
+            column, justify="left" if column in ("role", "model", "sha256", "predicted classes") else "right"
+        )
     for m in r["models"]:
         shares = (m["prediction"].get("class_shares") or {}).items()
-        table.add_row(m["role"], f"{m['name']}:{m['version']}", m["sha256"][:12], fmt(m["rows_routed"]),
-                      f"{m['share']:.1%}" if m["share"] is not None else "–", fmt(m["rows_scored"]),
-                      fmt(m["rows_rejected"]), ", ".join(f"{c}: {share:.1%}" for c, share in shares) or "–")
+        table.add_row(
+            m["role"],
+            f"{m['name']}:{m['version']}",
+            m["sha256"][:12],
+            fmt(m["rows_routed"]),
+            f"{m['share']:.1%}" if m["share"] is not None else "–",
+            fmt(m["rows_scored"]),
+            fmt(m["rows_rejected"]),
+            ", ".join(f"{c}: {share:.1%}" for c, share in shares) or "–",
+        )
     console.print(table)
     _prediction_table(r["models"], console)
     if r["split"]:
         s = r["split"]
-        console.print(f"split on {', '.join(s['key'])} ({s['method']}): challenger share {s['challenger_share']:.1%}"
-                      f" requested, {s['observed_share']:.1%} observed; rows without a key (to the champion): "
-                      f"{fmt(s['rows_without_key'])}")
+        console.print(
+            f"split on {', '.join(s['key'])} ({s['method']}): challenger share {s['challenger_share']:.1%}"
+            f" requested, {s['observed_share']:.1%} observed; rows without a key (to the champion): "
+            f"{fmt(s['rows_without_key'])}"
+        )
     _messages(report, console)
 
 
@@ -265,8 +317,12 @@ def _prediction_table(models: list[dict[str, Any]], console: Console) -> None:
             labels = labels[-1:] if len(labels) == 2 else labels
             series = [(f"proba_{label}", p["proba_mean"][label], p["proba_quantiles"][label]) for label in labels]
         for name, mean, q in series:
-            table.add_row(f"{m['name']}:{m['version']}", name, fmt(mean), *(fmt(q[k]) for k in
-                                                                             ("0.05", "0.25", "0.5", "0.75", "0.95")))
+            table.add_row(
+                f"{m['name']}:{m['version']}",
+                name,
+                fmt(mean),
+                *(fmt(q[k]) for k in ("0.05", "0.25", "0.5", "0.75", "0.95")),
+            )
             rows += 1
     if rows:
         console.print(table)
@@ -280,9 +336,18 @@ _SEVERITY_STYLE = {"high": "bold red", "medium": "dark_orange", "low": "yellow",
 def render_drift(report: Report, console: Console) -> None:
     summary = report.results["summary"]
     table = Table(title="drift per feature (most important and most severe first)", title_justify="left")
-    for column, justify in (("feature", "left"), ("kind", "left"), ("drift", "left"), ("severity", "left"),
-                            ("decided by", "left"), ("effect", "right"), ("p-value", "right"),
-                            ("missing Δ", "right"), ("importance", "right"), ("note", "left")):
+    for column, justify in (
+        ("feature", "left"),
+        ("kind", "left"),
+        ("drift", "left"),
+        ("severity", "left"),
+        ("decided by", "left"),
+        ("effect", "right"),
+        ("p-value", "right"),
+        ("missing Δ", "right"),
+        ("importance", "right"),
+        ("note", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in report.results["features"]:
         s = r["statistics"]
@@ -292,27 +357,46 @@ def render_drift(report: Report, console: Console) -> None:
             note = (note + "; " if note else "") + f"{len(s['new_categories'])} new categories"
         drift = {True: f"[red]{BAD}[/]", False: OK, None: SKIP}[r["drifted"]]
         kind = {"numeric": "num", "categorical": "cat"}.get(r["kind"], r["kind"] or "–")
-        table.add_row(r["name"], kind, drift, f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]",
-                      r["decided_by"] or "–", fmt(effect, 3), fmt(r["p_value"], 2), fmt(s.get("missing_share_change"), 2),
-                      fmt(r["importance"], 2), note)
+        table.add_row(
+            r["name"],
+            kind,
+            drift,
+            f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]",
+            r["decided_by"] or "–",
+            fmt(effect, 3),
+            fmt(r["p_value"], 2),
+            fmt(s.get("missing_share_change"), 2),
+            fmt(r["importance"], 2),
+            note,
+        )
     console.print(table)
     weighted = summary["weighted_drifted_share"]
-    console.print(f"{summary['drifted']} of {summary['tested']} features drifted ({summary['drifted_share']:.0%}"
-                  + (f", {weighted:.0%} weighted by importance" if weighted is not None else "")
-                  + f"); verdict at ≥ {summary['drift_share']:.0%}: "
-                  + ("[bold red]DRIFT[/]" if summary["verdict"] == "drift" else "[bold green]no drift[/]"))
+    console.print(
+        f"{summary['drifted']} of {summary['tested']} features drifted ({summary['drifted_share']:.0%}"
+        + (f", {weighted:.0%} weighted by importance" if weighted is not None else "")
+        + f"); verdict at ≥ {summary['drift_share']:.0%}: "
+        + ("[bold red]DRIFT[/]" if summary["verdict"] == "drift" else "[bold green]no drift[/]")
+    )
     pred = summary.get("prediction_drift")
     if pred:
-        console.print(f"prediction drift ({pred['name']}): {'yes' if pred['drifted'] else 'no'} "
-                      f"(decided by {pred['decided_by']}"
-                      + (f"; mean {fmt(pred['mean_reference'])} → {fmt(pred['mean_current'])}" if
-                         pred.get("mean_reference") is not None else "") + ")")
+        console.print(
+            f"prediction drift ({pred['name']}): {'yes' if pred['drifted'] else 'no'} "
+            f"(decided by {pred['decided_by']}"
+            + (
+                f"; mean {fmt(pred['mean_reference'])} → {fmt(pred['mean_current'])}"
+                if pred.get("mean_reference") is not None
+                else ""
+            )
+            + ")"
+        )
     perf = summary.get("performance")
     if perf:
         for name, m in perf["metrics"].items():
             if "drop" in m:
-                console.print(f"performance {name}: recorded {fmt(m['recorded'])} → current {fmt(m['current'])}; "
-                              f"drop {fmt(m['drop'])} [{fmt(m['drop_ci'][0])}, {fmt(m['drop_ci'][1])}]")
+                console.print(
+                    f"performance {name}: recorded {fmt(m['recorded'])} → current {fmt(m['current'])}; "
+                    f"drop {fmt(m['drop'])} [{fmt(m['drop_ci'][0])}, {fmt(m['drop_ci'][1])}]"
+                )
     if report.results.get("html"):
         console.print(f"HTML report: {report.results['html']}")
     _messages(report, console)
@@ -321,8 +405,14 @@ def render_drift(report: Report, console: Console) -> None:
 # --- abtest ---------------------------------------------------------------------------------------------------
 
 
-VERDICT_STYLE = {"treatment_better": "green", "non_inferior": "green", "challenger_better": "green",
-                 "treatment_worse": "red", "inferior": "red", "champion_better": "red"}
+VERDICT_STYLE = {
+    "treatment_better": "green",
+    "non_inferior": "green",
+    "challenger_better": "green",
+    "treatment_worse": "red",
+    "inferior": "red",
+    "champion_better": "red",
+}
 
 
 def _verdict(verdict: str) -> str:
@@ -352,27 +442,44 @@ def render_abtest(report: Report, console: Console) -> None:
 def _render_experiment(report: Report, console: Console) -> None:
     r = report.results
     winner = f"  winner: [bold]{r['winner']}[/]" if r["winner"] else ""
-    console.print(f"[bold]{r['primary_metric']}[/] (primary): {_verdict(r['verdict'])}{winner}  "
-                  f"control {r['control']}, alpha {fmt(r['alpha'])} {r['alternative']}, correction {r['correction']}")
+    console.print(
+        f"[bold]{r['primary_metric']}[/] (primary): {_verdict(r['verdict'])}{winner}  "
+        f"control {r['control']}, alpha {fmt(r['alpha'])} {r['alternative']}, correction {r['correction']}"
+    )
     srm = r["srm"]
     counts = "  ".join(f"{v} {fmt(n)} ({srm['expected_shares'][v]:.0%} expected)" for v, n in srm["counts"].items())
     status = "[red]MISMATCH: experiment invalid[/]" if srm["mismatch"] else "[green]ok[/]"
     console.print(f"sample ratio: {counts}  chi² {fmt(srm['statistic'])}, p {fmt(srm['p_value'])}  {status}")
-    table = Table(title="treatment vs control (* primary; z: two-proportion z-test, t: Welch's t-test)",
-                  title_justify="left")
+    table = Table(
+        title="treatment vs control (* primary; z: two-proportion z-test, t: Welch's t-test)", title_justify="left"
+    )
     for column in ("metric", "variant", "control (n)", "treatment (n)", "p", "p adjusted", "verdict"):
         table.add_column(column, justify="left" if column in ("metric", "variant", "verdict") else "right")
-    effects = Table(title=f"effect sizes ({fmt(1 - r['alpha'])} CI{'' if r['alternative'] == 'two-sided' else ', one-sided'})",
-                    title_justify="left")
+    effects = Table(
+        title=f"effect sizes ({fmt(1 - r['alpha'])} CI{'' if r['alternative'] == 'two-sided' else ', one-sided'})",
+        title_justify="left",
+    )
     for column in ("metric", "variant", "difference", "CI", "relative lift", "CI "):
         effects.add_column(column, justify="left" if column in ("metric", "variant") else "right")
     for c in r["metrics"]:
         name = f"{c['metric']}{'*' if c['primary'] else ''} ({'z' if c['test'] == 'two_proportion_z' else 't'})"
-        table.add_row(name, c["variant"], f"{fmt(c['control']['mean'])} ({fmt(c['control']['n'])})",
-                      f"{fmt(c['treatment']['mean'])} ({fmt(c['treatment']['n'])})", fmt(c["p_value"], 3),
-                      fmt(c["p_value_adjusted"], 3), _verdict(c["verdict"]))
-        effects.add_row(c["metric"], c["variant"], fmt(c["difference"]), _interval(c["ci_low"], c["ci_high"]),
-                        _pct(c["relative_lift"]), _interval(c["relative_ci_low"], c["relative_ci_high"], pct=True))
+        table.add_row(
+            name,
+            c["variant"],
+            f"{fmt(c['control']['mean'])} ({fmt(c['control']['n'])})",
+            f"{fmt(c['treatment']['mean'])} ({fmt(c['treatment']['n'])})",
+            fmt(c["p_value"], 3),
+            fmt(c["p_value_adjusted"], 3),
+            _verdict(c["verdict"]),
+        )
+        effects.add_row(
+            c["metric"],
+            c["variant"],
+            fmt(c["difference"]),
+            _interval(c["ci_low"], c["ci_high"]),
+            _pct(c["relative_lift"]),
+            _interval(c["relative_ci_low"], c["relative_ci_high"], pct=True),
+        )
     console.print(table)
     console.print(effects)
     extra = [c for c in r["metrics"] if c["mann_whitney"] or c["non_inferiority"]]
@@ -382,17 +489,31 @@ def _render_experiment(report: Report, console: Console) -> None:
             side.add_column(column, justify="left" if column in ("metric", "variant") else "right")
         for c in extra:
             ni, mw = c["non_inferiority"] or {}, c["mann_whitney"] or {}
-            side.add_row(c["metric"], c["variant"], fmt(ni.get("margin")), fmt(ni.get("lower_bound")),
-                         fmt(ni.get("p_value_adjusted")), fmt(mw.get("statistic")), fmt(mw.get("prob_superiority")),
-                         fmt(mw.get("p_value")))
+            side.add_row(
+                c["metric"],
+                c["variant"],
+                fmt(ni.get("margin")),
+                fmt(ni.get("lower_bound")),
+                fmt(ni.get("p_value_adjusted")),
+                fmt(mw.get("statistic")),
+                fmt(mw.get("prob_superiority")),
+                fmt(mw.get("p_value")),
+            )
         console.print(side)
     power = Table(title=f"power (target {fmt(r['target_power'])})", title_justify="left")
     for column in ("metric", "variant", "achieved", "MDE at this n", "MDE relative", "MDE target", "n per group"):
         power.add_column(column, justify="left" if column in ("metric", "variant") else "right")
     for c in r["metrics"]:
         p = c["power"]
-        power.add_row(c["metric"], c["variant"], fmt(p["achieved"]), fmt(p["mde"]), "–" if p["mde_relative"] is None or p["mde_relative"] != p["mde_relative"] else f"{p['mde_relative']:.2%}",
-                      fmt(p["mde_target"]), fmt(p["n_per_group_for_mde"]))
+        power.add_row(
+            c["metric"],
+            c["variant"],
+            fmt(p["achieved"]),
+            fmt(p["mde"]),
+            "–" if p["mde_relative"] is None or p["mde_relative"] != p["mde_relative"] else f"{p['mde_relative']:.2%}",
+            fmt(p["mde_target"]),
+            fmt(p["n_per_group_for_mde"]),
+        )
     console.print(power)
     for c in r["metrics"]:
         if c["reason"]:
@@ -403,33 +524,62 @@ def _render_model_comparison(report: Report, console: Console) -> None:
     r = report.results
     champion, challenger = r["champion"], r["challenger"]
     direction = "higher" if r["higher_is_better"] else "lower"
-    console.print(f"[bold]{challenger['ref']}[/] vs [bold]{champion['ref']}[/] on {fmt(r['n'])} rows: "
-                  f"{_verdict(r['verdict'])}  ({r['metric']}, {direction} is better, test: {r['test']})")
-    console.print(f"{r['metric']}: {fmt(champion['value'])} → {fmt(challenger['value'])}  difference "
-                  f"{fmt(r['difference'])} {_interval(r['ci_low'], r['ci_high'])}  p {fmt(r['p_value'])}  "
-                  f"(needs ≥ {fmt(r['min_improvement'])} at alpha {fmt(r['alpha'])})")
+    console.print(
+        f"[bold]{challenger['ref']}[/] vs [bold]{champion['ref']}[/] on {fmt(r['n'])} rows: "
+        f"{_verdict(r['verdict'])}  ({r['metric']}, {direction} is better, test: {r['test']})"
+    )
+    console.print(
+        f"{r['metric']}: {fmt(champion['value'])} → {fmt(challenger['value'])}  difference "
+        f"{fmt(r['difference'])} {_interval(r['ci_low'], r['ci_high'])}  p {fmt(r['p_value'])}  "
+        f"(needs ≥ {fmt(r['min_improvement'])} at alpha {fmt(r['alpha'])})"
+    )
     tests = Table(title="paired tests", title_justify="left")
     for column in ("test", "on", "statistic", "p", "detail"):
         tests.add_column(column, justify="right" if column in ("statistic", "p") else "left")
     if r["mcnemar"]:
         m = r["mcnemar"]
-        tests.add_row("McNemar", "correct / wrong", fmt(m["statistic"]), fmt(m["p_value"]),
-                      f"only champion right {fmt(m['b'])}, only challenger right {fmt(m['c'])}; {m['method']}")
+        tests.add_row(
+            "McNemar",
+            "correct / wrong",
+            fmt(m["statistic"]),
+            fmt(m["p_value"]),
+            f"only champion right {fmt(m['b'])}, only challenger right {fmt(m['c'])}; {m['method']}",
+        )
     if r["delong"]:
         d = r["delong"]
-        tests.add_row("DeLong", "ROC AUC", fmt(d["statistic"]), fmt(d["p_value"]),
-                      f"difference {fmt(d['difference'])} {_interval(d['ci_low'], d['ci_high'])}")
+        tests.add_row(
+            "DeLong",
+            "ROC AUC",
+            fmt(d["statistic"]),
+            fmt(d["p_value"]),
+            f"difference {fmt(d['difference'])} {_interval(d['ci_low'], d['ci_high'])}",
+        )
     b = r["bootstrap"]
-    tests.add_row("paired bootstrap", r["metric"], "–", fmt(b["p_value"]),
-                  f"difference {fmt(b['difference'])} {_interval(b['ci_low'], b['ci_high'])}, {fmt(b['n_boot'])} resamples")
+    tests.add_row(
+        "paired bootstrap",
+        r["metric"],
+        "–",
+        fmt(b["p_value"]),
+        f"difference {fmt(b['difference'])} {_interval(b['ci_low'], b['ci_high'])}, {fmt(b['n_boot'])} resamples",
+    )
     if r["paired_t"]:
         t = r["paired_t"]
-        tests.add_row("paired t", t["loss"].replace("_", " "), fmt(t["statistic"]), fmt(t["p_value"]),
-                      f"mean loss difference {fmt(t['mean'])} {_interval(t['ci_low'], t['ci_high'])}")
+        tests.add_row(
+            "paired t",
+            t["loss"].replace("_", " "),
+            fmt(t["statistic"]),
+            fmt(t["p_value"]),
+            f"mean loss difference {fmt(t['mean'])} {_interval(t['ci_low'], t['ci_high'])}",
+        )
     if r["wilcoxon"]:
         w = r["wilcoxon"]
-        tests.add_row("Wilcoxon signed-rank", w["loss"].replace("_", " "), fmt(w["statistic"]), fmt(w["p_value"]),
-                      f"{fmt(w['n_nonzero'])} non-zero differences")
+        tests.add_row(
+            "Wilcoxon signed-rank",
+            w["loss"].replace("_", " "),
+            fmt(w["statistic"]),
+            fmt(w["p_value"]),
+            f"{fmt(w['n_nonzero'])} non-zero differences",
+        )
     console.print(tests)
     table = Table(title="metrics", title_justify="left")
     table.add_column("metric")
@@ -465,20 +615,25 @@ def render_retrain(report: Report, console: Console) -> None:
             table.add_row(name, SKIP, "not evaluated")
             continue
         evidence = {k: v for k, v in result.items() if k not in ("evaluated", "fired")}
-        table.add_row(name, f"[red]{OK}[/]" if result["fired"] else "–",
-                      "  ".join(f"{k}={fmt(v)}" for k, v in evidence.items()))
+        table.add_row(
+            name, f"[red]{OK}[/]" if result["fired"] else "–", "  ".join(f"{k}={fmt(v)}" for k, v in evidence.items())
+        )
     console.print(table)
     if job.get("comparison"):
         c = job["comparison"]
-        console.print(f"champion {job['champion']['version']} vs challenger {job['challenger']['version']} on "
-                      f"{fmt(job['challenger']['split']['holdout_rows'])} holdout rows: {c['metric']} difference "
-                      f"{fmt(c['difference'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}], p={fmt(c['p_value'])}"
-                      f" → {c['verdict']}")
+        console.print(
+            f"champion {job['champion']['version']} vs challenger {job['challenger']['version']} on "
+            f"{fmt(job['challenger']['split']['holdout_rows'])} holdout rows: {c['metric']} difference "
+            f"{fmt(c['difference'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}], p={fmt(c['p_value'])}"
+            f" → {c['verdict']}"
+        )
     if job.get("guardrails"):
         for check in job["guardrails"]["checks"]:
             mark = f"[green]{OK}[/]" if check["passed"] else f"[red]{BAD}[/]"
-            console.print(f"  {mark} guardrail {check['id']}: champion {fmt(check['champion'])}, "
-                          f"challenger {fmt(check['challenger'])}")
+            console.print(
+                f"  {mark} guardrail {check['id']}: champion {fmt(check['champion'])}, "
+                f"challenger {fmt(check['challenger'])}"
+            )
     gates = job.get("gates") or {}
     for gate in ("smoke_test", "checklist"):
         if gate in gates:
@@ -496,7 +651,13 @@ def render_retrain_history(report: Report, console: Console) -> None:
         table.add_column(column)
     for job in report.results["jobs"]:
         style = "red" if job["status"] in ("failed", "killed", "rejected", "rolled_back") else ""
-        table.add_row(job["id"], job["started_at"], f"[{style}]{job['status']}[/]" if style else job["status"],
-                      ", ".join(job["fired"]) or "–", (job.get("champion") or {}).get("version", "–"),
-                      (job.get("challenger") or {}).get("version", "–"), job.get("error") or job.get("decision") or "")
+        table.add_row(
+            job["id"],
+            job["started_at"],
+            f"[{style}]{job['status']}[/]" if style else job["status"],
+            ", ".join(job["fired"]) or "–",
+            (job.get("champion") or {}).get("version", "–"),
+            (job.get("challenger") or {}).get("version", "–"),
+            job.get("error") or job.get("decision") or "",
+        )
     console.print(table if report.results["jobs"] else f"no retrain jobs for {report.results['name']}")

@@ -152,8 +152,9 @@ def _metric_key(metric: str | None, task: str) -> str:
     return metric_name(metric, task)
 
 
-def _evaluate_triggers(registry: Registry, champion: Version, estimator: Any, frame: Any,
-                       options: RetrainOptions) -> dict[str, dict[str, Any]]:
+def _evaluate_triggers(
+    registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions
+) -> dict[str, dict[str, Any]]:
     wanted = {"auto": ("performance", "drift", "schedule")}.get(options.trigger, (options.trigger,))
     out: dict[str, dict[str, Any]] = {}
     for trigger in ("performance", "drift", "schedule", "manual"):
@@ -164,8 +165,9 @@ def _evaluate_triggers(registry: Registry, champion: Version, estimator: Any, fr
     return out
 
 
-def _performance(registry: Registry, champion: Version, estimator: Any, frame: Any,
-                 options: RetrainOptions) -> dict[str, Any]:
+def _performance(
+    registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions
+) -> dict[str, Any]:
     from mlops_cli import metrics
 
     key = _metric_key(options.metric, champion.manifest["task"])
@@ -179,9 +181,16 @@ def _performance(registry: Registry, champion: Version, estimator: Any, frame: A
         fired = now["ci_high"] < recorded - options.max_drop
     else:
         fired = now["ci_low"] > recorded + options.max_drop
-    return {"fired": bool(fired), "metric": key, "recorded": recorded, "current": now["value"],
-            "ci_low": now["ci_low"], "ci_high": now["ci_high"], "max_drop": options.max_drop,
-            "rows": scorer.n}
+    return {
+        "fired": bool(fired),
+        "metric": key,
+        "recorded": recorded,
+        "current": now["value"],
+        "ci_low": now["ci_low"],
+        "ci_high": now["ci_high"],
+        "max_drop": options.max_drop,
+        "rows": scorer.n,
+    }
 
 
 def _drift(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
@@ -189,9 +198,12 @@ def _drift(registry: Registry, champion: Version, estimator: Any, frame: Any, op
 
     features = [f["name"] for f in champion.manifest["features"]]
     summary = drift.drift_for_model(registry, champion, frame[features]).results["summary"]
-    return {"fired": summary["verdict"] == "drift", "verdict": summary["verdict"],
-            "drifted_share": summary.get("drifted_share"),
-            "weighted_drifted_share": summary.get("weighted_drifted_share")}
+    return {
+        "fired": summary["verdict"] == "drift",
+        "verdict": summary["verdict"],
+        "drifted_share": summary.get("drifted_share"),
+        "weighted_drifted_share": summary.get("weighted_drifted_share"),
+    }
 
 
 def _schedule(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
@@ -207,7 +219,11 @@ def _manual(registry: Registry, champion: Version, estimator: Any, frame: Any, o
 
 
 _TRIGGERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "performance": _performance, "drift": _drift, "schedule": _schedule, "manual": _manual}
+    "performance": _performance,
+    "drift": _drift,
+    "schedule": _schedule,
+    "manual": _manual,
+}
 
 
 # --- data ----------------------------------------------------------------------------------------------------
@@ -246,8 +262,10 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
         train = train[times >= start]
         info["window_start"] = str(start)
     if train.empty or holdout.empty:
-        raise SchemaMismatch(f"the split left {len(train)} training and {len(holdout)} holdout rows",
-                             "pass more data, or change --holdout-fraction / --window-days")
+        raise SchemaMismatch(
+            f"the split left {len(train)} training and {len(holdout)} holdout rows",
+            "pass more data, or change --holdout-fraction / --window-days",
+        )
     return train, holdout, {**info, "train_rows": len(train), "holdout_rows": len(holdout)}
 
 
@@ -264,8 +282,9 @@ def load_train_fn(spec: str) -> Callable[[Any, str], Any]:
     """`package.module:function`, imported with the working directory on sys.path (like `python -m`)."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise TrainingFailed(f"--train-fn {spec!r} is not of the form package.module:function",
-                             "e.g. --train-fn mypkg.training:fit")
+        raise TrainingFailed(
+            f"--train-fn {spec!r} is not of the form package.module:function", "e.g. --train-fn mypkg.training:fit"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -285,38 +304,48 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
         try:
             estimator = fn(train[features + [options.target]].copy(), options.target)
         except Exception as exc:  # the user's code: any failure is a failed training, reported in one line
-            raise TrainingFailed(f"--train-fn {options.train_fn} raised {type(exc).__name__}: {exc}",
-                                 "fix the training function; the registry was not changed") from exc
+            raise TrainingFailed(
+                f"--train-fn {options.train_fn} raised {type(exc).__name__}: {exc}",
+                "fix the training function; the registry was not changed",
+            ) from exc
         if not hasattr(estimator, "predict"):
-            raise TrainingFailed(f"--train-fn {options.train_fn} returned {type(estimator).__name__}, not an estimator",
-                                 "return the fitted estimator")
+            raise TrainingFailed(
+                f"--train-fn {options.train_fn} returned {type(estimator).__name__}, not an estimator",
+                "return the fitted estimator",
+            )
         return estimator
     from mlops_cli.model import align_labels
 
     # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
     classes = getattr(champion_estimator, "classes_", None)
-    y = align_labels(train[options.target].to_numpy(), [c.item() if hasattr(c, "item") else c for c in classes]
-                     if classes is not None else None)
+    y = align_labels(
+        train[options.target].to_numpy(),
+        [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else None,
+    )
     try:
         return clone(champion_estimator).fit(train[features], y)
     except Exception as exc:
-        raise TrainingFailed(f"refitting the champion's estimator failed ({type(exc).__name__}: {exc})",
-                             "use --train-fn for a custom pipeline") from exc
+        raise TrainingFailed(
+            f"refitting the champion's estimator failed ({type(exc).__name__}: {exc})",
+            "use --train-fn for a custom pipeline",
+        ) from exc
 
 
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def _after_promotion(registry: Registry, name: str, alias: str, expected: Version, holdout: Any,
-                     features: list[str]) -> None:
+def _after_promotion(
+    registry: Registry, name: str, alias: str, expected: Version, holdout: Any, features: list[str]
+) -> None:
     """Check the live alias end to end: it resolves to the challenger, verifies, loads and predicts."""
     from mlops_cli import model as model_lib
 
     estimator, live = registry.load_model(f"{name}@{alias}")
     if live.version != expected.version:
         raise RuntimeError(f"{name}@{alias} points at {live.version}, expected {expected.version}")
-    model_lib.predict_frame(estimator, holdout[features].head(100), task=live.manifest["task"],
-                            classes=live.manifest["classes"])
+    model_lib.predict_frame(
+        estimator, holdout[features].head(100), task=live.manifest["task"], classes=live.manifest["classes"]
+    )
 
 
 @contextlib.contextmanager
@@ -334,9 +363,12 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
     if options.trigger not in TRIGGERS:
         raise InputError(f"unknown trigger {options.trigger!r}", f"use one of {', '.join(TRIGGERS)}")
     champion = registry.resolve(f"{name}@{options.champion_alias}")
-    job = Job(id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", name=name,
-              started_at=utc_now(), options={k: str(v) if isinstance(v, Path) else v
-                                             for k, v in asdict(options).items()})
+    job = Job(
+        id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+        name=name,
+        started_at=utc_now(),
+        options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+    )
     report = Report("retrain", model=champion.summary())
     report.messages += _recover_killed_promotions(registry, name, options.champion_alias)
     _save(registry, job)
@@ -365,8 +397,9 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     features = [f["name"] for f in champion.manifest["features"]]
     missing = [f for f in features if f not in frame.columns]
     if missing:
-        raise SchemaMismatch(f"{options.data}: lacks the champion's feature columns {missing}",
-                             "pass data with the model's schema")
+        raise SchemaMismatch(
+            f"{options.data}: lacks the champion's feature columns {missing}", "pass data with the model's schema"
+        )
 
     job.phase = "triggers"
     job.triggers = _evaluate_triggers(registry, champion, estimator, frame, options)
@@ -383,8 +416,9 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
 
         reference = io.read_table(champion.file("sample.parquet"))
         reference = reference[reference[options.target].notna()]
-        train = pd.concat([reference[features + [options.target]], train[features + [options.target]]],
-                          ignore_index=True)
+        train = pd.concat(
+            [reference[features + [options.target]], train[features + [options.target]]], ignore_index=True
+        )
         split["reference_rows"] = len(reference)
     _save(registry, job)
     challenger_estimator = _train(estimator, train, features, options)
@@ -397,30 +431,61 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     }
     import joblib
 
-    with _temporary_tables(train=train[features + [options.target]],
-                           holdout=holdout[features + [options.target]]) as paths:
+    with _temporary_tables(
+        train=train[features + [options.target]], holdout=holdout[features + [options.target]]
+    ) as paths:
         artifact = paths["train"].parent / "challenger.joblib"
         joblib.dump(challenger_estimator, artifact)
-        challenger, _ = register(registry, artifact, champion.name, RegisterOptions(
-            train_data=paths["train"], target=options.target, eval_data=paths["holdout"],
-            description=f"retrained from {champion.ref} ({', '.join(job.fired)})", alias="challenger",
-            allow_duplicate=True, accepts_missing=champion.manifest["input_contract"]["accepts_missing"],
-            accepts_unseen=champion.manifest["input_contract"]["accepts_unseen"], n_boot=options.n_boot,
-            reason=f"retrain job {job.id}", lineage={
-                "parent": champion.ref, "job": job.id, "trigger": job.fired, "reason": options.reason,
-                "source_data": io.fingerprint(options.data, rows=len(frame)), "split": split,
-                "include_reference": options.include_reference, "holdout_metrics": holdout_metrics}))
+        challenger, _ = register(
+            registry,
+            artifact,
+            champion.name,
+            RegisterOptions(
+                train_data=paths["train"],
+                target=options.target,
+                eval_data=paths["holdout"],
+                description=f"retrained from {champion.ref} ({', '.join(job.fired)})",
+                alias="challenger",
+                allow_duplicate=True,
+                accepts_missing=champion.manifest["input_contract"]["accepts_missing"],
+                accepts_unseen=champion.manifest["input_contract"]["accepts_unseen"],
+                n_boot=options.n_boot,
+                reason=f"retrain job {job.id}",
+                lineage={
+                    "parent": champion.ref,
+                    "job": job.id,
+                    "trigger": job.fired,
+                    "reason": options.reason,
+                    "source_data": io.fingerprint(options.data, rows=len(frame)),
+                    "split": split,
+                    "include_reference": options.include_reference,
+                    "holdout_metrics": holdout_metrics,
+                },
+            ),
+        )
         job.challenger = {"version": challenger.version, "sha256": challenger.summary()["sha256"], "split": split}
         _save(registry, job)
 
         job.phase = "comparing"
-        comparison = abtest.compare_models(registry, champion, challenger, holdout, options.target, metric=key,
-                                           min_improvement=options.min_improvement, alpha=options.alpha,
-                                           n_boot=options.n_boot, seed=options.seed).results
-        job.comparison = {k: comparison.get(k) for k in ("verdict", "challenger_wins", "metric", "difference",
-                                                         "ci_low", "ci_high", "p_value")}
-        job.guardrails = _guardrails(registry, champion, estimator, challenger, challenger_estimator, holdout,
-                                     features, comparison, options)
+        comparison = abtest.compare_models(
+            registry,
+            champion,
+            challenger,
+            holdout,
+            options.target,
+            metric=key,
+            min_improvement=options.min_improvement,
+            alpha=options.alpha,
+            n_boot=options.n_boot,
+            seed=options.seed,
+        ).results
+        job.comparison = {
+            k: comparison.get(k)
+            for k in ("verdict", "challenger_wins", "metric", "difference", "ci_low", "ci_high", "p_value")
+        }
+        job.guardrails = _guardrails(
+            registry, champion, estimator, challenger, challenger_estimator, holdout, features, comparison, options
+        )
         _save(registry, job)
         if not comparison["challenger_wins"] or not job.guardrails["passed"]:
             job.decision = "rejected" if not comparison["challenger_wins"] else "rejected_by_guardrails"
@@ -433,8 +498,9 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         job.phase = "gates"
         # The checklist runs the smoke test as one of its items (with the policy's latency budget): one run of
         # each, and the smoke test must pass even where a policy makes that item advisory.
-        checklist = gates.checklist(registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"],
-                                    policy=options.policy)
+        checklist = gates.checklist(
+            registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"], policy=options.policy
+        )
         smoke = next(i for i in checklist.results["items"] if i["id"] == "smoke_test")
         failed = list(checklist.results["failed"])
         if smoke["status"] != "pass" and "smoke_test" not in failed:
@@ -453,8 +519,11 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     try:
         _after_promotion(registry, champion.name, options.champion_alias, challenger, holdout, features)
     except BaseException as exc:
-        registry.rollback(champion.name, options.champion_alias,
-                          reason=f"retrain job {job.id}: check after promotion failed ({type(exc).__name__})")
+        registry.rollback(
+            champion.name,
+            options.champion_alias,
+            reason=f"retrain job {job.id}: check after promotion failed ({type(exc).__name__})",
+        )
         job.decision = "rolled_back"
         job.error = f"{type(exc).__name__}: {exc}"
         report.passed = False
@@ -482,19 +551,42 @@ def _interleaved_p99_ms(champion: Any, challenger: Any, rows: Any, iterations: i
     return {label: float(np.percentile(values, 99)) for label, values in timings.items()}
 
 
-def _guardrails(registry: Registry, champion: Version, champion_estimator: Any, challenger: Version,
-                challenger_estimator: Any, holdout: Any, features: list[str], comparison: dict[str, Any],
-                options: RetrainOptions) -> dict[str, Any]:
+def _guardrails(
+    registry: Registry,
+    champion: Version,
+    champion_estimator: Any,
+    challenger: Version,
+    challenger_estimator: Any,
+    holdout: Any,
+    features: list[str],
+    comparison: dict[str, Any],
+    options: RetrainOptions,
+) -> dict[str, Any]:
     """The challenger must not be worse where the primary metric does not look: per-class recall, p99 latency."""
     checks = []
     ours, theirs = comparison["challenger"]["metrics"], comparison["champion"]["metrics"]
     for key in sorted(k for k in theirs if k.startswith("recall[")):
         drop = theirs[key] - ours.get(key, 0.0)
-        checks.append({"id": key, "champion": theirs[key], "challenger": ours.get(key), "drop": drop,
-                       "passed": bool(drop <= options.max_recall_drop), "limit": options.max_recall_drop})
+        checks.append(
+            {
+                "id": key,
+                "champion": theirs[key],
+                "challenger": ours.get(key),
+                "drop": drop,
+                "passed": bool(drop <= options.max_recall_drop),
+                "limit": options.max_recall_drop,
+            }
+        )
     p99 = _interleaved_p99_ms(champion_estimator, challenger_estimator, holdout[features].head(200))
     # 5 ms of slack: on a busy machine two sub-millisecond models differ by scheduling noise, not by design.
     limit = options.max_latency_ratio * p99["champion"] + 5.0
-    checks.append({"id": "p99_latency_ms", **p99, "limit_ms": limit, "limit_ratio": options.max_latency_ratio,
-                   "passed": bool(p99["challenger"] <= limit)})
+    checks.append(
+        {
+            "id": "p99_latency_ms",
+            **p99,
+            "limit_ms": limit,
+            "limit_ratio": options.max_latency_ratio,
+            "passed": bool(p99["challenger"] <= limit),
+        }
+    )
     return {"passed": all(c["passed"] for c in checks), "checks": checks}

@@ -31,15 +31,22 @@ def infer(frame: pd.DataFrame, features: list[str]) -> list[dict[str, Any]]:
     """One entry per feature: name, dtype, kind, and categories (categorical) or min/max (numeric)."""
     missing = [f for f in features if f not in frame.columns]
     if missing:
-        raise SchemaMismatch(f"training data lacks the model's feature columns {missing}",
-                             "pass the data the model was trained on")
+        raise SchemaMismatch(
+            f"training data lacks the model's feature columns {missing}", "pass the data the model was trained on"
+        )
     out = []
     for name in features:
         column = frame[name]
-        entry: dict[str, Any] = {"name": name, "dtype": str(column.dtype), "kind": kind_of(column),
-                                 "missing_share": float(column.isna().mean()) if len(column) else 0.0}
+        entry: dict[str, Any] = {
+            "name": name,
+            "dtype": str(column.dtype),
+            "kind": kind_of(column),
+            "missing_share": float(column.isna().mean()) if len(column) else 0.0,
+        }
         if entry["kind"] == "numeric":
-            entry["min"], entry["max"] = (float(column.min()), float(column.max())) if column.notna().any() else (None, None)
+            entry["min"], entry["max"] = (
+                (float(column.min()), float(column.max())) if column.notna().any() else (None, None)
+            )
         elif entry["kind"] == "categorical":
             values = column.dropna().unique()
             entry["n_categories"] = int(len(values))
@@ -73,13 +80,17 @@ def require_features(columns: Any, manifest: dict[str, Any], *, where: str, mode
     """The model's feature names; SchemaMismatch naming every one that `columns` lacks."""
     features = feature_names(manifest.get("features") or [])
     if not features:
-        raise SchemaMismatch(f"{model} records no feature names",
-                             "register it with --train-data, or fit it on a DataFrame so it knows its columns")
+        raise SchemaMismatch(
+            f"{model} records no feature names",
+            "register it with --train-data, or fit it on a DataFrame so it knows its columns",
+        )
     present = set(columns)
     missing = [f for f in features if f not in present]
     if missing:
-        raise SchemaMismatch(f"{where} lacks {model}'s feature columns {missing}",
-                             "pass data with the model's schema (extra columns are ignored, order does not matter)")
+        raise SchemaMismatch(
+            f"{where} lacks {model}'s feature columns {missing}",
+            "pass data with the model's schema (extra columns are ignored, order does not matter)",
+        )
     return features
 
 
@@ -113,8 +124,9 @@ def prepare_arrow(batch: Any, manifest: dict[str, Any]) -> Any:
         column = batch.column(i)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             continue
-        targets = [pa.int64(), pa.float64()] if str(feature.get("dtype", "")).startswith(("int", "uint")) \
-            else [pa.float64()]
+        targets = (
+            [pa.int64(), pa.float64()] if str(feature.get("dtype", "")).startswith(("int", "uint")) else [pa.float64()]
+        )
         for target in targets:
             try:
                 batch = batch.set_column(i, name, pc.cast(column, target))
@@ -124,7 +136,9 @@ def prepare_arrow(batch: Any, manifest: dict[str, Any]) -> Any:
     return batch
 
 
-def validate_batch(frame: pd.DataFrame, manifest: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+def validate_batch(
+    frame: pd.DataFrame, manifest: dict[str, Any]
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
     """Check and coerce a batch of new data against a model's input schema.
 
     Returns the model's feature columns in training order, coerced where that is safe (text holding numbers to
@@ -227,5 +241,7 @@ def _to_bool(value: Any) -> Any:
 
 
 def _wrong_type(name: str, dtype: Any, expected: str) -> SchemaMismatch:
-    return SchemaMismatch(f"column {name!r} holds {dtype} values, the model expects {expected}",
-                          "pass the column the model was trained on, with its original type")
+    return SchemaMismatch(
+        f"column {name!r} holds {dtype} values, the model expects {expected}",
+        "pass the column the model was trained on, with its original type",
+    )

@@ -20,8 +20,18 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 CATEGORICAL = ["carrier", "origin", "dest"]
-NUMERIC = ["sched_dep_hour", "day_of_week", "distance", "temp", "dewp", "humid", "wind_speed", "precip",
-           "pressure", "visib"]
+NUMERIC = [
+    "sched_dep_hour",
+    "day_of_week",
+    "distance",
+    "temp",
+    "dewp",
+    "humid",
+    "wind_speed",
+    "precip",
+    "pressure",
+    "visib",
+]
 FEATURES = CATEGORICAL + NUMERIC
 TARGET = "delayed"
 

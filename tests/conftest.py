@@ -98,13 +98,26 @@ def cli(registry_dir) -> Cli:
 @pytest.fixture
 def registered(cli, model_file) -> dict[str, Any]:
     """flights:1, registered with training and evaluation data (the full manifest)."""
-    return cli.json("register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed",
-                    "--eval-data", CURRENT, "--bootstrap", "200")
+    return cli.json(
+        "register",
+        model_file,
+        "--name",
+        "flights",
+        "--train-data",
+        REFERENCE,
+        "--target",
+        "delayed",
+        "--eval-data",
+        CURRENT,
+        "--bootstrap",
+        "200",
+    )
 
 
 def run_mlops(*args: Any, registry: Path | None = None, timeout: float = 300, **kwargs: Any):
     """`python -m mlops_cli` as a real process (for exit codes, signals and concurrency)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **kwargs.pop("env", {})}
     argv = [sys.executable, "-m", "mlops_cli"] + (["--registry", str(registry)] if registry else [])
-    return subprocess.run(argv + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kwargs)
+    return subprocess.run(
+        argv + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+    )

@@ -29,16 +29,19 @@ COMMANDS = dict(_commands())
 
 
 def test_the_command_table_is_complete():
-    assert {"register", "models list", "models show", "models promote", "models rollback",
-            "models history"} <= set(COMMANDS)
+    assert {"register", "models list", "models show", "models promote", "models rollback", "models history"} <= set(
+        COMMANDS
+    )
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help_and_a_readme_entry(name):
     command = COMMANDS[name]
     assert command.help and len(command.help.strip()) > 20, name
-    assert f"mlops {name}" in (ROOT / "README.md").read_text() or f"`mlops {name.split()[0]}" in (
-        ROOT / "README.md").read_text(), name
+    assert (
+        f"mlops {name}" in (ROOT / "README.md").read_text()
+        or f"`mlops {name.split()[0]}" in (ROOT / "README.md").read_text()
+    ), name
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -48,19 +51,23 @@ def test_every_command_answers_help(cli, name):
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys, runpy; sys.argv = ['mlops', '--help']\n"
-            "try:\n    runpy.run_module('mlops_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('pandas', 'sklearn', 'scipy', 'pyarrow') if m in sys.modules)\n"
-            "print('HEAVY=' + ','.join(heavy))")
+    code = (
+        "import sys, runpy; sys.argv = ['mlops', '--help']\n"
+        "try:\n    runpy.run_module('mlops_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('pandas', 'sklearn', 'scipy', 'pyarrow') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip().splitlines()[-1] == "HEAVY="
 
 
 @pytest.mark.parametrize("name", sorted({n.split()[0] for n in COMMANDS}))
 def test_subcommand_help_imports_no_heavy_library(name):
-    code = (f"import sys, runpy; sys.argv = ['mlops', {name!r}, '--help']\n"
-            "try:\n    runpy.run_module('mlops_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('HEAVY=' + ','.join(m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules))")
+    code = (
+        f"import sys, runpy; sys.argv = ['mlops', {name!r}, '--help']\n"
+        "try:\n    runpy.run_module('mlops_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY=' + ','.join(m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip().splitlines()[-1] == "HEAVY="
 

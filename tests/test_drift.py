@@ -70,8 +70,9 @@ def test_zero_inflated_column_shows_a_change_in_the_point_mass():
     same = np.where(rng.random(50_000) < 0.8, 0.0, rng.exponential(0.1, 50_000))
     assert drift.numeric_stats(ref, cur)["psi"] > 0.2  # the zero bin alone carries it
     assert drift.numeric_stats(ref, same)["psi"] < 0.01
-    rows, _ = drift.compare(pd.DataFrame({"precip": ref}), pd.DataFrame({"precip": cur}),
-                            drift.DriftOptions(stattest="psi"))
+    rows, _ = drift.compare(
+        pd.DataFrame({"precip": ref}), pd.DataFrame({"precip": cur}), drift.DriftOptions(stattest="psi")
+    )
     assert rows[0]["drifted"] and rows[0]["decided_by"] == "psi"
 
 
@@ -119,8 +120,9 @@ def test_false_alarm_rate_over_no_drift_resamples(reference_frame):
 
 
 def test_small_samples_are_decided_by_corrected_tests(reference_frame, current_frame):
-    rows, _ = drift.compare(reference_frame.head(300), current_frame.head(300),
-                            drift.DriftOptions(features=["temp", "distance", "origin"]))
+    rows, _ = drift.compare(
+        reference_frame.head(300), current_frame.head(300), drift.DriftOptions(features=["temp", "distance", "origin"])
+    )
     by_name = {r["name"]: r for r in rows}
     assert by_name["temp"]["decided_by"] == "ks" and by_name["temp"]["drifted"]
     assert by_name["origin"]["decided_by"] == "chi2"
@@ -129,11 +131,18 @@ def test_small_samples_are_decided_by_corrected_tests(reference_frame, current_f
 def test_robustness_cases_each_get_a_row(cli, tmp_path):
     rng = np.random.default_rng(8)
     n = 2_000
-    ref = pd.DataFrame({"x": rng.normal(size=n), "all_nan": np.nan, "constant": 1.0, "gone": rng.normal(size=n),
-                        "user_id": [f"u{i}" for i in range(n)], "mixed": [1, "a"] * (n // 2),
-                        "flag": rng.random(n) < 0.3})
-    cur = ref.drop(columns=["gone"]).assign(all_nan=np.nan, constant=1.0,
-                                           user_id=[f"v{i}" for i in range(n)])
+    ref = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "all_nan": np.nan,
+            "constant": 1.0,
+            "gone": rng.normal(size=n),
+            "user_id": [f"u{i}" for i in range(n)],
+            "mixed": [1, "a"] * (n // 2),
+            "flag": rng.random(n) < 0.3,
+        }
+    )
+    cur = ref.drop(columns=["gone"]).assign(all_nan=np.nan, constant=1.0, user_id=[f"v{i}" for i in range(n)])
     a, b = tmp_path / "ref.parquet", tmp_path / "cur.parquet"
     ref.assign(mixed=ref["mixed"].astype(str)).to_parquet(a)
     cur.assign(mixed=cur["mixed"].astype(str)).to_parquet(b)
@@ -172,7 +181,8 @@ def test_reference_from_the_registry_with_prediction_drift_and_importance(cli, r
     assert summary["verdict"] == "drift" and summary["weighted_drifted_share"] is not None
     assert summary["prediction_drift"]["name"] == "proba_1" and summary["prediction_drift"]["drifted"]
     assert summary["performance"]["metrics"]["roc_auc"]["recorded"] == pytest.approx(
-        registered["results"]["eval_metrics"]["roc_auc"]["value"])
+        registered["results"]["eval_metrics"]["roc_auc"]["value"]
+    )
     importance = registry_dir / "flights" / "cache" / "1" / "importance.json"
     assert importance.is_file() and set(json.loads(importance.read_text())) == set(FEATURES.split(","))
     features = report["results"]["features"]

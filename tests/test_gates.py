@@ -36,8 +36,19 @@ def eval_data(tmp_path_factory, current_frame):
 
 
 def _register(cli, model_path, name, small_data, *extra):
-    return cli.json("register", model_path, "--name", name, "--train-data", small_data, "--target", "delayed",
-                    "--sample-size", "300", *extra)
+    return cli.json(
+        "register",
+        model_path,
+        "--name",
+        name,
+        "--train-data",
+        small_data,
+        "--target",
+        "delayed",
+        "--sample-size",
+        "300",
+        *extra,
+    )
 
 
 def _broken(tmp_path, model_file, cls):
@@ -55,8 +66,16 @@ def test_good_model_passes_every_step(cli, model_file, small_data):
     # A generous latency budget: this test is about correctness, not about how busy the machine is.
     report = cli.json("smoke-test", "good", "--iterations", "50", "--max-latency-ms", "2000")
     steps = _steps(report)
-    assert list(steps) == ["load", "single_row", "output_validity", "batch_consistency", "determinism",
-                           "serialization", "latency", "edge_cases"]
+    assert list(steps) == [
+        "load",
+        "single_row",
+        "output_validity",
+        "batch_consistency",
+        "determinism",
+        "serialization",
+        "latency",
+        "edge_cases",
+    ]
     assert all(s["status"] == "pass" for s in steps.values())
     assert all({"id", "status", "evidence", "duration_s"} <= set(s) for s in steps.values())
     latency = steps["latency"]["evidence"]
@@ -67,13 +86,16 @@ def test_good_model_passes_every_step(cli, model_file, small_data):
     assert cases[("missing_column", "carrier")]["outcome"] == "raised"
 
 
-@pytest.mark.parametrize("cls, step, extra", [
-    (broken_models.ReturnsNaN, "output_validity", []),
-    (broken_models.ProbabilitiesAboveOne, "output_validity", []),
-    (broken_models.Nondeterministic, "determinism", []),
-    (broken_models.Slow, "latency", ["--max-latency-ms", "5"]),
-    (broken_models.CrashesOnNaN, "edge_cases", []),
-])
+@pytest.mark.parametrize(
+    "cls, step, extra",
+    [
+        (broken_models.ReturnsNaN, "output_validity", []),
+        (broken_models.ProbabilitiesAboveOne, "output_validity", []),
+        (broken_models.Nondeterministic, "determinism", []),
+        (broken_models.Slow, "latency", ["--max-latency-ms", "5"]),
+        (broken_models.CrashesOnNaN, "edge_cases", []),
+    ],
+)
 def test_broken_models_fail_the_right_step(cli, tmp_path, model_file, complete_data, cls, step, extra):
     _register(cli, _broken(tmp_path, model_file, cls), "broken", complete_data)
     report = cli.json("smoke-test", "broken", "--iterations", "20", *extra, expect=1)
@@ -82,8 +104,9 @@ def test_broken_models_fail_the_right_step(cli, tmp_path, model_file, complete_d
 
 
 def test_nan_crash_is_accepted_when_the_model_declares_it(cli, tmp_path, model_file, complete_data):
-    _register(cli, _broken(tmp_path, model_file, broken_models.CrashesOnNaN), "declared", complete_data,
-              "--rejects-missing")
+    _register(
+        cli, _broken(tmp_path, model_file, broken_models.CrashesOnNaN), "declared", complete_data, "--rejects-missing"
+    )
     report = cli.json("smoke-test", "declared", "--iterations", "20", "--max-latency-ms", "2000")
     nan_cases = [c for c in _steps(report)["edge_cases"]["evidence"]["cases"] if c["case"] == "nan"]
     assert nan_cases and all(c["outcome"] == "raised" and c["verdict"] == "pass" for c in nan_cases)
@@ -115,8 +138,9 @@ def test_smoke_test_needs_data_when_nothing_is_stored(cli, model_file):
     cli.json("register", model_file, "--name", "bare")
     result = cli("smoke-test", "bare")
     assert result.exit_code == 3 and "no stored reference sample" in result.stderr
-    report = cli.json("smoke-test", "bare", "--data", CURRENT, "--rows", "200", "--iterations", "20",
-                      "--max-latency-ms", "2000")
+    report = cli.json(
+        "smoke-test", "bare", "--data", CURRENT, "--rows", "200", "--iterations", "20", "--max-latency-ms", "2000"
+    )
     assert report["status"] == "pass"
 
 
@@ -136,15 +160,19 @@ def test_first_release_passes_with_a_rollback_warning(cli, relaxed, model_file, 
     assert all(i["status"] == "pass" for k, i in items.items() if k not in ("rollback_ready", "baseline_comparison"))
 
 
-def test_candidate_against_production_with_paired_comparison(cli, relaxed, model_file, other_model_file, small_data,
-                                                             eval_data):
-    _register(cli, model_file, "m", small_data, "--eval-data", eval_data, "--bootstrap", "100", "--alias",
-              "production")
+def test_candidate_against_production_with_paired_comparison(
+    cli, relaxed, model_file, other_model_file, small_data, eval_data
+):
+    _register(cli, model_file, "m", small_data, "--eval-data", eval_data, "--bootstrap", "100", "--alias", "production")
     _register(cli, other_model_file, "m", small_data, "--eval-data", eval_data, "--bootstrap", "100")
     report = cli.json("checklist", "--iterations", "20", "--policy", relaxed, "m:2", "--eval-data", eval_data)
     items = _items(report)
     evidence = items["baseline_comparison"]["evidence"]
-    assert evidence["baseline"] == "m:1" and evidence["metric"] == "roc_auc" and evidence["n"] == io.read_table(eval_data)["delayed"].notna().sum()
+    assert (
+        evidence["baseline"] == "m:1"
+        and evidence["metric"] == "roc_auc"
+        and evidence["n"] == io.read_table(eval_data)["delayed"].notna().sum()
+    )
     assert items["rollback_ready"]["status"] == "pass" and items["rollback_ready"]["evidence"]["previous"] == "m:1"
 
 
@@ -153,8 +181,9 @@ def test_a_worse_candidate_fails_the_baseline_comparison(cli, relaxed, tmp_path,
 
     frame = io.read_table(small_data)
     frame = frame[frame["delayed"].notna()]
-    dummy = DummyClassifier(strategy="prior").fit(frame[joblib.load(model_file).feature_names_in_],
-                                                  frame["delayed"].astype(int))
+    dummy = DummyClassifier(strategy="prior").fit(
+        frame[joblib.load(model_file).feature_names_in_], frame["delayed"].astype(int)
+    )
     joblib.dump(dummy, tmp_path / "dummy.joblib")
     _register(cli, model_file, "m", small_data, "--alias", "production")
     _register(cli, tmp_path / "dummy.joblib", "m", small_data)
@@ -173,11 +202,14 @@ def test_policy_makes_items_required_and_sets_budgets(cli, model_file, small_dat
     assert items["latency"]["status"] == "warn" and items["rollback_ready"]["required"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[items\nrequired = 1", "not valid TOML"),
-    ('[items]\nrequired = ["no_such_item"]', "unknown checklist items"),
-    ('[budgets]\nlatency = 1', "unknown [budgets] keys"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[items\nrequired = 1", "not valid TOML"),
+        ('[items]\nrequired = ["no_such_item"]', "unknown checklist items"),
+        ("[budgets]\nlatency = 1", "unknown [budgets] keys"),
+    ],
+)
 def test_bad_policy_is_exit_3(cli, model_file, small_data, tmp_path, text, message):
     _register(cli, model_file, "m", small_data)
     policy = tmp_path / "policy.toml"
@@ -196,7 +228,9 @@ def test_checklist_renders_marks_and_failing_evidence(cli, relaxed, model_file):
     cli.json("register", model_file, "--name", "bare")
     report = cli.json("checklist", "--iterations", "20", "--policy", relaxed, "bare", expect=1)
     buffer = stdio.StringIO()
-    render.render_steps(Report("checklist", results=report["results"], passed=False, model=report["model"]),
-                        Console(file=buffer, width=100))
+    render.render_steps(
+        Report("checklist", results=report["results"], passed=False, model=report["model"]),
+        Console(file=buffer, width=100),
+    )
     text = buffer.getvalue()
     assert "✗ distribution_stats" in text and "! rollback_ready" in text and "FAIL" in text

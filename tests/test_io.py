@@ -35,7 +35,7 @@ def test_folder_of_parquet_files_reads_in_name_order(tmp_path):
     folder = tmp_path / "parts"
     folder.mkdir()
     for i, start in enumerate(range(0, len(frame), 7_000)):
-        frame.iloc[start:start + 7_000].to_parquet(folder / f"part-{i:03d}.parquet")
+        frame.iloc[start : start + 7_000].to_parquet(folder / f"part-{i:03d}.parquet")
     (folder / "_SUCCESS").write_text("")  # markers that writers leave are ignored
     back = io.read_table(folder)
     pd.testing.assert_frame_equal(back.reset_index(drop=True), frame.reset_index(drop=True), check_dtype=False)

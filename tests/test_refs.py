@@ -43,15 +43,18 @@ def test_bad_references(bad):
         parse_ref(bad)
 
 
-@pytest.mark.parametrize("args", [
-    ["register", "MODEL", "--name", "../evil"],
-    ["register", "MODEL", "--name", "Flights"],
-    ["register", "MODEL", "--name", "ok", "--alias", "a/b"],
-    ["register", "MODEL", "--name", "ok", "--version", ".."],
-    ["models", "show", "x/../y"],
-    ["models", "promote", "ok:1", "BAD"],
-    ["models", "rollback", "..", "--alias", "production"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["register", "MODEL", "--name", "../evil"],
+        ["register", "MODEL", "--name", "Flights"],
+        ["register", "MODEL", "--name", "ok", "--alias", "a/b"],
+        ["register", "MODEL", "--name", "ok", "--version", ".."],
+        ["models", "show", "x/../y"],
+        ["models", "promote", "ok:1", "BAD"],
+        ["models", "rollback", "..", "--alias", "production"],
+    ],
+)
 def test_cli_refuses_invalid_names_with_exit_4_and_writes_nothing(cli, tmp_path, model_file, args):
     args = [str(model_file) if a == "MODEL" else a for a in args]
     result = cli(*args)

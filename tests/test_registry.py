@@ -16,8 +16,13 @@ from mlops_cli.registry import Registry
 
 def test_manifest_records_everything(registered, cli, model_file):
     m = cli.json("models", "show", "flights:1")["results"]["manifest"]
-    assert (m["name"], m["version"], m["task"], m["classes"], m["target"]) == ("flights", "1", "classifier", [0, 1],
-                                                                                "delayed")
+    assert (m["name"], m["version"], m["task"], m["classes"], m["target"]) == (
+        "flights",
+        "1",
+        "classifier",
+        [0, 1],
+        "delayed",
+    )
     assert m["estimator_class"] == "sklearn.pipeline.Pipeline"
     assert m["files"]["model.joblib"]["sha256"] == io.sha256_file(model_file)
     features = {f["name"]: f for f in m["features"]}
@@ -38,7 +43,8 @@ def test_reference_profile_and_sample(registered, registry_dir, model_file, refe
     assert temp["missing"] == int(reference_frame["temp"].isna().sum())
     assert temp["quantiles"]["0.5"] == pytest.approx(reference_frame["temp"].median())
     assert profile["features"]["origin"]["frequencies"]["EWR"] == pytest.approx(
-        (reference_frame["origin"] == "EWR").mean())
+        (reference_frame["origin"] == "EWR").mean()
+    )
     sample = io.read_table(version.file("sample.parquet"))
     assert len(sample) == 40_000 and {"delayed", "prediction", "proba_0", "proba_1"} <= set(sample.columns)
     model = joblib.load(model_file)
@@ -47,8 +53,18 @@ def test_reference_profile_and_sample(registered, registry_dir, model_file, refe
 
 
 def test_sample_size_caps_the_sample(cli, model_file, registry_dir):
-    cli.json("register", model_file, "--name", "small", "--train-data", REFERENCE, "--target", "delayed",
-             "--sample-size", "500")
+    cli.json(
+        "register",
+        model_file,
+        "--name",
+        "small",
+        "--train-data",
+        REFERENCE,
+        "--target",
+        "delayed",
+        "--sample-size",
+        "500",
+    )
     version = Registry(registry_dir).resolve("small")
     assert len(io.read_table(version.file("sample.parquet"))) == 500
 
@@ -61,9 +77,12 @@ def test_eval_metrics_match_scikit_learn_and_cis_bracket_them(registered, model_
     proba = model.predict_proba(labelled[model.feature_names_in_])
     pred = model.predict(labelled[model.feature_names_in_])
     expected = {
-        "accuracy": skm.accuracy_score(y, pred), "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
-        "roc_auc": skm.roc_auc_score(y, proba[:, 1]), "log_loss": skm.log_loss(y, proba),
-        "recall[1]": skm.recall_score(y, pred), "precision[1]": skm.precision_score(y, pred),
+        "accuracy": skm.accuracy_score(y, pred),
+        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "roc_auc": skm.roc_auc_score(y, proba[:, 1]),
+        "log_loss": skm.log_loss(y, proba),
+        "recall[1]": skm.recall_score(y, pred),
+        "precision[1]": skm.precision_score(y, pred),
         "f1[0]": skm.f1_score(y, pred, pos_label=0),
     }
     for name, value in expected.items():
@@ -79,8 +98,20 @@ def test_regressor_metrics(cli, tmp_path, reference_frame):
     io.write_table(data, frame)
     model = LinearRegression().fit(frame[["dewp", "humid"]], frame["temp"])
     joblib.dump(model, tmp_path / "lr.joblib")
-    report = cli.json("register", tmp_path / "lr.joblib", "--name", "temp", "--train-data", data, "--target", "temp",
-                      "--eval-data", data, "--bootstrap", "100")
+    report = cli.json(
+        "register",
+        tmp_path / "lr.joblib",
+        "--name",
+        "temp",
+        "--train-data",
+        data,
+        "--target",
+        "temp",
+        "--eval-data",
+        data,
+        "--bootstrap",
+        "100",
+    )
     metrics = report["results"]["eval_metrics"]
     pred = model.predict(frame[["dewp", "humid"]])
     assert metrics["r2"]["value"] == pytest.approx(skm.r2_score(frame["temp"], pred), abs=1e-12)
@@ -114,8 +145,22 @@ def test_version_label_exists_is_exit_4(cli, model_file, other_model_file):
 
 def test_metrics_params_tags_recorded(cli, model_file, tmp_path):
     (tmp_path / "m.json").write_text('{"auc": 0.71, "logloss": 0.5}')
-    r = cli.json("register", model_file, "--name", "m", "--metric", "auc=0.72", "--metrics-file", tmp_path / "m.json",
-                 "--param", "max_iter=30", "--tag", "team=ops", "--description", "hello")
+    r = cli.json(
+        "register",
+        model_file,
+        "--name",
+        "m",
+        "--metric",
+        "auc=0.72",
+        "--metrics-file",
+        tmp_path / "m.json",
+        "--param",
+        "max_iter=30",
+        "--tag",
+        "team=ops",
+        "--description",
+        "hello",
+    )
     m = cli.json("models", "show", "m")["results"]["manifest"]
     assert m["metrics"] == {"auc": 0.72, "logloss": 0.5}  # --metric wins over the file
     assert m["params"] == {"max_iter": "30"} and m["tags"] == {"team": "ops"} and m["description"] == "hello"
@@ -126,7 +171,11 @@ def test_promote_rollback_history(cli, model_file, other_model_file):
     cli.json("register", model_file, "--name", "m")
     cli.json("register", other_model_file, "--name", "m")
     assert cli.json("models", "promote", "m:1", "production")["results"] == {
-        "name": "m", "alias": "production", "from": None, "to": "1"}
+        "name": "m",
+        "alias": "production",
+        "from": None,
+        "to": "1",
+    }
     cli.json("models", "promote", "m:2", "production", "--reason", "better")
     assert cli.json("models", "show", "m@production")["results"]["manifest"]["version"] == "2"
     rolled = cli.json("models", "rollback", "m", "--reason", "bad night")["results"]
@@ -157,12 +206,15 @@ def test_register_with_alias(cli, model_file):
     assert cli.json("models", "list", "m")["results"]["aliases"] == {"staging": "1"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["models", "show", "nope"], "no model named 'nope'"),
-    (["models", "show", "m:9"], "no version '9'"),
-    (["models", "show", "m@production"], "no alias 'production'"),
-    (["models", "promote", "m:9", "production"], "no version '9'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["models", "show", "nope"], "no model named 'nope'"),
+        (["models", "show", "m:9"], "no version '9'"),
+        (["models", "show", "m@production"], "no alias 'production'"),
+        (["models", "promote", "m:9", "production"], "no version '9'"),
+    ],
+)
 def test_not_found_is_exit_4(cli, model_file, args, message):
     cli.json("register", model_file, "--name", "m")
     result = cli(*args)
@@ -196,11 +248,14 @@ def test_other_scikit_learn_version_warns_or_fails_when_strict(registered, regis
         registry.load_model("flights", strict=True)
 
 
-@pytest.mark.parametrize("make, code, message", [
-    (lambda p: None, 3, "no such model file"),
-    (lambda p: p.write_bytes(b"not a pickle"), 3, "cannot be unpickled"),
-    (lambda p: joblib.dump({"a": 1}, p), 3, "not an estimator"),
-])
+@pytest.mark.parametrize(
+    "make, code, message",
+    [
+        (lambda p: None, 3, "no such model file"),
+        (lambda p: p.write_bytes(b"not a pickle"), 3, "cannot be unpickled"),
+        (lambda p: joblib.dump({"a": 1}, p), 3, "not an estimator"),
+    ],
+)
 def test_bad_model_files(cli, tmp_path, make, code, message):
     path = tmp_path / "model.joblib"
     make(path)
@@ -217,11 +272,14 @@ def test_unfitted_model_is_refused(cli, tmp_path):
     assert result.exit_code == 3 and "not fitted" in result.stderr
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--train-data", "MISSING", "--target", "delayed"], "no such file"),
-    (["--train-data", str(REFERENCE), "--target", "nope"], "no target column 'nope'"),
-    (["--eval-data", str(CURRENT)], "--eval-data needs --target"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train-data", "MISSING", "--target", "delayed"], "no such file"),
+        (["--train-data", str(REFERENCE), "--target", "nope"], "no target column 'nope'"),
+        (["--eval-data", str(CURRENT)], "--eval-data needs --target"),
+    ],
+)
 def test_bad_data_is_exit_3_and_leaves_no_version(cli, model_file, tmp_path, extra, message):
     extra = [str(tmp_path / "missing.parquet") if a == "MISSING" else a for a in extra]
     result = cli("register", model_file, "--name", "m", *extra)
@@ -262,8 +320,18 @@ def test_output_file_and_overwrite(cli, model_file, tmp_path):
 
 def test_envelope_fields(cli, model_file):
     report = cli.json("register", model_file, "--name", "m")
-    assert set(report) == {"schema_version", "command", "mlops_version", "created_at", "status", "exit_code", "inputs",
-                           "model", "results", "messages"}
+    assert set(report) == {
+        "schema_version",
+        "command",
+        "mlops_version",
+        "created_at",
+        "status",
+        "exit_code",
+        "inputs",
+        "model",
+        "results",
+        "messages",
+    }
     assert report["created_at"].endswith("Z") and report["status"] == "pass" and report["exit_code"] == 0
 
 

@@ -36,8 +36,16 @@ WORKER = textwrap.dedent("""
 def test_eight_processes_registering_25_versions_each(tmp_path):
     registry = tmp_path / "registry"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(registry), str(w), "25"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(registry), str(w), "25"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(8)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
@@ -67,8 +75,18 @@ def _assert_registry_consistent(registry_dir):
 @pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_no_half_written_version(tmp_path, model_file):
     registry_dir = tmp_path / "registry"
-    args = ["register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed",
-            "--allow-duplicate", "-q"]
+    args = [
+        "register",
+        model_file,
+        "--name",
+        "flights",
+        "--train-data",
+        REFERENCE,
+        "--target",
+        "delayed",
+        "--allow-duplicate",
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "mlops_cli", "--registry", str(registry_dir)] + [str(a) for a in args]
     start = time.perf_counter()

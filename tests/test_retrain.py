@@ -17,19 +17,50 @@ from mlops_cli.registry import Registry
 @pytest.fixture
 def champion(cli, model_file):
     """flights:1 = production, trained on Jan-Apr, evaluated on Jan-Apr data."""
-    cli.json("register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed",
-             "--eval-data", REFERENCE, "--bootstrap", "200", "--alias", "production")
+    cli.json(
+        "register",
+        model_file,
+        "--name",
+        "flights",
+        "--train-data",
+        REFERENCE,
+        "--target",
+        "delayed",
+        "--eval-data",
+        REFERENCE,
+        "--bootstrap",
+        "200",
+        "--alias",
+        "production",
+    )
     return Registry(cli.registry)
 
 
 def _state(registry):
-    return (sorted(v.version for v in registry.versions("flights")), registry.aliases("flights"),
-            len(registry.events("flights")))
+    return (
+        sorted(v.version for v in registry.versions("flights")),
+        registry.aliases("flights"),
+        len(registry.events("flights")),
+    )
 
 
 def test_drifted_window_challenger_beats_champion_and_is_promoted(cli, champion, relaxed):
-    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
-                      "--reason", "summer", "--policy", relaxed)
+    report = cli.json(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--reason",
+        "summer",
+        "--policy",
+        relaxed,
+    )
     job = report["results"]["job"]
     assert job["triggers"]["drift"]["fired"] and "drift" in job["fired"]
     assert job["decision"] == "promoted" and job["status"] == "promoted" and report["exit_code"] == 0
@@ -61,7 +92,9 @@ def test_no_drift_with_auto_trigger_does_nothing(cli, champion, tmp_path, refere
     before = _state(champion)
     half = tmp_path / "later-same-season.parquet"
     io.write_table(half, reference_frame.sample(frac=0.5, random_state=1))
-    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", half, "--target", "delayed", "--time-column", "date")
+    report = cli.json(
+        "retrain", "--bootstrap", "200", "flights", "--data", half, "--target", "delayed", "--time-column", "date"
+    )
     job = report["results"]["job"]
     assert job["fired"] == [] and job["decision"] == "no_trigger" and report["exit_code"] == 0
     assert not job["triggers"]["performance"]["fired"] and not job["triggers"]["drift"]["fired"]
@@ -70,8 +103,21 @@ def test_no_drift_with_auto_trigger_does_nothing(cli, champion, tmp_path, refere
 
 
 def test_check_only_evaluates_and_stops(cli, champion):
-    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--check-only",
-                      "--trigger", "schedule", "--max-age-days", "0")
+    report = cli.json(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--check-only",
+        "--trigger",
+        "schedule",
+        "--max-age-days",
+        "0",
+    )
     job = report["results"]["job"]
     assert job["fired"] == ["schedule"] and job["decision"] == "check_only"
     assert [v.version for v in champion.versions("flights")] == ["1"]
@@ -79,8 +125,24 @@ def test_check_only_evaluates_and_stops(cli, champion):
 
 def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, champion):
     before = _state(champion)
-    result = cli("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
-                 "--trigger", "manual", "--reason", "test", "--train-fn", "retrain_fns:explode")
+    result = cli(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--trigger",
+        "manual",
+        "--reason",
+        "test",
+        "--train-fn",
+        "retrain_fns:explode",
+    )
     assert result.exit_code == 3 and "the feature store is down" in result.stderr
     assert _state(champion) == before
     jobs = retrain_lib.history(champion, "flights")
@@ -88,15 +150,45 @@ def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, 
 
 
 def test_train_function_returning_no_model_is_refused(cli, champion):
-    result = cli("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
-                 "--trigger", "manual", "--train-fn", "retrain_fns:not_a_model")
+    result = cli(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--trigger",
+        "manual",
+        "--train-fn",
+        "retrain_fns:not_a_model",
+    )
     assert result.exit_code == 3 and "not an estimator" in result.stderr
 
 
 def test_worse_challenger_is_registered_but_not_promoted(cli, champion):
-    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
-                      "--trigger", "manual", "--reason", "try a baseline", "--train-fn", "retrain_fns:prior_only",
-                      expect=1)
+    report = cli.json(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--trigger",
+        "manual",
+        "--reason",
+        "try a baseline",
+        "--train-fn",
+        "retrain_fns:prior_only",
+        expect=1,
+    )
     job = report["results"]["job"]
     assert job["decision"] == "rejected" and not job["comparison"]["challenger_wins"]
     aliases = champion.aliases("flights")
@@ -109,8 +201,21 @@ def test_failure_after_promotion_rolls_the_alias_back(cli, champion, monkeypatch
         raise RuntimeError("injected: the serving check failed")
 
     monkeypatch.setattr(retrain_lib, "_after_promotion", broken_check)
-    report = cli.json("retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date",
-                      "--policy", relaxed, expect=1)
+    report = cli.json(
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--data",
+        CURRENT,
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--policy",
+        relaxed,
+        expect=1,
+    )
     job = report["results"]["job"]
     assert job["decision"] == "rolled_back" and "injected" in job["error"]
     assert champion.aliases("flights")["production"] == "1"
@@ -123,8 +228,14 @@ def test_killed_run_shows_as_killed_and_promotion_is_undone(cli, champion):
     champion.promote("flights:1", "production")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    job = retrain_lib.Job(id="20260101T000000Z-dead00", name="flights", started_at="2026-01-01T00:00:00Z",
-                          pid=dead.pid, phase="verifying", challenger={"version": "1"})
+    job = retrain_lib.Job(
+        id="20260101T000000Z-dead00",
+        name="flights",
+        started_at="2026-01-01T00:00:00Z",
+        pid=dead.pid,
+        phase="verifying",
+        challenger={"version": "1"},
+    )
     retrain_lib._save(champion, job)
     champion.promote("flights:1", "production")  # as the killed job left it (moved, unconfirmed)
     history = cli.json("retrain", "history", "flights")["results"]["jobs"]
@@ -136,10 +247,38 @@ def test_killed_run_shows_as_killed_and_promotion_is_undone(cli, champion):
 @pytest.mark.slow
 def test_kill_9_mid_run_is_never_a_success(tmp_path, model_file):
     registry = tmp_path / "registry"
-    run_mlops("register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed",
-              "--alias", "production", "-q", registry=registry)
-    argv = [sys.executable, "-m", "mlops_cli", "--registry", str(registry), "retrain", "flights", "--data",
-            str(CURRENT), "--target", "delayed", "--time-column", "date", "--trigger", "manual", "-q"]
+    run_mlops(
+        "register",
+        model_file,
+        "--name",
+        "flights",
+        "--train-data",
+        REFERENCE,
+        "--target",
+        "delayed",
+        "--alias",
+        "production",
+        "-q",
+        registry=registry,
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "mlops_cli",
+        "--registry",
+        str(registry),
+        "retrain",
+        "flights",
+        "--data",
+        str(CURRENT),
+        "--target",
+        "delayed",
+        "--time-column",
+        "date",
+        "--trigger",
+        "manual",
+        "-q",
+    ]
     proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
     jobs_dir = registry / "flights" / "jobs"
     deadline = time.time() + 120

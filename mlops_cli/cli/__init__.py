@@ -31,11 +31,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    registry: Annotated[Path, typer.Option("--registry", envvar="MLOPS_REGISTRY",
-                                           help="Registry directory.")] = Path("registry"),
+    registry: Annotated[Path, typer.Option("--registry", envvar="MLOPS_REGISTRY", help="Registry directory.")] = Path(
+        "registry"
+    ),
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Take trained scikit-learn models through their life in production, on local files only.
 

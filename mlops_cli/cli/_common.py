@@ -53,18 +53,30 @@ def _remember(attribute: str) -> Callable[[Any], Any]:
     return callback
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout instead of tables.",
-                                       callback=_remember("as_json"))]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report to FILE.",
-                                                metavar="FILE", callback=_remember("output"))]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.",
-                                        callback=_remember("quiet"))]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that already exist.",
-                                            callback=_remember("overwrite"))]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail (exit 4) when the model was recorded under "
-                                                          "another scikit-learn version, instead of warning.")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="Input format, overriding the extension: "
-                                                                "parquet or csv.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print the JSON report on stdout instead of tables.", callback=_remember("as_json")),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Also write the JSON report to FILE.", metavar="FILE", callback=_remember("output")
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", callback=_remember("quiet"))]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace output files that already exist.", callback=_remember("overwrite"))
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Fail (exit 4) when the model was recorded under another scikit-learn version, instead of warning.",
+    ),
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Input format, overriding the extension: parquet or csv.")
+]
 
 
 def registry() -> Any:
@@ -113,8 +125,7 @@ def _error_report(code: int, message: str) -> None:
     if session.as_json:
         from mlops_cli import io
 
-        sys.stdout.write(io.dumps_json(envelope(session.command, status="error", exit_code=code,
-                                                messages=[message])))
+        sys.stdout.write(io.dumps_json(envelope(session.command, status="error", exit_code=code, messages=[message])))
 
 
 def _save_traceback() -> Path:

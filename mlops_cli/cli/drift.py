@@ -13,27 +13,43 @@ def _columns(value: str | None) -> list[str]:
 
 
 def run(
-    paths: Annotated[list[Path], typer.Argument(help="[REFERENCE] CURRENT. With --model and one path, the "
-                                                     "reference is the version's stored sample.",
-                                                metavar="[REFERENCE] CURRENT")],
-    model: Annotated[str | None, typer.Option("--model", help="Registered model: its stored reference, feature "
-                                                              "importance, prediction and performance drift.")] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="[REFERENCE] CURRENT. With --model and one path, the reference is the version's stored sample.",
+            metavar="[REFERENCE] CURRENT",
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Registered model: its stored reference, feature importance, prediction and performance drift.",
+        ),
+    ] = None,
     features: Annotated[str | None, typer.Option(help="Only these columns (comma-separated).")] = None,
     categorical: Annotated[str | None, typer.Option(help="Treat these columns as categorical.")] = None,
     numeric: Annotated[str | None, typer.Option(help="Treat these columns as numeric.")] = None,
     ignore: Annotated[str | None, typer.Option(help="Leave these columns out.")] = None,
-    target: Annotated[str | None, typer.Option(help="Label column: not compared as a feature; with --model, "
-                                                    "performance on current data.")] = None,
-    prediction_column: Annotated[str | None, typer.Option(help="A prediction column to leave out of the "
-                                                               "features.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Label column: not compared as a feature; with --model, performance on current data."),
+    ] = None,
+    prediction_column: Annotated[
+        str | None, typer.Option(help="A prediction column to leave out of the features.")
+    ] = None,
     stattest: Annotated[str, typer.Option(help="auto, ks, psi, wasserstein, js or chi2.")] = "auto",
     threshold: Annotated[float | None, typer.Option(help="Override the chosen statistic's threshold.")] = None,
     correction: Annotated[str, typer.Option(help="Multiple-testing correction: bh, bonferroni or none.")] = "bh",
-    drift_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Dataset drift when at least this share "
-                                                                      "of features drifted.")] = 0.5,
+    drift_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Dataset drift when at least this share of features drifted.")
+    ] = 0.5,
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when the dataset verdict is drift.")] = False,
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML page here.")] = None,
-    fmt: FormatOpt = None, as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False,
+    fmt: FormatOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """What changed between reference and current data, per feature and in the predictions."""
@@ -45,12 +61,21 @@ def run(
     if html is not None:
         io.check_output(html, session.overwrite)
     options = drift.DriftOptions(
-        features=_columns(features) or None, categorical=_columns(categorical), numeric=_columns(numeric),
-        ignore=_columns(ignore), target=target, prediction_column=prediction_column, stattest=stattest,
-        threshold=threshold, correction=correction, drift_share=drift_share)
+        features=_columns(features) or None,
+        categorical=_columns(categorical),
+        numeric=_columns(numeric),
+        ignore=_columns(ignore),
+        target=target,
+        prediction_column=prediction_column,
+        stattest=stattest,
+        threshold=threshold,
+        correction=correction,
+        drift_share=drift_share,
+    )
     reference, current = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
-    report = drift.report(registry() if model else None, current, reference_path=reference, model_ref=model,
-                          options=options, fmt=fmt)
+    report = drift.report(
+        registry() if model else None, current, reference_path=reference, model_ref=model, options=options, fmt=fmt
+    )
     if html is not None:
         page = html_lib.drift_page(report).encode()
         io.write_atomic(html, lambda fh: fh.write(page))

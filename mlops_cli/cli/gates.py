@@ -12,14 +12,18 @@ RefArg = Annotated[str, typer.Argument(help="NAME (latest), NAME:VERSION or NAME
 
 def smoke_test(
     ref: RefArg,
-    data: Annotated[Path | None, typer.Option(help="Rows to test with (default: the version's stored "
-                                                   "reference sample).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Rows to test with (default: the version's stored reference sample).")
+    ] = None,
     rows: Annotated[int, typer.Option(min=1, help="Rows used for the batch steps.")] = 1000,
     max_latency_ms: Annotated[float, typer.Option(help="Fail when single-row p99 latency exceeds this.")] = 50.0,
     iterations: Annotated[int, typer.Option(min=10, help="Single-row calls timed for the latency step.")] = 200,
     output_min: Annotated[float | None, typer.Option(help="Regressors: lowest valid prediction.")] = None,
     output_max: Annotated[float | None, typer.Option(help="Regressors: highest valid prediction.")] = None,
-    strict: StrictOpt = False, as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False,
+    strict: StrictOpt = False,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Release gate: load, infer, validate outputs, consistency, determinism, round-trip, latency, edge cases."""
@@ -27,26 +31,47 @@ def smoke_test(
 
     output_range = None
     if output_min is not None or output_max is not None:
-        output_range = (output_min if output_min is not None else float("-inf"),
-                        output_max if output_max is not None else float("inf"))
-    emit(gates.smoke_test(registry(), ref, data=data, rows=rows, max_latency_ms=max_latency_ms,
-                          iterations=iterations, strict=strict, output_range=output_range), render.render_steps)
+        output_range = (
+            output_min if output_min is not None else float("-inf"),
+            output_max if output_max is not None else float("inf"),
+        )
+    emit(
+        gates.smoke_test(
+            registry(),
+            ref,
+            data=data,
+            rows=rows,
+            max_latency_ms=max_latency_ms,
+            iterations=iterations,
+            strict=strict,
+            output_range=output_range,
+        ),
+        render.render_steps,
+    )
 
 
 def checklist(
     ref: RefArg,
-    baseline: Annotated[str | None, typer.Option(help="Model to compare with (default: NAME@production, "
-                                                      "if there is one).")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Model to compare with (default: NAME@production, if there is one).")
+    ] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Labelled data for the paired baseline comparison.")] = None,
-    policy: Annotated[Path | None, typer.Option(help="TOML policy: required/advisory items, budgets, "
-                                                     "baseline rule.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="TOML policy: required/advisory items, budgets, baseline rule.")
+    ] = None,
     iterations: Annotated[int, typer.Option(min=10, help="Single-row calls timed for the latency item.")] = 200,
-    strict: StrictOpt = False, as_json: JsonOpt = False, output: OutputOpt = None, quiet: QuietOpt = False,
+    strict: StrictOpt = False,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Release gate: the pre-deployment checklist; exit 0 only when every required item passes."""
     from mlops_cli import gates, render
 
-    emit(gates.checklist(registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict,
-                         iterations=iterations),
-         render.render_steps)
+    emit(
+        gates.checklist(
+            registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict, iterations=iterations
+        ),
+        render.render_steps,
+    )

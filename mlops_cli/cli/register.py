@@ -13,8 +13,10 @@ from mlops_cli.report import Report
 def run(
     model_file: Annotated[Path, typer.Argument(help="joblib/pickle file of a fitted scikit-learn estimator.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name (lowercase letters, digits, . _ -).")],
-    train_data: Annotated[Path | None, typer.Option(help="Training data: stores the schema, a reference "
-                                                        "profile and a sample with predictions.")] = None,
+    train_data: Annotated[
+        Path | None,
+        typer.Option(help="Training data: stores the schema, a reference profile and a sample with predictions."),
+    ] = None,
     target: Annotated[str | None, typer.Option(help="Label column in the training/eval data.")] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Labelled test data: metrics with 95% bootstrap CIs.")] = None,
     metric: Annotated[list[str] | None, typer.Option(help="A metric to record, KEY=NUMBER (repeatable).")] = None,
@@ -24,15 +26,23 @@ def run(
     description: Annotated[str | None, typer.Option(help="Free text.")] = None,
     version: Annotated[str | None, typer.Option(help="Version label (default: the next number).")] = None,
     alias: Annotated[str | None, typer.Option(help="Also point this alias at the new version.")] = None,
-    allow_duplicate: Annotated[bool, typer.Option(help="Register again even if these exact bytes are "
-                                                       "already registered under NAME.")] = False,
+    allow_duplicate: Annotated[
+        bool, typer.Option(help="Register again even if these exact bytes are already registered under NAME.")
+    ] = False,
     sample_size: Annotated[int, typer.Option(min=1, help="Rows kept in the reference sample.")] = 100_000,
-    accepts_missing: Annotated[bool, typer.Option("--accepts-missing/--rejects-missing",
-                                                  help="Whether the model takes NaN inputs; score-batch "
-                                                       "rejects such rows for a model that does not.")] = True,
-    accepts_unseen: Annotated[bool, typer.Option("--accepts-unseen/--rejects-unseen",
-                                                 help="Whether the model takes categories it never saw in "
-                                                      "training.")] = True,
+    accepts_missing: Annotated[
+        bool,
+        typer.Option(
+            "--accepts-missing/--rejects-missing",
+            help="Whether the model takes NaN inputs; score-batch rejects such rows for a model that does not.",
+        ),
+    ] = True,
+    accepts_unseen: Annotated[
+        bool,
+        typer.Option(
+            "--accepts-unseen/--rejects-unseen", help="Whether the model takes categories it never saw in training."
+        ),
+    ] = True,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the event log.")] = None,
     bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for the metrics' CIs.")] = 1000,
     as_json: JsonOpt = False,
@@ -55,24 +65,46 @@ def run(
             raise UnreadableFile(f"{metrics_file}: expected a JSON object of metrics", 'e.g. {"auc": 0.8}')
         recorded = {**loaded, **recorded}
     options = RegisterOptions(
-        train_data=train_data, target=target, eval_data=eval_data, metrics=recorded, params=pairs(param, "--param"),
-        tags=pairs(tag, "--tag"), description=description, version=version, alias=alias,
-        allow_duplicate=allow_duplicate, sample_size=sample_size, accepts_missing=accepts_missing,
-        accepts_unseen=accepts_unseen, reason=reason, n_boot=bootstrap)
+        train_data=train_data,
+        target=target,
+        eval_data=eval_data,
+        metrics=recorded,
+        params=pairs(param, "--param"),
+        tags=pairs(tag, "--tag"),
+        description=description,
+        version=version,
+        alias=alias,
+        allow_duplicate=allow_duplicate,
+        sample_size=sample_size,
+        accepts_missing=accepts_missing,
+        accepts_unseen=accepts_unseen,
+        reason=reason,
+        n_boot=bootstrap,
+    )
     version_, created = register_model(registry(), model_file, name, options)
     m = version_.manifest
     report = Report(
         "register",
-        results={"name": version_.name, "version": version_.version, "ref": version_.ref, "created": created,
-                 "sha256": m["files"]["model.joblib"]["sha256"], "task": m["task"],
-                 "estimator_class": m["estimator_class"], "alias": alias if created else None,
-                 "eval_metrics": m.get("eval_metrics"), "path": str(version_.path)},
+        results={
+            "name": version_.name,
+            "version": version_.version,
+            "ref": version_.ref,
+            "created": created,
+            "sha256": m["files"]["model.joblib"]["sha256"],
+            "task": m["task"],
+            "estimator_class": m["estimator_class"],
+            "alias": alias if created else None,
+            "eval_metrics": m.get("eval_metrics"),
+            "path": str(version_.path),
+        },
         model=version_.summary(),
         inputs=[x for x in (m.get("training_data"), m.get("eval_data")) if x],
     )
     if not created:
-        report.messages.append(f"{model_file} is already registered as {version_.ref} (same sha256); "
-                               "nothing written (pass --allow-duplicate to register it again)")
+        report.messages.append(
+            f"{model_file} is already registered as {version_.ref} (same sha256); "
+            "nothing written (pass --allow-duplicate to register it again)"
+        )
     from mlops_cli.render import render_register
 
     emit(report, render_register)
