@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,25 +72,35 @@ class DriftOptions:
 
 def numeric_stats(ref: np.ndarray, cur: np.ndarray) -> dict[str, float]:
     """KS (statistic, p-value), Wasserstein, PSI and JS distance from one sort of each side (no NaNs)."""
+    return _sorted_numeric_stats(np.sort(ref), np.sort(cur))[0]
+
+
+def _sorted_numeric_stats(r: np.ndarray, c: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
+    """numeric_stats and the histogram, from the two sides already sorted: every statistic shares the sort."""
     from scipy import stats
 
-    r, c = np.sort(ref), np.sort(cur)
     n, m = len(r), len(c)
-    both = np.concatenate([r, c])
-    both.sort(kind="mergesort")
-    cdf_r = np.searchsorted(r, both, side="right") / n
-    cdf_c = np.searchsorted(c, both, side="right") / m
-    d = float(np.max(np.abs(cdf_r - cdf_c)))
+    # Merge the sorted sides (a stable sort of two sorted runs is a linear merge) and count, at each merged value,
+    # how many came from each side: the two empirical CDFs without a binary search per value.
+    order = np.argsort(np.concatenate([r, c]), kind="stable")
+    both = np.concatenate([r, c])[order]
+    from_r = np.cumsum(order < n)
+    gap = np.abs(from_r / n - (np.arange(1, n + m + 1) - from_r) / m)
+    run_end = np.append(both[1:] != both[:-1], True)  # within a run of ties only its end is a CDF value
+    d = float(gap[run_end].max())
     if max(n, m) <= 10_000:
-        p = float(stats.ks_2samp(r, c).pvalue)  # scipy's exact method at this size, as ks_2samp's `auto` does
+        with warnings.catch_warnings():
+            # scipy's exact method at this size, as ks_2samp's `auto` does; where it cannot converge (many ties) scipy
+            # falls back to the asymptotic p-value and warns. That fallback is the answer: no warning for users.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ks_2samp(r, c).pvalue)
     else:
         p = float(stats.kstwo.sf(d, round(n * m / (n + m))))  # ks_2samp's asymptotic branch
-    w = float(np.sum(np.abs(cdf_r[:-1] - cdf_c[:-1]) * np.diff(both)))
+    w = float(np.sum(gap[:-1] * np.diff(both)))  # ties add zero-width steps
     edges = _psi_edges(r)
-    p_ref = _shares(np.searchsorted(edges, r, side="left"), len(edges) + 1)
-    p_cur = _shares(np.searchsorted(edges, c, side="left"), len(edges) + 1)
+    p_ref, p_cur = _sorted_shares(r, edges, "right"), _sorted_shares(c, edges, "right")
     std = float(r.std(ddof=1)) if n > 1 else 0.0
-    return {
+    result = {
         "ks": d,
         "ks_p_value": p,
         "wasserstein": w,
@@ -98,6 +109,13 @@ def numeric_stats(ref: np.ndarray, cur: np.ndarray) -> dict[str, float]:
         "js": js_distance(p_ref, p_cur),
         "bins": len(edges) + 1,
     }
+    return result, _histogram(r, c, both)
+
+
+def _sorted_shares(x: np.ndarray, edges: np.ndarray, side: str) -> np.ndarray:
+    """Shares of sorted `x` in the bins cut at `edges`: right-closed (a, b] with side="right", [a, b) with "left"."""
+    cuts = np.searchsorted(x, edges, side=side)  # type: ignore[call-overload]
+    return np.diff(np.concatenate([[0], cuts, [len(x)]])) / max(len(x), 1)
 
 
 def _psi_edges(r: np.ndarray) -> np.ndarray:
@@ -139,9 +157,22 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 def categorical_stats(ref: pd.Series, cur: pd.Series) -> dict[str, Any]:
     """Chi-square test on the 2 x k table, JS distance and PSI over categories, new and vanished categories."""
+    return _count_stats(ref.value_counts(), cur.value_counts())
+
+
+def _text_counts(values: pd.Series) -> pd.Series:
+    """Value counts keyed by the values' text (categories are compared as text): counting first and converting the
+    few distinct keys afterwards is much cheaper than converting a million values."""
+    counts = values.value_counts()
+    counts.index = counts.index.map(str)
+    counts = counts.groupby(level=0, sort=False).sum()  # 1 and "1" are one category as text
+    return counts[counts > 0].sort_values(ascending=False, kind="stable")
+
+
+def _count_stats(rc: pd.Series, cc: pd.Series) -> dict[str, Any]:
+    """categorical_stats from the two sides' value counts."""
     from scipy import stats
 
-    rc, cc = ref.value_counts(), cur.value_counts()
     categories = sorted(set(rc.index) | set(cc.index), key=str)
     a = np.array([rc.get(k, 0) for k in categories], dtype=float)
     b = np.array([cc.get(k, 0) for k in categories], dtype=float)
@@ -183,15 +214,14 @@ def _severity(stat: str, value: float | None) -> str:
 # --- columns -------------------------------------------------------------------------------------------------
 
 
-def _kind(ref: pd.Series, name: str, options: DriftOptions) -> tuple[str, str | None]:
-    """(kind, note): numeric | categorical | identifier | datetime | empty."""
+def _kind(ref: pd.Series, present: pd.Series, name: str, options: DriftOptions) -> tuple[str, str | None]:
+    """(kind, note): numeric | categorical | identifier | datetime | empty. `present` is `ref` without its nulls."""
     import pandas as pd
 
     if name in options.categorical:
         return "categorical", None
     if name in options.numeric:
         return "numeric", None
-    present = ref.dropna()
     if present.empty:
         return "empty", None
     if pd.api.types.is_bool_dtype(ref):
@@ -231,9 +261,10 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
     if ref is None:
         row.update(status="missing_in_reference", note="column missing from the reference data")
         return row
-    kind, note = _kind(ref, name, options)
+    r, c = ref.dropna(), cur.dropna()  # once: null checks on a million strings are not free
+    kind, note = _kind(ref, r, name, options)
     row.update(kind=kind, note=note)
-    miss_ref, miss_cur = float(ref.isna().mean()), float(cur.isna().mean())
+    miss_ref, miss_cur = (1.0 - len(x) / len(full) if len(full) else 0.0 for x, full in ((r, ref), (c, cur)))
     stats_: dict[str, Any] = {
         "missing_share_reference": miss_ref,
         "missing_share_current": miss_cur,
@@ -245,7 +276,6 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
     if kind in ("identifier", "datetime"):
         row.update(status="skipped", note=note or f"{kind} column: not compared")
         return row
-    r, c = ref.dropna(), cur.dropna()
     if kind == "empty" or r.empty or c.empty:
         row.update(status="all_missing", note=f"no values in the {'reference' if r.empty else 'current'} data")
     elif kind == "numeric":
@@ -255,16 +285,22 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
             row.update(status="type_mismatch", note="current values are not numeric")
             rv = cv = None
         if rv is not None:
-            rv, cv = rv[np.isfinite(rv)], cv[np.isfinite(cv)]
-            stats_.update(numeric_stats(rv, cv))
-            stats_["out_of_range_share"] = float(((cv < rv.min()) | (cv > rv.max())).mean())
-            row["histogram"] = _histogram(rv, cv)
+            rv, cv = np.sort(rv[np.isfinite(rv)]), np.sort(cv[np.isfinite(cv)])
+            if not (len(rv) and len(cv)):
+                side = "current" if len(rv) else "reference"
+                row.update(status="all_missing", note=f"no finite values in the {side} data")
+                rv = None
+        if rv is not None:
+            numbers, row["histogram"] = _sorted_numeric_stats(rv, cv)
+            stats_.update(numbers)
+            inside = np.searchsorted(cv, rv[-1], side="right") - np.searchsorted(cv, rv[0], side="left")
+            stats_["out_of_range_share"] = 1.0 - float(inside) / len(cv)
             if stats_.get("wasserstein_norm") is not None and r.std() == 0:
                 row["note"] = "constant in the reference: Wasserstein not normalised"
     else:
-        stats_.update(categorical_stats(r.astype(str), c.astype(str)))
-        top = r.astype(str).value_counts(normalize=True).head(12)
-        cur_shares = c.astype(str).value_counts(normalize=True)
+        rc, cc = _text_counts(r), _text_counts(c)
+        stats_.update(_count_stats(rc, cc))
+        top, cur_shares = (rc / rc.sum()).head(12), cc / cc.sum()
         labels = list(top.index) + [k for k in cur_shares.head(3).index if k not in top.index]
         row["histogram"] = {
             "labels": labels,
@@ -274,14 +310,14 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
     return row
 
 
-def _histogram(ref: np.ndarray, cur: np.ndarray, bins: int = 20) -> dict[str, Any]:
-    """Shares per bin on a common grid (1st to 99th percentile of both sides), for the HTML page and dashboards."""
-    both = np.concatenate([ref, cur])
-    low, high = np.quantile(both, [0.01, 0.99]) if len(both) > 1 else (both.min(), both.max())
+def _histogram(r: np.ndarray, c: np.ndarray, both: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    """Shares per bin on a common grid (1st to 99th percentile of both sides, the tails folded into the end bins),
+    for the HTML page and dashboards. All three arrays are sorted."""
+    low, high = (float(v) for v in np.quantile(both, [0.01, 0.99]))
     if high <= low:
-        low, high = float(both.min()), float(both.max()) + 1e-9
+        low, high = float(both[0]), float(both[-1]) + 1e-9
     edges = np.linspace(low, high, bins + 1)
-    shares = [np.histogram(np.clip(x, low, high), edges)[0] / max(len(x), 1) for x in (ref, cur)]
+    shares = [_sorted_shares(x, edges[1:-1], "left") for x in (r, c)]  # [a, b) bins, as np.histogram's
     return {"edges": edges.tolist(), "reference": shares[0].tolist(), "current": shares[1].tolist()}
 
 

@@ -58,6 +58,7 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if value != value:  # NaN
             return "–"
+        value += 0.0  # -0.0 prints as 0
         return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -339,7 +340,7 @@ def render_drift(report: Report, console: Console) -> None:
     for column, justify in (
         ("feature", "left"),
         ("kind", "left"),
-        ("drift", "left"),
+        ("drifted", "left"),
         ("severity", "left"),
         ("decided by", "left"),
         ("effect", "right"),
@@ -349,13 +350,15 @@ def render_drift(report: Report, console: Console) -> None:
         ("note", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    # The feature name is the cell a reader looks for: never cut it short (long notes wrap instead).
+    table.columns[0].min_width = min(40, max((len(r["name"]) for r in report.results["features"]), default=7))
     for r in report.results["features"]:
         s = r["statistics"]
         effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
         note = r["note"] or (r["status"] if r["status"] != "ok" else "")
         if s.get("new_categories"):
             note = (note + "; " if note else "") + f"{len(s['new_categories'])} new categories"
-        drift = {True: f"[red]{BAD}[/]", False: OK, None: SKIP}[r["drifted"]]
+        drift = {True: "[bold red]yes[/]", False: "[dim]no[/]", None: SKIP}[r["drifted"]]
         kind = {"numeric": "num", "categorical": "cat"}.get(r["kind"], r["kind"] or "–")
         table.add_row(
             r["name"],
@@ -630,9 +633,14 @@ def render_retrain(report: Report, console: Console) -> None:
     if job.get("guardrails"):
         for check in job["guardrails"]["checks"]:
             mark = f"[green]{OK}[/]" if check["passed"] else f"[red]{BAD}[/]"
+            limit = (
+                f"drop {fmt(check['drop'], 2)}, allowed {fmt(check['limit'], 2)}"
+                if "drop" in check
+                else f"allowed {fmt(check['limit_ms'], 3)} ms"
+            )
             console.print(
                 f"  {mark} guardrail {check['id']}: champion {fmt(check['champion'])}, "
-                f"challenger {fmt(check['challenger'])}"
+                f"challenger {fmt(check['challenger'])} ({limit})"
             )
     gates = job.get("gates") or {}
     for gate in ("smoke_test", "checklist"):

@@ -10,22 +10,24 @@ if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s$' "$bold"; printf ' %q' "$@"; printf '%s\n' "$plain"; "$@"; }
 
 # --- registry: train, register with training and evaluation data, promote, register v2, roll back ---
-step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib"
-step mlops register "$OUT/flights-v1.joblib" --name flights --train-data sample_data/reference.parquet \
-    --target delayed --eval-data sample_data/current.parquet --description "HistGradientBoosting, Jan-Apr 2013"
+# Trained on January to mid-April; tested on the rest of April, which it did not see.
+step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib" --split-dir "$OUT"
+step mlops register "$OUT/flights-v1.joblib" --name flights --train-data "$OUT/train.parquet" \
+    --target delayed --eval-data "$OUT/eval.parquet" --description "HistGradientBoosting, Jan-Apr 2013"
 step mlops models list
 step mlops models show flights:1
 step mlops models promote flights:1 production --reason "first release"
-step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v2.joblib" --max-iter 60
-step mlops register "$OUT/flights-v2.joblib" --name flights --train-data sample_data/reference.parquet \
-    --target delayed --eval-data sample_data/current.parquet --description "fewer rounds"
+step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v2.joblib" --max-iter 60 \
+    --split-dir "$OUT"
+step mlops register "$OUT/flights-v2.joblib" --name flights --train-data "$OUT/train.parquet" \
+    --target delayed --eval-data "$OUT/eval.parquet" --description "fewer rounds"
 step mlops models promote flights:2 production --reason "smaller model"
 step mlops models rollback flights --reason "demo: roll back to v1"
 step mlops models history flights
 
 # --- release gates (smoke-test, checklist) ---
 step mlops smoke-test flights@production
-step mlops checklist flights:2 --eval-data sample_data/current.parquet
+step mlops checklist flights:2 --eval-data "$OUT/eval.parquet"
 
 # --- batch scoring (score-batch) ---
 # The nightly job: score the current period with the production model while flights:2 scores half of the flight
@@ -59,9 +61,12 @@ step mlops abtest --champion flights@production --challenger flights:2 --data sa
 # --- retraining (retrain) ---
 # Summer data has drifted from the Jan-Apr training period: the drift trigger fires, a challenger is trained on
 # June to mid-August and must beat production on the latest 20% (late August) before it is promoted.
-# Exit 1 would mean the challenger lost: a valid answer, reported, not a demo failure.
+# The production model rarely predicts a delay (it finds about 13% of them on late August); a challenger that finds
+# a third of them gives up about 10 points of recall on on-time flights, just over the default guardrail (0.10):
+# this demo accepts that trade with --max-recall-drop 0.15. Exit 1 would mean the challenger lost: a valid
+# answer, reported, not a demo failure.
 step mlops retrain flights --data sample_data/current.parquet --target delayed --time-column date \
-    --reason "nightly check" || [ $? -eq 1 ]
+    --max-recall-drop 0.15 --reason "nightly check" || [ $? -eq 1 ]
 step mlops retrain history flights
 step mlops models list flights
 

@@ -108,15 +108,28 @@ def test_no_drift_control_two_halves_of_one_period(cli, tmp_path, reference_fram
     assert report["results"]["summary"]["drifted"] == 0
 
 
-def test_false_alarm_rate_over_no_drift_resamples(reference_frame):
+@pytest.mark.parametrize(
+    "rows, resamples, max_reports_with_a_flag",
+    [
+        # Small halves are decided by the BH-corrected tests: under this global null the chance that a report flags
+        # any feature is at most about alpha (5%); 12 of 120 is well above the expected 6 and far below a broken 50%.
+        (400, 120, 12),
+        # Large halves are decided by effect size AND the corrected test: a flag should essentially never happen.
+        (5_000, 20, 0),
+    ],
+)
+def test_false_alarm_rate_over_no_drift_resamples(reference_frame, rows, resamples, max_reports_with_a_flag):
+    """Two random halves of one period: nothing changed, so neither the dataset verdict nor (nearly) any feature
+    may say drift. The rates measured here are quoted in the README."""
     frame = reference_frame[FEATURES.split(",")]
-    alarms, feature_alarms = 0, 0
-    for seed in range(15):
-        shuffled = frame.sample(n=6_000, random_state=seed)
-        rows, summary = drift.compare(shuffled.iloc[:3000], shuffled.iloc[3000:], drift.DriftOptions())
-        alarms += summary["verdict"] == "drift"
-        feature_alarms += summary["drifted"]
-    assert alarms == 0 and feature_alarms <= 1  # 15 resamples x 13 features
+    verdicts, reports_with_a_flag = 0, 0
+    for seed in range(resamples):
+        shuffled = frame.sample(n=2 * rows, random_state=seed)
+        _, summary = drift.compare(shuffled.iloc[:rows], shuffled.iloc[rows:], drift.DriftOptions())
+        verdicts += summary["verdict"] == "drift"
+        reports_with_a_flag += summary["drifted"] > 0
+    assert verdicts == 0
+    assert reports_with_a_flag <= max_reports_with_a_flag
 
 
 def test_small_samples_are_decided_by_corrected_tests(reference_frame, current_frame):
