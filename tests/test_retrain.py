@@ -13,6 +13,11 @@ from mlops_cli import io
 from mlops_cli import retrain as retrain_lib
 from mlops_cli.registry import Registry
 
+# `mlops retrain flights` on the summer data, split out of time on `date` (200 resamples keep the tests quick).
+RETRAIN_ON_CURRENT = (
+    "retrain", "--bootstrap", "200", "flights", "--data", CURRENT, "--target", "delayed", "--time-column", "date"
+)  # fmt: skip
+
 
 @pytest.fixture
 def champion(cli, model_file):
@@ -46,16 +51,7 @@ def _state(registry):
 
 def test_drifted_window_challenger_beats_champion_and_is_promoted(cli, champion, relaxed):
     report = cli.json(
-        "retrain",
-        "--bootstrap",
-        "200",
-        "flights",
-        "--data",
-        CURRENT,
-        "--target",
-        "delayed",
-        "--time-column",
-        "date",
+        *RETRAIN_ON_CURRENT,
         "--reason",
         "summer",
         "--policy",
@@ -126,16 +122,7 @@ def test_check_only_evaluates_and_stops(cli, champion):
 def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, champion):
     before = _state(champion)
     result = cli(
-        "retrain",
-        "--bootstrap",
-        "200",
-        "flights",
-        "--data",
-        CURRENT,
-        "--target",
-        "delayed",
-        "--time-column",
-        "date",
+        *RETRAIN_ON_CURRENT,
         "--trigger",
         "manual",
         "--reason",
@@ -151,16 +138,7 @@ def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, 
 
 def test_train_function_returning_no_model_is_refused(cli, champion):
     result = cli(
-        "retrain",
-        "--bootstrap",
-        "200",
-        "flights",
-        "--data",
-        CURRENT,
-        "--target",
-        "delayed",
-        "--time-column",
-        "date",
+        *RETRAIN_ON_CURRENT,
         "--trigger",
         "manual",
         "--train-fn",
@@ -171,16 +149,7 @@ def test_train_function_returning_no_model_is_refused(cli, champion):
 
 def test_worse_challenger_is_registered_but_not_promoted(cli, champion):
     report = cli.json(
-        "retrain",
-        "--bootstrap",
-        "200",
-        "flights",
-        "--data",
-        CURRENT,
-        "--target",
-        "delayed",
-        "--time-column",
-        "date",
+        *RETRAIN_ON_CURRENT,
         "--trigger",
         "manual",
         "--reason",
@@ -202,16 +171,7 @@ def test_failure_after_promotion_rolls_the_alias_back(cli, champion, monkeypatch
 
     monkeypatch.setattr(retrain_lib, "_after_promotion", broken_check)
     report = cli.json(
-        "retrain",
-        "--bootstrap",
-        "200",
-        "flights",
-        "--data",
-        CURRENT,
-        "--target",
-        "delayed",
-        "--time-column",
-        "date",
+        *RETRAIN_ON_CURRENT,
         "--policy",
         relaxed,
         expect=1,
