@@ -95,23 +95,15 @@ def cli(registry_dir) -> Cli:
     return Cli(registry_dir)
 
 
+def register_args(model_file: Path, *extra: Any) -> tuple[Any, ...]:
+    """`mlops register MODEL --name flights` with the Jan-Apr training data: how most tests' registries start."""
+    return ("register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed", *extra)
+
+
 @pytest.fixture
 def registered(cli, model_file) -> dict[str, Any]:
     """flights:1, registered with training and evaluation data (the full manifest)."""
-    return cli.json(
-        "register",
-        model_file,
-        "--name",
-        "flights",
-        "--train-data",
-        REFERENCE,
-        "--target",
-        "delayed",
-        "--eval-data",
-        CURRENT,
-        "--bootstrap",
-        "200",
-    )
+    return cli.json(*register_args(model_file, "--eval-data", CURRENT, "--bootstrap", "200"))
 
 
 def run_mlops(*args: Any, registry: Path | None = None, timeout: float = 300, **kwargs: Any):

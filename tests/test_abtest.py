@@ -11,7 +11,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CURRENT, REFERENCE
+from conftest import CURRENT, register_args
 from conftest import sample_train as train
 from rich.console import Console
 from scipy import stats as sp
@@ -562,18 +562,7 @@ def labelled_rows(current_frame):
 @pytest.fixture
 def two_models(cli, registered, weak_model_file):
     """flights:1 (the sample pipeline) and flights:2 (the weak model)."""
-    cli.json(
-        "register",
-        weak_model_file,
-        "--name",
-        "flights",
-        "--train-data",
-        REFERENCE,
-        "--target",
-        "delayed",
-        "--sample-size",
-        "500",
-    )
+    cli.json(*register_args(weak_model_file, "--sample-size", "500"))
     return Registry(cli.registry)
 
 

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import REFERENCE, ROOT, run_mlops
+from conftest import ROOT, register_args, run_mlops
 
 from mlops_cli import io
 from mlops_cli.registry import Registry
@@ -75,18 +75,7 @@ def _assert_registry_consistent(registry_dir):
 @pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_no_half_written_version(tmp_path, model_file):
     registry_dir = tmp_path / "registry"
-    args = [
-        "register",
-        model_file,
-        "--name",
-        "flights",
-        "--train-data",
-        REFERENCE,
-        "--target",
-        "delayed",
-        "--allow-duplicate",
-        "-q",
-    ]
+    args = [*register_args(model_file, "--allow-duplicate", "-q")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "mlops_cli", "--registry", str(registry_dir)] + [str(a) for a in args]
     start = time.perf_counter()

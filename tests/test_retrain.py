@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import CURRENT, REFERENCE, ROOT, run_mlops
+from conftest import CURRENT, REFERENCE, ROOT, register_args, run_mlops
 
 from mlops_cli import io
 from mlops_cli import retrain as retrain_lib
@@ -22,22 +22,7 @@ RETRAIN_ON_CURRENT = (
 @pytest.fixture
 def champion(cli, model_file):
     """flights:1 = production, trained on Jan-Apr, evaluated on Jan-Apr data."""
-    cli.json(
-        "register",
-        model_file,
-        "--name",
-        "flights",
-        "--train-data",
-        REFERENCE,
-        "--target",
-        "delayed",
-        "--eval-data",
-        REFERENCE,
-        "--bootstrap",
-        "200",
-        "--alias",
-        "production",
-    )
+    cli.json(*register_args(model_file, "--eval-data", REFERENCE, "--bootstrap", "200", "--alias", "production"))
     return Registry(cli.registry)
 
 
@@ -207,20 +192,7 @@ def test_killed_run_shows_as_killed_and_promotion_is_undone(cli, champion):
 @pytest.mark.slow
 def test_kill_9_mid_run_is_never_a_success(tmp_path, model_file):
     registry = tmp_path / "registry"
-    run_mlops(
-        "register",
-        model_file,
-        "--name",
-        "flights",
-        "--train-data",
-        REFERENCE,
-        "--target",
-        "delayed",
-        "--alias",
-        "production",
-        "-q",
-        registry=registry,
-    )
+    run_mlops(*register_args(model_file, "--alias", "production", "-q"), registry=registry)
     argv = [
         sys.executable,
         "-m",
