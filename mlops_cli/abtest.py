@@ -127,6 +127,12 @@ def experiment_file(path: Path, options: ExperimentOptions, *, fmt: str | None =
         raise SchemaMismatch(
             f"{path}: no variant column {options.variant_column!r}", f"columns are {sorted(names)[:20]}"
         )
+    absent = [m for m in options.metrics if m not in names and f"{m}_sum" not in names]
+    if absent:  # named here, where the file's own columns are known (only the needed ones are read below)
+        raise SchemaMismatch(
+            f"{path}: no metric column {absent[0]!r} (nor the pre-aggregated {absent[0]}_sum)",
+            f"columns are {sorted(names)[:20]}",
+        )
     wanted = [options.variant_column]
     for metric in options.metrics:
         wanted += [c for c in (metric, "n", f"{metric}_n", f"{metric}_sum", f"{metric}_sum_sq") if c in names]

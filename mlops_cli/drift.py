@@ -533,6 +533,9 @@ def report(
     """`mlops drift-report`: from files, or with --model from the version's stored reference."""
     options = options or DriftOptions()
     current = io.read_table(current_path, fmt=fmt)
+    if options.target is not None and options.target not in current.columns:
+        # A mistyped --target would otherwise silently drop the performance check.
+        raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
     inputs = [io.fingerprint(current_path, rows=len(current))]
     if reference_path is not None:
         reference = io.read_table(reference_path, fmt=fmt)

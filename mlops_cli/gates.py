@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops_cli import io
-from mlops_cli.errors import EmptyInput, InputError, MlopsError, ModelNotFound, UnreadableFile
+from mlops_cli import io, schema
+from mlops_cli.errors import EmptyInput, InputError, InvalidData, MlopsError, ModelNotFound, UnreadableFile
 from mlops_cli.registry import PROFILE, SAMPLE, Registry, Version, alias_stack
 from mlops_cli.report import Report
 
@@ -72,7 +72,17 @@ def _reference_rows(version: Version, data: Path | None, rows: int) -> pd.DataFr
         )
     if frame.empty:
         raise EmptyInput("the smoke-test data has no rows", "pass data with rows")
-    return frame[features].head(rows).reset_index(drop=True)
+    # The steps judge the model, so its input must be valid: text in a numeric column is the data's fault (exit 3),
+    # as score-batch would reject that row too. The edge-case step tries bad inputs on purpose.
+    frame, invalid, reasons = schema.validate_batch(frame.head(rows).reset_index(drop=True), version.manifest)
+    if invalid.any():
+        first = int(np.flatnonzero(invalid)[0])
+        raise InvalidData(
+            f"{data or SAMPLE}: {int(invalid.sum()):,} of the first {len(frame):,} rows do not fit the model's schema "
+            f"({'; '.join(sorted(reasons))}; first at row {first + 1})",
+            "fix the data, or pass rows the model can take",
+        )
+    return frame
 
 
 def _outputs(estimator: Any, frame: pd.DataFrame, task: str) -> np.ndarray:
@@ -337,6 +347,15 @@ def load_policy(path: Path | None) -> dict[str, Any]:
         policy[section].update(loaded.get(section, {}))
     if policy["baseline"]["rule"] not in ("not_worse", "better"):
         raise InputError(f"{path}: baseline rule must be 'not_worse' or 'better'", "fix the policy file")
+    numbers = {f"budgets.{k}": v for k, v in policy["budgets"].items()} | {
+        "baseline.margin": policy["baseline"]["margin"]
+    }
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise InputError(f"{path}: {key} must be a number >= 0, got {value!r}", "fix the policy file")
+    for key in ("metric", "alias"):
+        if policy["baseline"][key] is not None and not isinstance(policy["baseline"][key], str):
+            raise InputError(f"{path}: baseline.{key} must be text", "fix the policy file")
     return policy
 
 

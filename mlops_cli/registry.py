@@ -321,6 +321,7 @@ class Registry:
     def rollback(self, name: str, alias: str = "production", *, reason: str | None = None) -> tuple[str, str]:
         """Move `alias` back to the version it pointed at before its last move. Returns (from, to)."""
         validate_name(alias, "alias")
+        self._require_model(name)  # before the lock, which would create the model's folder
         with self.lock(name) as model_dir:
             stack = alias_stack(self.events(name), alias)
             current = self.aliases(name).get(alias)
@@ -329,6 +330,8 @@ class Registry:
                     f"{name}@{alias} has no earlier version to roll back to", f"see: mlops models history {name}"
                 )
             target = stack[-2]
+            # Rolling back onto an artifact altered since registration would ship it: verify, as promote does.
+            self.verify(self.resolve(f"{name}:{target}"))
             self._move_alias(model_dir, name, alias, target, event="rolled_back", reason=reason)
         return stack[-1], target
 

@@ -7,7 +7,7 @@ every phase, so a crashed or killed run shows as such and never as a success:
       ─▶ guardrails ─▶ smoke-test + checklist ─▶ move the alias ─▶ verify through the alias (else roll back)
 
 It builds on the other commands' library functions instead of repeating them: `drift.drift_for_model` for the
-drift trigger, `abtest.compare_models` for the gate, `gates.smoke_test` and `gates.checklist` before promotion.
+drift trigger, `abtest.compare_models` for the gate, `gates.checklist` (smoke test included) before promotion.
 """
 
 from __future__ import annotations
@@ -362,6 +362,9 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
     """One retraining job for `name`. Raises MlopsError for errors; the Report's verdict covers the rest."""
     if options.trigger not in TRIGGERS:
         raise InputError(f"unknown trigger {options.trigger!r}", f"use one of {', '.join(TRIGGERS)}")
+    from mlops_cli import gates
+
+    gates.load_policy(options.policy)  # a bad policy is an error now, not after an hour of training
     champion = registry.resolve(f"{name}@{options.champion_alias}")
     job = Job(
         id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",

@@ -522,7 +522,9 @@ def test_cli_bad_inputs_exit_3(cli, tmp_path, results_file):
         assert result.exit_code == 3, (path, result.stderr)
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert cli("abtest", results_file, "--variant-column", "nope", "--metric", "converted").exit_code == 3
-    assert cli("abtest", results_file, "--variant-column", "variant", "--metric", "nope").exit_code == 3
+    result = cli("abtest", results_file, "--variant-column", "variant", "--metric", "nope")
+    assert result.exit_code == 3 and "no metric column 'nope'" in result.stderr
+    assert "'converted'" in result.stderr  # the file's columns, not just the ones read
     error = cli.json(
         "abtest", results_file, "--variant-column", "variant", "--metric", "converted", "--control", "ghost", expect=3
     )

@@ -97,3 +97,27 @@ def test_tables_render_at_fixed_width(cli, registered):
     render.render_manifest(Report("models show", results=report["results"]), Console(file=buffer, width=100))
     text = buffer.getvalue()
     assert "flights:1" in text and "temp" in text and "roc_auc" in text
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--nope"], "No such option: --nope"),
+        (["models", "promote"], "Missing argument 'REF'"),
+        (["drift-report", "a.parquet", "--stattest", "foo"], "'foo' is not one of"),
+        (["drift-report", "a.parquet", "--threshold", "-1"], "--threshold"),
+        (["score-batch", "m", "in.csv", "out.parquet", "--format", "xml"], "'xml' is not one of"),
+        (["retrain", "m", "--data", "d.csv", "--target", "y", "--trigger", "foo"], "'foo' is not one of"),
+        (["register", "m.joblib", "--name", "m", "--eval-data", "e.csv"], "needs --target"),
+        (["smoke-test", "m", "--output-min", "1", "--output-max", "0"], "above --output-max"),
+    ],
+)
+def test_usage_errors_are_one_line_and_an_envelope_with_json(tmp_path, args, fragment):
+    """Exit 2 keeps the conventions: one line on stderr, and a JSON envelope on stdout with --json."""
+    result = run_mlops(*args, registry=tmp_path / "registry")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and fragment in result.stderr
+    result = run_mlops(*args, "--json", registry=tmp_path / "registry")
+    report = json.loads(result.stdout)
+    assert result.returncode == 2 and report["status"] == "error" and report["exit_code"] == 2
+    assert fragment in report["messages"][0]

@@ -209,6 +209,11 @@ def test_no_reference_is_an_input_error(cli):
     assert result.exit_code == 3 and "no reference" in result.stderr
 
 
+def test_a_target_missing_from_current_is_an_input_error(cli):
+    result = cli("drift-report", REFERENCE, CURRENT, "--target", "delay")  # a typo for `delayed`
+    assert result.exit_code == 3 and "no target column 'delay'" in result.stderr
+
+
 def test_html_is_self_contained_and_lists_every_feature(cli, tmp_path):
     page = tmp_path / "drift.html"
     cli.json("drift-report", REFERENCE, CURRENT, "--features", FEATURES, "--html", page)

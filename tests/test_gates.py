@@ -112,6 +112,16 @@ def test_nan_crash_is_accepted_when_the_model_declares_it(cli, tmp_path, model_f
     assert nan_cases and all(c["outcome"] == "raised" and c["verdict"] == "pass" for c in nan_cases)
 
 
+def test_text_in_a_numeric_column_is_an_input_error(cli, model_file, small_data, tmp_path, reference_frame):
+    """Data the model cannot take is the data's fault: exit 3 naming the column, not a crash or a failed step."""
+    _register(cli, model_file, "m", small_data)
+    rows = reference_frame.head(200).astype({"temp": object})
+    rows.loc[3, "temp"] = "hot"
+    rows.to_csv(tmp_path / "text.csv", index=False)
+    result = cli("smoke-test", "m", "--data", tmp_path / "text.csv")
+    assert result.exit_code == 3 and "temp: not a number" in result.stderr and "row 4" in result.stderr
+
+
 def test_altered_artifact_is_exit_4(cli, model_file, small_data, registry_dir):
     _register(cli, model_file, "m", small_data)
     artifact = registry_dir / "m" / "versions" / "1" / "model.joblib"
@@ -208,6 +218,9 @@ def test_policy_makes_items_required_and_sets_budgets(cli, model_file, small_dat
         ("[items\nrequired = 1", "not valid TOML"),
         ('[items]\nrequired = ["no_such_item"]', "unknown checklist items"),
         ("[budgets]\nlatency = 1", "unknown [budgets] keys"),
+        ('[budgets]\nlatency_p99_ms = "fast"', "budgets.latency_p99_ms must be a number >= 0"),
+        ("[budgets]\nartifact_mb = -5", "budgets.artifact_mb must be a number >= 0"),
+        ('[baseline]\nmargin = "small"', "baseline.margin must be a number >= 0"),
     ],
 )
 def test_bad_policy_is_exit_3(cli, model_file, small_data, tmp_path, text, message):

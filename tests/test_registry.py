@@ -201,6 +201,21 @@ def test_repeated_rollbacks_walk_back(cli, model_file, other_model_file, tmp_pat
     assert cli("models", "rollback", "m").exit_code == 4
 
 
+def test_rollback_refuses_an_altered_artifact_and_unknown_models(cli, model_file, other_model_file, registry_dir):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", other_model_file, "--name", "m")
+    cli.json("models", "promote", "m:1", "production")
+    cli.json("models", "promote", "m:2", "production")
+    with (registry_dir / "m" / "versions" / "1" / "model.joblib").open("ab") as fh:
+        fh.write(b"\0")
+    result = cli("models", "rollback", "m")
+    assert result.exit_code == 4 and "altered" in result.stderr
+    assert cli.json("models", "list", "m")["results"]["aliases"] == {"production": "2"}  # not moved onto it
+    result = cli("models", "rollback", "nosuch")
+    assert result.exit_code == 4 and "no model named 'nosuch'" in result.stderr
+    assert not (registry_dir / "nosuch").exists()  # and no trace of it on disk
+
+
 def test_register_with_alias(cli, model_file):
     cli.json("register", model_file, "--name", "m", "--alias", "staging")
     assert cli.json("models", "list", "m")["results"]["aliases"] == {"staging": "1"}
@@ -277,7 +292,6 @@ def test_unfitted_model_is_refused(cli, tmp_path):
     [
         (["--train-data", "MISSING", "--target", "delayed"], "no such file"),
         (["--train-data", str(REFERENCE), "--target", "nope"], "no target column 'nope'"),
-        (["--eval-data", str(CURRENT)], "--eval-data needs --target"),
     ],
 )
 def test_bad_data_is_exit_3_and_leaves_no_version(cli, model_file, tmp_path, extra, message):

@@ -104,6 +104,14 @@ def test_check_only_evaluates_and_stops(cli, champion):
     assert [v.version for v in champion.versions("flights")] == ["1"]
 
 
+def test_a_bad_policy_fails_before_any_work_even_with_check_only(cli, champion, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[items\n")
+    result = cli("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--check-only", "--policy", policy)
+    assert result.exit_code == 3 and "not valid TOML" in result.stderr
+    assert retrain_lib.history(champion, "flights") == []  # no job was started
+
+
 def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, champion):
     before = _state(champion)
     result = cli(

@@ -11,11 +11,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click; not re-exported
 from typer.core import TyperGroup
-from typer.exceptions import TyperException
+from typer.exceptions import Abort, TyperException
 
 from mlops_cli.errors import Interrupted, MlopsError, MlopsWarning
 from mlops_cli.report import Report, envelope
@@ -75,7 +76,8 @@ StrictOpt = Annotated[
     ),
 ]
 FormatOpt = Annotated[
-    str | None, typer.Option("--format", help="Input format, overriding the extension: parquet or csv.")
+    Literal["parquet", "csv"] | None,
+    typer.Option("--format", help="Input format, overriding the extension: parquet or csv."),
 ]
 
 
@@ -147,6 +149,41 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 
 class MlopsGroup(TyperGroup):
     """Runs every command; the one place where exceptions become exit codes and one-line errors."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Usage errors (exit 2) keep the conventions too: one line on stderr and, with --json, an envelope."""
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # bare `mlops` or `mlops models`: Typer has printed the help
+            if not standalone_mode:
+                raise
+            code = exc.exit_code
+        except UsageError as exc:
+            if not standalone_mode:
+                raise
+            path = exc.ctx.command_path if exc.ctx else "mlops"
+            session.command = path.partition(" ")[2] or "mlops"
+            session.as_json = "--json" in argv
+            line = f"{' '.join(exc.format_message().split())} (see '{path} --help')"
+            _error_report(exc.exit_code, line)
+            _print_error(line)
+            code = exc.exit_code
+        except Abort:
+            if not standalone_mode:
+                raise
+            _print_error("aborted")
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         if ctx.parent is not None:  # a nested group (`models`): the root already handles everything

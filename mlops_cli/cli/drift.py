@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -38,9 +38,15 @@ def run(
     prediction_column: Annotated[
         str | None, typer.Option(help="A prediction column to leave out of the features.")
     ] = None,
-    stattest: Annotated[str, typer.Option(help="auto, ks, psi, wasserstein, js or chi2.")] = "auto",
-    threshold: Annotated[float | None, typer.Option(help="Override the chosen statistic's threshold.")] = None,
-    correction: Annotated[str, typer.Option(help="Multiple-testing correction: bh, bonferroni or none.")] = "bh",
+    stattest: Annotated[
+        Literal["auto", "ks", "psi", "wasserstein", "js", "chi2"], typer.Option(help="The statistic that decides.")
+    ] = "auto",
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, help="Override the chosen statistic's threshold (p-value or effect).")
+    ] = None,
+    correction: Annotated[
+        Literal["bh", "bonferroni", "none"], typer.Option(help="Multiple-testing correction.")
+    ] = "bh",
     drift_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Dataset drift when at least this share of features drifted.")
     ] = 0.5,

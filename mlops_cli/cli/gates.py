@@ -35,6 +35,8 @@ def smoke_test(
             output_min if output_min is not None else float("-inf"),
             output_max if output_max is not None else float("inf"),
         )
+        if output_range[0] > output_range[1]:
+            raise typer.BadParameter(f"{output_min} is above --output-max {output_max}", param_hint="--output-min")
     emit(
         gates.smoke_test(
             registry(),

@@ -55,6 +55,8 @@ def run(
     from mlops_cli.registry import RegisterOptions
     from mlops_cli.registry import register as register_model
 
+    if eval_data is not None and target is None:
+        raise typer.BadParameter("needs --target, the label column", param_hint="--eval-data")
     recorded = pairs(metric, "--metric", float)
     if metrics_file is not None:
         try:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
@@ -35,7 +35,8 @@ def run(
     target: Annotated[str, typer.Option(help="Label column.")],
     champion_alias: Annotated[str, typer.Option(help="Alias of the model in service.")] = "production",
     trigger: Annotated[
-        str, typer.Option(help="auto (performance, drift or schedule), drift, performance, schedule or manual.")
+        Literal["auto", "drift", "performance", "schedule", "manual"],
+        typer.Option(help="auto means any of performance, drift or schedule."),
     ] = "auto",
     reason: Annotated[str | None, typer.Option(help="Why (recorded; the reason of a manual trigger).")] = None,
     check_only: Annotated[bool, typer.Option(help="Evaluate the triggers and stop.")] = False,
@@ -58,21 +59,26 @@ def run(
         ),
     ] = None,
     metric: Annotated[
-        str | None,
-        typer.Option(help="Primary metric: auc, accuracy, log_loss, f1, mae, rmse, r2 (default auc / rmse)."),
+        Literal["auc", "accuracy", "log_loss", "f1", "mae", "rmse", "r2"] | None,
+        typer.Option(help="Primary metric (default: auc for classifiers, rmse for regressors)."),
     ] = None,
     min_improvement: Annotated[float, typer.Option(help="The challenger must win by at least this.")] = 0.0,
-    max_age_days: Annotated[float | None, typer.Option(help="Schedule trigger: champion older than this.")] = None,
+    max_age_days: Annotated[
+        float | None, typer.Option(min=0.0, help="Schedule trigger: champion older than this.")
+    ] = None,
     max_drop: Annotated[
         float,
         typer.Option(
+            min=0.0,
             help="Performance trigger: fire when the metric's 95% CI lies "
-            "entirely more than this below the recorded value."
+            "entirely more than this below the recorded value.",
         ),
     ] = 0.0,
-    max_recall_drop: Annotated[float, typer.Option(help="Guardrail: largest allowed per-class recall drop.")] = 0.10,
+    max_recall_drop: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Guardrail: largest allowed per-class recall drop.")
+    ] = 0.10,
     max_latency_ratio: Annotated[
-        float, typer.Option(help="Guardrail: challenger p99 latency at most this times the champion's.")
+        float, typer.Option(min=0.0, help="Guardrail: challenger p99 latency at most this times the champion's.")
     ] = 2.0,
     promote: Annotated[
         bool, typer.Option("--promote/--no-promote", help="Promote a winner that passes the gates.")
