@@ -6,7 +6,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CURRENT, REFERENCE
+from conftest import REFERENCE
 from sklearn import metrics as skm
 
 from mlops_cli import io
