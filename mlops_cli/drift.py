@@ -215,7 +215,8 @@ def _severity(stat: str, value: float | None) -> str:
 
 
 def _kind(ref: pd.Series, present: pd.Series, name: str, options: DriftOptions) -> tuple[str, str | None]:
-    """(kind, note): numeric | categorical | identifier | datetime | empty. `present` is `ref` without its nulls."""
+    """(kind, note): numeric | categorical | identifier | datetime | nested | empty. `present` is `ref` without its
+    nulls."""
     import pandas as pd
 
     if name in options.categorical:
@@ -233,6 +234,8 @@ def _kind(ref: pd.Series, present: pd.Series, name: str, options: DriftOptions) 
         if integral and present.nunique() <= LOW_CARDINALITY_INT:
             return "categorical", f"{present.nunique()} ints, as categories"
         return "numeric", None
+    if any(isinstance(v, list | tuple | dict | set | np.ndarray) for v in present.head(1_000)):
+        return "nested", "nested values (lists, maps, structs): not compared"
     types = {type(v).__name__ for v in present.head(10_000)}
     note = f"mixed types {sorted(types)}: compared as text" if len(types) > 1 else None
     unique = present.nunique()
@@ -273,7 +276,7 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
         "rows_current": len(cur),
     }
     row["statistics"] = stats_
-    if kind in ("identifier", "datetime"):
+    if kind in ("identifier", "datetime", "nested"):
         row.update(status="skipped", note=note or f"{kind} column: not compared")
         return row
     if kind == "empty" or r.empty or c.empty:
@@ -298,7 +301,11 @@ def _feature(name: str, ref: pd.Series | None, cur: pd.Series | None, options: D
             if stats_.get("wasserstein_norm") is not None and r.std() == 0:
                 row["note"] = "constant in the reference: Wasserstein not normalised"
     else:
-        rc, cc = _text_counts(r), _text_counts(c)
+        try:
+            rc, cc = _text_counts(r), _text_counts(c)
+        except TypeError:  # unhashable values (lists) where the reference's first rows had none
+            row.update(status="type_mismatch", note="nested values (lists, maps): not compared")
+            return row
         stats_.update(_count_stats(rc, cc))
         top, cur_shares = (rc / rc.sum()).head(12), cc / cc.sum()
         labels = list(top.index) + [k for k in cur_shares.head(3).index if k not in top.index]

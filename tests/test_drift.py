@@ -157,8 +157,9 @@ def test_robustness_cases_each_get_a_row(cli, tmp_path):
     )
     cur = ref.drop(columns=["gone"]).assign(all_nan=np.nan, constant=1.0, user_id=[f"v{i}" for i in range(n)])
     a, b = tmp_path / "ref.parquet", tmp_path / "cur.parquet"
-    ref.assign(mixed=ref["mixed"].astype(str)).to_parquet(a)
-    cur.assign(mixed=cur["mixed"].astype(str)).to_parquet(b)
+    tags = [[1, 2], [3], [], None] * (n // 4)  # a list column (Parquet's nested types)
+    ref.assign(mixed=ref["mixed"].astype(str), tags=tags).to_parquet(a)
+    cur.assign(mixed=cur["mixed"].astype(str), tags=tags[::-1]).to_parquet(b)
     report = cli.json("drift-report", a, b)
     rows = _features(report)
     assert rows["gone"]["status"] == "missing_in_current" and rows["gone"]["drifted"] is None
@@ -167,6 +168,7 @@ def test_robustness_cases_each_get_a_row(cli, tmp_path):
     assert rows["user_id"]["kind"] == "identifier" and rows["user_id"]["status"] == "skipped"
     assert rows["flag"]["kind"] == "categorical" and rows["flag"]["drifted"] is False
     assert rows["mixed"]["kind"] == "categorical"
+    assert rows["tags"]["kind"] == "nested" and rows["tags"]["status"] == "skipped"
     assert any("gone" in m for m in report["messages"])
 
 
