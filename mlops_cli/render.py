@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -336,43 +337,51 @@ _SEVERITY_STYLE = {"high": "bold red", "medium": "dark_orange", "low": "yellow",
 
 def render_drift(report: Report, console: Console) -> None:
     summary = report.results["summary"]
-    table = Table(title="drift per feature (most important and most severe first)", title_justify="left")
+    # Seven narrow columns without vertical rules: fits an 80-column terminal, so no number is ever cut short.
+    # `drift` is the severity of a drifted feature ("no" otherwise); the statistic in `by` also tells the kind
+    # (ks/wasserstein/psi: numeric; chi2/js: categorical). Notes follow the table instead of widening it.
+    table = Table(
+        title="drift per feature (most important and most severe first)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for column, justify in (
         ("feature", "left"),
-        ("kind", "left"),
-        ("drifted", "left"),
-        ("severity", "left"),
-        ("decided by", "left"),
+        ("drift", "left"),
+        ("by", "left"),
         ("effect", "right"),
         ("p-value", "right"),
         ("missing Δ", "right"),
         ("importance", "right"),
-        ("note", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    # The feature name is the cell a reader looks for: never cut it short (long notes wrap instead).
+        table.add_column(column, justify=justify, no_wrap=justify == "right")  # type: ignore[arg-type]
+    # The feature name is the cell a reader looks for: never cut it short.
     table.columns[0].min_width = min(40, max((len(r["name"]) for r in report.results["features"]), default=7))
+    notes = []
     for r in report.results["features"]:
         s = r["statistics"]
         effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
         note = r["note"] or (r["status"] if r["status"] != "ok" else "")
         if s.get("new_categories"):
-            note = (note + "; " if note else "") + f"{len(s['new_categories'])} new categories"
-        drift = {True: "[bold red]yes[/]", False: "[dim]no[/]", None: SKIP}[r["drifted"]]
-        kind = {"numeric": "num", "categorical": "cat"}.get(r["kind"], r["kind"] or "–")
+            count = len(s["new_categories"])
+            note = (note + "; " if note else "") + f"{count} new categor{'y' if count == 1 else 'ies'}"
+        if note:
+            notes.append(f"  {r['name']}: {note}")
+        drift = SKIP if r["drifted"] is None else f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]"
         table.add_row(
             r["name"],
-            kind,
-            drift,
-            f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]",
+            drift if r["drifted"] is not False else "[dim]no[/]",
             r["decided_by"] or "–",
             fmt(effect, 3),
             fmt(r["p_value"], 2),
             fmt(s.get("missing_share_change"), 2),
             fmt(r["importance"], 2),
-            note,
         )
     console.print(table)
+    for line in notes:
+        console.print(line, markup=False)
     weighted = summary["weighted_drifted_share"]
     console.print(
         f"{summary['drifted']} of {summary['tested']} features drifted ({summary['drifted_share']:.0%}"
