@@ -225,7 +225,13 @@ def _labels(column: pd.Series) -> pd.Series:
     """Each row's variant label, computed once per distinct value (a million rows hold a handful)."""
     import pandas as pd
 
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    try:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    except TypeError as exc:  # lists, maps, structs: unhashable
+        raise InvalidData(
+            f"variant column {column.name!r} holds nested values (lists, maps or structs)",
+            "use a column of plain labels",
+        ) from exc
     labels = np.array([_label(u) for u in uniques] + [None], dtype=object)
     return pd.Series(labels[codes], index=column.index, dtype=object)
 
@@ -301,13 +307,15 @@ def _is_aggregated(data: pd.DataFrame, metric_names: list[str]) -> bool:
     return bool(summed)
 
 
-def _numeric(column: pd.Series, name: str) -> np.ndarray:
+def _numeric(column: pd.Series, name: str, what: str = "metrics must be numbers or 0/1") -> np.ndarray:
     import pandas as pd
 
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
+        raise InvalidData(f"column {name!r} holds dates or durations, not numbers", what)
     try:
         values = pd.to_numeric(column, errors="raise").to_numpy(dtype=float, na_value=np.nan)
     except (ValueError, TypeError) as exc:
-        raise InvalidData(f"column {name!r} is not numeric ({exc})", "metrics must be numbers or 0/1") from exc
+        raise InvalidData(f"column {name!r} is not numeric ({exc})", what) from exc
     if np.isinf(values).any():
         raise InvalidData(f"column {name!r} holds infinite values", "remove or cap them")
     return values
@@ -338,7 +346,19 @@ def _aggregated_groups(
     """Rows of n / METRIC_sum / METRIC_sum_sq per variant; several rows of a variant (days, shards) add up."""
     wanted = [f"{m}{suffix}" for m in options.metrics for suffix in ("_n", "_sum", "_sum_sq")]
     columns = [c for c in data.columns if c == "n" or c in wanted]
-    numeric = data[columns].apply(lambda col: _numeric(col, col.name)).assign(_variant=labels.to_numpy())
+    numeric = (
+        data[columns]
+        .apply(
+            lambda col: _numeric(
+                col,
+                col.name,
+                "counts and sums must be numbers"
+                if col.name == "n" or col.name.endswith("_n")
+                else "sums must be numbers",
+            )
+        )
+        .assign(_variant=labels.to_numpy())
+    )
     if numeric[columns].isna().any().any():
         raise InvalidData("pre-aggregated results have empty cells", "every variant row needs n and the sums")
     sums = numeric.groupby("_variant").sum()
@@ -354,12 +374,16 @@ def _aggregated_groups(
             sum_sq_col = f"{metric}_sum_sq"
             if sum_sq_col in row:
                 total_sq = float(row[sum_sq_col])
-            elif options.metric_type != "continuous" and 0 <= total <= n:
-                total_sq = total  # 0/1 values: the sum of squares is the sum
+            elif options.metric_type == "binary" or (
+                options.metric_type == "auto" and 0 <= total <= n and float(total).is_integer()
+            ):
+                # 0/1 values: the sum of squares is the sum. A fractional sum is not a count of successes, so a
+                # continuous metric in [0, 1] is never mistaken for a rate without being told.
+                total_sq = total
             else:
                 raise SchemaMismatch(
-                    f"no {sum_sq_col} column for the continuous metric {metric!r}",
-                    "add the per-variant sum of squared values",
+                    f"no {sum_sq_col} column for the metric {metric!r}, and its sums are not counts of 0/1 values",
+                    "add the per-variant sum of squared values, or --metric-type binary for a 0/1 metric",
                 )
             if n > 1 and total_sq * n < total * total * (1 - 1e-9):
                 raise InvalidData(
@@ -386,13 +410,14 @@ def _metric_type(metric: str, groups: list[_Group], requested: str, aggregated: 
         total_sq = s.var * (s.n - 1) + total * s.mean if s.n > 1 else total
         return s.n == 0 or (0 <= total <= s.n and abs(total_sq - total) <= 1e-6 * max(1.0, total))
 
-    binary = all(is_binary(g) for g in groups)
-    if requested == "binary" and not binary:
+    zero_one = all(is_binary(g) for g in groups)
+    if requested == "binary" and not zero_one:
         raise InvalidData(
             f"{metric!r} is declared binary but holds values other than 0 and 1", "use --metric-type continuous or auto"
         )
     if requested == "auto":
-        return "binary" if binary else "continuous"
+        # A metric with no values at all is not called binary: nothing shows it is.
+        return "binary" if zero_one and any(g.summary.n for g in groups) else "continuous"
     return requested
 
 
@@ -702,6 +727,13 @@ def compare_models(
     significant = results["p_value"] < alpha
     if math.isnan(results["p_value"]):
         verdict = INCONCLUSIVE
+        present = len(set(champion_scorer.true_idx.tolist())) if task == "classifier" else None
+        messages.append(
+            f"inconclusive: the labelled rows hold one class only, so {results['test']} gives no p-value"
+            if present == 1
+            else f"inconclusive: {results['test']} gives no p-value on these {len(labelled):,} rows "
+            "(too few, or no variation)"
+        )
     elif significant and improvement > 0:
         verdict = CHALLENGER_BETTER if improvement >= min_improvement else TOO_SMALL
     elif significant and improvement < 0:

@@ -155,12 +155,21 @@ def align_labels(y: Any, classes: list[Any] | None) -> Any:
 
     y = np.asarray(y)
     if classes and all(isinstance(c, (int, np.integer)) for c in classes) and np.issubdtype(y.dtype, np.floating):
+        fractional = np.mod(y, 1) != 0
+        if fractional.any():  # 0.7 is no class: truncating it to 0 would make up a label
+            raise SchemaMismatch(
+                f"labels hold fractions ({', '.join(map(str, np.unique(y[fractional])[:5]))}) where the model's "
+                f"classes are {classes}",
+                "check the target column",
+            )
         return y.astype(np.int64)
     return y
 
 
 def scorer_for(estimator: Any, manifest: dict[str, Any], data: pd.DataFrame, target: str) -> Any:
     """A `metrics.Scorer` of the model's predictions on labelled `data` (rows without a label must be dropped)."""
+    import numpy as np
+
     from mlops_cli import metrics
 
     features = [f["name"] for f in manifest.get("features") or []] or [c for c in data.columns if c != target]
@@ -170,14 +179,25 @@ def scorer_for(estimator: Any, manifest: dict[str, Any], data: pd.DataFrame, tar
             f"the data lacks the model's feature columns {missing}", "pass data with the model's schema"
         )
     task, classes = manifest["task"], list(manifest.get("classes") or [])
-    predictions = predict_frame(estimator, data[features], task=task, classes=classes)
     y_true = data[target].to_numpy()
+    if task == "classifier":
+        labels = align_labels(y_true, classes)
+        # A label the model cannot predict would silently count as a wrong answer (or a negative): refuse it.
+        unknown = ~np.isin(np.asarray(labels).astype(str), [str(c) for c in classes]) if classes else None
+        if unknown is not None and unknown.any():
+            examples = list(dict.fromkeys(np.asarray(y_true, dtype=object)[unknown].tolist()))[:5]
+            raise SchemaMismatch(
+                f"{int(unknown.sum()):,} labelled rows hold values of {target!r} the model was not trained on "
+                f"({', '.join(map(repr, examples))})",
+                f"the model's classes are {classes}; check the target column",
+            )
+    predictions = predict_frame(estimator, data[features], task=task, classes=classes)
     if task != "classifier":
         return metrics.Scorer("regressor", y_true, predictions["prediction"].to_numpy())
     has_proba = bool(classes) and all(proba_column(c) in predictions.columns for c in classes)
     return metrics.Scorer(
         "classifier",
-        align_labels(y_true, classes),
+        labels,
         align_labels(predictions["prediction"].to_numpy(), classes),
         proba_matrix(predictions, classes) if has_proba else None,
         classes,

@@ -6,7 +6,9 @@ Paired samples (two models on the same rows): McNemar, DeLong's test for two ROC
 Wilcoxon signed-rank test.
 
 Every interval follows the test's alternative: two-sided at level 1 - alpha, or one-sided (the open end is
-infinite) for `greater` / `less`, so an interval excludes zero exactly when its test rejects at `alpha`.
+infinite) for `greater` / `less`. For Welch's t-test and the paired t-test the interval excludes zero exactly when
+the test rejects at `alpha`. The two-proportion z-test (pooled standard error) and McNemar's test report a Wald
+interval, so near the boundary the two can disagree; the verdict always follows the test's p-value.
 """
 
 from __future__ import annotations

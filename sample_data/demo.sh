@@ -30,12 +30,13 @@ step mlops smoke-test flights@production
 step mlops checklist flights:2 --eval-data "$OUT/eval.parquet"
 
 # --- batch scoring (score-batch) ---
-# The nightly job: score the current period with the production model while flights:2 scores half of the flight
-# numbers as challenger (a stable hash: the same flight number goes to the same model in every run). It keeps
+# The nightly job: score the current period with the production model while flights:2 scores half of the flights
+# as challenger. The split key is one flight (carrier, number, departure time): the unit the A/B test below counts,
+# so its units are independent (a stable hash: the same flight goes to the same model in every run). It keeps
 # flight, date and delayed, so the A/B step below can join each prediction with the flight's outcome.
 step mlops score-batch flights@production sample_data/current.parquet "$OUT/scores.parquet" \
     --id-column flight --keep-columns date,delayed \
-    --challenger flights:2 --challenger-share 0.5 --split-key flight -o "$OUT/score-batch.json"
+    --challenger flights:2 --challenger-share 0.5 --split-key carrier,flight,date -o "$OUT/score-batch.json"
 
 # --- drift (drift-report) ---
 # Summer against the stored Jan-Apr reference: drift is expected and reported (exit 0 without --fail-on-drift).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io as stdio
 import json
 import math
+from typing import Any
 
 import joblib
 import numpy as np
@@ -764,3 +765,118 @@ def test_demo_outcomes_helper_derives_per_flight_outcomes():
     assert list(out["variant"]) == ["1", "2", "2"]  # the flight without an outcome is left out
     assert list(out["correct"]) == [1, 0, 0]
     assert out["brier"].to_numpy() == pytest.approx([0.04, 0.36, 0.49])
+
+
+# --- found in review: power in the report, corrections that change a verdict, unbalanced groups, odd inputs ---
+
+
+def _aggregated(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Pre-aggregated results from {variant: {metric: (n, mean, variance)}} (sum and sum of squares per variant)."""
+    out = []
+    for variant, metrics in rows.items():
+        row: dict[str, Any] = {"variant": variant}
+        for name, (n, mean, var) in metrics.items():
+            row.update({"n": n, f"{name}_sum": n * mean, f"{name}_sum_sq": var * (n - 1) + n * mean**2})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def test_experiment_power_block_matches_statsmodels():
+    from statsmodels.stats.power import NormalIndPower
+
+    n, sd_c, sd_t, diff = 800, 2.0, 3.0, 0.3
+    data = _aggregated({"control": {"m": (n, 10.0, sd_c**2)}, "treatment": {"m": (n, 10.0 + diff, sd_t**2)}})
+    r = abtest.experiment(data, _options(metrics=["m"], mde={"*": (0.5, False)})).results["metrics"][0]
+    # equal groups: Welch's standard error is that of two groups with the average variance
+    sigma = math.sqrt((sd_c**2 + sd_t**2) / 2)
+    power = NormalIndPower()
+    assert r["power"]["achieved"] == pytest.approx(power.power(diff / sigma, n, 0.05), rel=1e-9)
+    assert power.power(r["power"]["mde"] / sigma, n, 0.05) == pytest.approx(0.8, abs=1e-6)
+    needed = r["power"]["n_per_group_for_mde"]
+    assert needed == math.ceil(power.solve_power(0.5 / sigma, power=0.8, alpha=0.05))
+
+
+def test_holm_correction_changes_the_verdict():
+    # Two metrics with raw two-sided p near 0.03 and 0.04: each significant alone, neither after Holm (0.06, 0.06).
+    data = _aggregated(
+        {
+            "control": {"a": (1000, 0.0, 1.0), "b": (1000, 0.0, 1.0)},
+            "treatment": {"a": (1000, 0.0971, 1.0), "b": (1000, 0.0919, 1.0)},
+        }
+    )
+    plain = abtest.experiment(data, _options(metrics=["a", "b"], correction="none"))
+    held = abtest.experiment(data, _options(metrics=["a", "b"], correction="holm"))
+    raw = [m["p_value"] for m in plain.results["metrics"]]
+    assert 0.025 < raw[0] < 0.035 and 0.035 < raw[1] < 0.045
+    assert plain.passed and [m["verdict"] for m in plain.results["metrics"]] == ["treatment_better"] * 2
+    adjusted = [m["p_value_adjusted"] for m in held.results["metrics"]]
+    assert adjusted == pytest.approx([max(2 * raw[0], raw[1])] * 2)
+    assert not held.passed and [m["verdict"] for m in held.results["metrics"]] == ["no_significant_difference"] * 2
+
+
+def test_min_samples_applies_to_the_smaller_group():
+    data = _aggregated({"control": {"m": (5000, 1.0, 1.0)}, "treatment": {"m": (90, 2.0, 1.0)}})
+    report = abtest.experiment(data, _options(metrics=["m"], min_samples=100, expected_split="5000/90"))
+    assert report.results["valid"]
+    assert report.results["metrics"][0]["verdict"] == "inconclusive" and not report.passed
+    assert report.results["metrics"][0]["reason"].startswith("insufficient data")
+    enough = abtest.experiment(data, _options(metrics=["m"], min_samples=90, expected_split="5000/90"))
+    assert enough.passed and enough.results["metrics"][0]["verdict"] == "treatment_better"
+
+
+def test_relative_interval_of_a_negative_control_mean_points_the_right_way():
+    # control -10, treatment -8: the difference is +2 but the ratio - 1 is -0.2, so "greater" bounds it from above
+    data = _aggregated({"control": {"m": (400, -10.0, 4.0)}, "treatment": {"m": (400, -8.0, 4.0)}})
+    r = abtest.experiment(data, _options(metrics=["m"], alternative="greater")).results["metrics"][0]
+    assert r["difference"] == pytest.approx(2.0) and r["relative_lift"] == pytest.approx(-0.2)
+    assert r["ci_high"] == math.inf and r["ci_low"] < 2.0
+    assert r["relative_ci_low"] == -math.inf and r["relative_ci_high"] > -0.2
+
+
+def test_aggregated_fractional_sums_without_sum_of_squares_are_not_taken_for_a_rate():
+    from mlops_cli.errors import SchemaMismatch
+
+    data = pd.DataFrame({"variant": ["control", "treatment"], "n": [500, 500], "score_sum": [211.3, 240.9]})
+    with pytest.raises(SchemaMismatch, match="score_sum_sq"):
+        abtest.experiment(data, _options(metrics=["score"]))
+    counts = data.assign(score_sum=[211, 241])  # whole counts of 0/1 values: a rate
+    assert abtest.experiment(counts, _options(metrics=["score"])).results["metrics"][0]["type"] == "binary"
+    declared = abtest.experiment(data, _options(metrics=["score"], metric_type="binary"))
+    assert declared.results["metrics"][0]["type"] == "binary"
+
+
+def test_odd_metric_and_variant_columns_are_input_errors():
+    from mlops_cli.errors import InvalidData
+
+    units = _units(n=400)
+    dated = units.assign(when=pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(400), unit="h"))
+    with pytest.raises(InvalidData, match="dates"):
+        abtest.experiment(dated, _options(metrics=["when"]))
+    nested = units.assign(variant=[[v] for v in units["variant"]])
+    with pytest.raises(InvalidData, match="nested"):
+        abtest.experiment(nested, _options())
+    empty = units.assign(converted=np.nan)
+    r = abtest.experiment(empty, _options(min_samples=1)).results["metrics"][0]
+    assert r["type"] == "continuous" and r["verdict"] == "inconclusive"
+
+
+def test_compare_models_refuses_labels_the_models_do_not_know(two_models, labelled_rows):
+    from mlops_cli.errors import SchemaMismatch
+
+    relabelled = labelled_rows.assign(delayed=labelled_rows["delayed"].replace({1.0: 7.0}))
+    with pytest.raises(SchemaMismatch, match="not trained on"):
+        abtest.compare_models(two_models, "flights:2", "flights:1", relabelled, "delayed", n_boot=50)
+    some = labelled_rows.copy()
+    some.loc[some.index[:5], "delayed"] = 2.0
+    with pytest.raises(SchemaMismatch, match="5 labelled rows"):
+        abtest.compare_models(two_models, "flights:2", "flights:1", some, "delayed", n_boot=50)
+    fractional = labelled_rows.assign(delayed=labelled_rows["delayed"] * 0.7)
+    with pytest.raises(SchemaMismatch, match="fractions"):
+        abtest.compare_models(two_models, "flights:2", "flights:1", fractional, "delayed", n_boot=50)
+
+
+def test_compare_models_says_why_it_is_inconclusive(two_models, labelled_rows):
+    one_class = labelled_rows[labelled_rows["delayed"] == 0]
+    report = abtest.compare_models(two_models, "flights:2", "flights:1", one_class, "delayed", n_boot=50)
+    assert report.results["verdict"] == "inconclusive" and not report.passed
+    assert any("one class only" in m for m in report.messages)
