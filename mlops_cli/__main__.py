@@ -1,3 +1,3 @@
-from mlops_cli.cli import main
+from mlops_cli import main
 
 main()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from mlops_cli.errors import EmptyInput, MissingFile, OutputExists, UnreadableFile
+from mlops_cli.errors import EmptyInput, MissingFile, OutputExists, SchemaMismatch, UnreadableFile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,13 +78,19 @@ def _open_parquet(file: Path) -> Any:
         raise UnreadableFile(f"{file}: not a readable Parquet file ({_first_line(exc)})", "re-create the file") from exc
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged file raises while it is read: Arrow's errors, the OS's (a truncated .gz), the codec's."""
+    import pyarrow as pa
+
+    return (pa.ArrowException, OSError, UnicodeDecodeError)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
 def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[str] | None) -> Any:
-    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     convert = pacsv.ConvertOptions(
@@ -92,7 +98,7 @@ def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[s
     )
     try:
         return pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
-    except (pa.ArrowException, OSError) as exc:
+    except _read_errors() as exc:
         raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
 
 
@@ -101,7 +107,10 @@ def schema(path: Path, fmt: str | None = None) -> pa.Schema:
     file = _files(path)[0]
     if detect_format(path, fmt) == "parquet":
         return _open_parquet(file).schema_arrow
-    return _csv_reader(file, None, None).schema
+    try:
+        return _csv_reader(file, None, None).schema
+    except _read_errors() as exc:
+        raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
 
 
 def iter_batches(
@@ -113,8 +122,6 @@ def iter_batches(
     fmt: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches of at most `batch_size` rows. Memory is bounded by the batch, not the file."""
-    import pyarrow as pa
-
     kind = detect_format(path, fmt)
     for file in _files(path):
         try:
@@ -123,7 +130,7 @@ def iter_batches(
                 yield from pf.iter_batches(batch_size=batch_size, columns=_present(pf, columns))
             else:
                 yield from _rebatch(_csv_reader(file, column_types, columns), batch_size)
-        except pa.ArrowException as exc:
+        except _read_errors() as exc:
             raise UnreadableFile(f"{file}: cannot read ({_first_line(exc)})", "check the file") from exc
 
 
@@ -160,12 +167,29 @@ def read_table(
             tables = [pacsv.read_csv(f, convert_options=convert) for f in files]
         else:
             tables = [_open_parquet(f).read(columns=_present(_open_parquet(f), columns)) for f in files]
+        _same_columns(files, tables)
+        # Permissive: an int column in one part and a float column in another become float, as one file would hold.
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    except pa.ArrowException as exc:
+    except _read_errors() as exc:
         raise UnreadableFile(f"{path}: cannot read ({_first_line(exc)})", "check the file") from exc
     if table.num_rows == 0 and not allow_empty:
         raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
     return to_pandas(table)
+
+
+def _same_columns(files: list[Path], tables: list[pa.Table]) -> None:
+    """The parts of a folder are one table: a part with other columns is refused, not filled with nulls."""
+    first = set(tables[0].column_names)
+    for file, table in zip(files[1:], tables[1:], strict=True):
+        names = set(table.column_names)
+        if names != first:
+            missing, extra = sorted(first - names), sorted(names - first)
+            raise SchemaMismatch(
+                f"{file}: its columns differ from {files[0].name}'s"
+                + (f" (lacks {missing})" if missing else "")
+                + (f" (has extra {extra})" if extra else ""),
+                "every Parquet file of a folder must have the same columns",
+            )
 
 
 def _present(pf: Any, columns: list[str] | None) -> list[str] | None:
@@ -214,6 +238,8 @@ def sha256_file(path: Path) -> str:
 
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output that exists (without --overwrite) or whose folder is missing."""
+    if path.is_dir():
+        raise OutputExists(f"{path} is a folder", "name a file to write")
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists", "pass --overwrite to replace it, or choose another path")
     if not path.parent.is_dir():

@@ -24,6 +24,17 @@ def validate_name(value: str, what: str = "name") -> str:
     return value
 
 
+LATEST = "latest"  # NAME:latest is the most recently registered version; no version or alias may take the word
+
+
+def validate_label(value: str, what: str) -> str:
+    """A version label or alias to create: a valid name that is not the reserved `latest`."""
+    validate_name(value, what)
+    if value == LATEST:
+        raise InvalidName(f"{what} {LATEST!r} is reserved", f"NAME:{LATEST} always means the newest version")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelRef:
     name: str

@@ -46,7 +46,7 @@ from mlops_cli.errors import (
     VersionExists,
     VersionMismatch,
 )
-from mlops_cli.refs import ModelRef, parse_ref, validate_name
+from mlops_cli.refs import LATEST, ModelRef, parse_ref, validate_label, validate_name
 from mlops_cli.report import utc_now
 
 ARTIFACT = "model.joblib"
@@ -81,11 +81,32 @@ class Version:
         return {"name": self.name, "version": self.version, "sha256": self.manifest["files"][ARTIFACT]["sha256"]}
 
 
+_MANIFEST_KEYS = ("files", "sequence", "task", "libraries", "created_at", "estimator_class")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path} is unreadable ({exc})", "restore the registry from a backup") from exc
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest] if isinstance(manifest, dict) else list(_MANIFEST_KEYS)
+    if missing or not isinstance(manifest["files"], dict) or ARTIFACT not in manifest["files"]:
+        raise IntegrityError(
+            f"{path} is damaged (lacks {missing or ['files.' + ARTIFACT]})", "restore the registry from a backup"
+        )
+    return manifest
+
+
+def _read_aliases(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        aliases = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is unreadable ({exc})", "restore it from a backup") from exc
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise IntegrityError(f"{path} is damaged (not a map of alias to version)", "restore it from a backup")
+    return aliases
 
 
 def _verify_file(version: Version, name: str) -> None:
@@ -134,14 +155,13 @@ class Registry:
         return sorted(found, key=lambda v: v.manifest["sequence"])
 
     def aliases(self, name: str) -> dict[str, str]:
-        path = self._require_model(name) / "aliases.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return _read_aliases(self._require_model(name) / "aliases.json")
 
     def resolve(self, ref: str | ModelRef) -> Version:
         """The version a reference names: NAME (latest), NAME:VERSION or NAME@ALIAS."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         model_dir = self._require_model(ref.name)
-        version = ref.version
+        version = None if ref.version == LATEST else ref.version
         if ref.alias is not None:
             version = self.aliases(ref.name).get(ref.alias)
             if version is None:
@@ -223,9 +243,14 @@ class Registry:
         """Append one event line; caller holds the lock."""
         record = {"time": utc_now(), "user": _user(), "host": socket.gethostname(), **event}
         line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(model_dir / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = model_dir / "events.jsonl"
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a crash tore the last line: end it, so this event stands on a line of its own
+            while line:
+                line = line[os.write(fd, line) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -256,6 +281,8 @@ class Registry:
             existing = None if allow_duplicate else self.find_artifact(name, sha)
             if existing is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+                if alias is not None:  # a retry after a crash between publishing and aliasing still sets the alias
+                    self._move_alias(model_dir, name, alias, existing.version, event="alias_moved", reason=reason)
                 return existing, False
             versions = self.versions(name)
             if version is None:
@@ -298,8 +325,10 @@ class Registry:
         self, model_dir: Path, name: str, alias: str, version: str, *, event: str, reason: str | None
     ) -> str | None:
         aliases_path = model_dir / "aliases.json"
-        aliases = json.loads(aliases_path.read_text()) if aliases_path.exists() else {}
+        aliases = _read_aliases(aliases_path)
         previous = aliases.get(alias)
+        if previous == version and event == "alias_moved":
+            return previous  # already there (a retried release step): no event, so rollback still goes back a step
         aliases[alias] = version
         io.write_json(aliases_path, aliases)
         self._append_event(
@@ -309,7 +338,7 @@ class Registry:
 
     def promote(self, ref: str | ModelRef, alias: str, *, reason: str | None = None) -> tuple[Version, str | None]:
         """Point `alias` at the version `ref` names. Returns the version and where the alias pointed before."""
-        validate_name(alias, "alias")
+        validate_label(alias, "alias")
         version = self.resolve(ref)
         self.verify(version)
         with self.lock(version.name) as model_dir:
@@ -325,6 +354,9 @@ class Registry:
         with self.lock(name) as model_dir:
             stack = alias_stack(self.events(name), alias)
             current = self.aliases(name).get(alias)
+            if stack and current is not None and stack[-1] != current:
+                # A crash between writing aliases.json and logging the move: the alias file is the truth.
+                stack = stack[: len(stack) - stack[::-1].index(current)] if current in stack else [*stack, current]
             if len(stack) < 2 or stack[-1] != current:
                 raise NothingToRollBack(
                     f"{name}@{alias} has no earlier version to roll back to", f"see: mlops models history {name}"
@@ -348,8 +380,8 @@ def alias_stack(events: list[dict[str, Any]], alias: str) -> list[str]:
             continue
         if event["event"] == "rolled_back" and stack:
             stack.pop()
-        elif event["event"] == "alias_moved":
-            stack.append(event["to"])
+        elif event["event"] == "alias_moved" and (not stack or stack[-1] != event["to"]):
+            stack.append(event["to"])  # a move onto where it already was (older logs) is not a step back
     return stack
 
 
@@ -381,13 +413,15 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
     """Register `model_file` under `name`: inspect it, profile its data, evaluate it, publish atomically."""
     validate_name(name)
     if options.version is not None:
-        validate_name(options.version, "version")
+        validate_label(options.version, "version")
     if options.alias is not None:
-        validate_name(options.alias, "alias")
+        validate_label(options.alias, "alias")
     sha = io.sha256_file(model_file) if model_file.is_file() else None
     if sha is not None and not options.allow_duplicate:
         existing = registry.find_artifact(name, sha)
         if existing is not None:  # a CI retry: same bytes, same name
+            if options.alias is not None:
+                registry.promote(existing.ref, options.alias, reason=options.reason)
             return existing, False
     from mlops_cli import model as model_lib
 
@@ -398,6 +432,8 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
     staging = registry.staging_dir(name)
     try:
         shutil.copyfile(model_file, staging / ARTIFACT)
+        with (staging / ARTIFACT).open("rb+") as fh:
+            os.fsync(fh.fileno())  # durable before the rename that makes the version visible
         files = {ARTIFACT: _file_entry(staging / ARTIFACT)}
         if files[ARTIFACT]["sha256"] != sha:
             raise RegistryError(f"{model_file} changed while it was being registered", "register it again")

@@ -22,9 +22,10 @@ STATUS_STYLE = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "dim",
 def stdout_console() -> Console:
     """Colour only on a terminal (rich also honours NO_COLOR); a wide fixed width for logs and pipes."""
     terminal = sys.stdout.isatty()
+    columns = os.environ.get("COLUMNS", "")
     return Console(
         file=sys.stdout,
-        width=None if terminal else int(os.environ.get("COLUMNS", 120)),
+        width=None if terminal else (int(columns) if columns.isdigit() and int(columns) >= 40 else 120),
         no_color=not terminal or "NO_COLOR" in os.environ,
         highlight=False,
         soft_wrap=False,
@@ -107,9 +108,13 @@ def render_models_list(report: Report, console: Console) -> None:
         for column in ("name", "versions", "latest", "aliases", "updated"):
             table.add_column(column)
         for m in r["models"]:
+            if "error" in m:
+                table.add_row(m["name"], SKIP, SKIP, "", "[red]damaged (see below)[/]")
+                continue
             aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
             table.add_row(m["name"], str(m["versions"]), m["latest"], aliases, m["updated"])
         console.print(table if r["models"] else f"no models in {r['registry']}")
+        _messages(report, console)
         return
     table = Table(title=f"{r['name']} versions", title_justify="left")
     for column in ("version", "created (UTC)", "estimator", "sha256", "aliases", "description"):

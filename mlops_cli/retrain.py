@@ -63,6 +63,7 @@ class RetrainOptions:
     policy: Path | None = None
     n_boot: int = 1000
     seed: int = 0
+    strict: bool = False
 
 
 # --- the job record ------------------------------------------------------------------------------------------
@@ -393,7 +394,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     from mlops_cli import abtest, gates
 
     started = time.perf_counter()
-    estimator, champion = registry.load_model(champion)
+    estimator, champion = registry.load_model(champion, strict=options.strict)
     job.champion = {"version": champion.version, "sha256": champion.summary()["sha256"]}
     frame = _labelled(io.read_table(options.data), options.target, options.data)
     report.inputs.append(io.fingerprint(options.data, rows=len(frame)))

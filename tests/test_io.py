@@ -155,3 +155,28 @@ def test_csv_whose_column_type_changes_after_the_first_block(tmp_path):
     path.write_text("a,b\n" + "1,x\n" * 400_000 + "1.5,y\n")  # past pyarrow's first 1 MB block
     frame = io.read_table(path)
     assert frame["a"].dtype == np.float64 and frame["a"].iloc[-1] == 1.5
+
+
+def test_damaged_csv_files_are_input_errors(tmp_path):
+    whole = gzip.compress(CURRENT_CSV.read_bytes())
+    truncated = tmp_path / "t.csv.gz"
+    truncated.write_bytes(whole[: len(whole) // 3])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"a,b,caf\xe9\n1,0,1\n")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 40)
+    for path in (truncated, latin, binary):
+        for read in (io.read_table, lambda p: list(io.iter_batches(p))):
+            with pytest.raises(UnreadableFile, match=path.name):
+                read(path)
+
+
+def test_folder_parts_with_different_columns_are_refused(tmp_path):
+    from mlops_cli.errors import SchemaMismatch
+
+    folder = tmp_path / "parts.parquet"
+    folder.mkdir()
+    io.write_table(folder / "a.parquet", pd.DataFrame({"x": [1.0], "y": [2.0]}))
+    io.write_table(folder / "b.parquet", pd.DataFrame({"x": [3.0]}))
+    with pytest.raises(SchemaMismatch, match=r"b.parquet.*lacks \['y'\]"):
+        io.read_table(folder)

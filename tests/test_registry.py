@@ -316,7 +316,7 @@ def test_json_error_envelope_and_one_line_error(cli):
     result = cli("models", "show", "nope", "--json")
     assert result.exit_code == 4
     report = json.loads(result.stdout)
-    assert (report["status"], report["exit_code"], report["command"]) == ("error", 4, "models")
+    assert (report["status"], report["exit_code"], report["command"]) == ("error", 4, "models show")
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no model named 'nope'")
 
 
@@ -383,3 +383,100 @@ def test_usage_error_is_exit_2(cli):
     assert cli("register").exit_code == 2
     assert cli("models", "list", "--no-such-option").exit_code == 2
     assert cli("register", "x.joblib", "--name", "m", "--metric", "auc").exit_code == 2
+
+
+# --- retries, crashes and damage (found in review) -------------------------------------------------------------
+
+
+def test_promoting_where_the_alias_already_points_is_not_a_step(cli, model_file, other_model_file):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", other_model_file, "--name", "m")
+    cli.json("models", "promote", "m:1", "production")
+    cli.json("models", "promote", "m:2", "production")
+    again = cli.json("models", "promote", "m:2", "production")["results"]  # a retried release step
+    assert (again["from"], again["to"]) == ("2", "2")
+    assert [e["event"] for e in cli.json("models", "history", "m")["results"]["events"]].count("alias_moved") == 2
+    rolled = cli.json("models", "rollback", "m")["results"]
+    assert (rolled["from"], rolled["to"]) == ("2", "1")
+
+
+def test_a_retried_register_still_sets_its_alias(cli, model_file):
+    cli.json("register", model_file, "--name", "m")  # the first try died before it set the alias
+    retry = cli.json("register", model_file, "--name", "m", "--alias", "production")
+    assert retry["results"]["version"] == "1"
+    assert cli.json("models", "list", "m")["results"]["aliases"] == {"production": "1"}
+
+
+def test_rollback_after_a_crash_between_the_alias_file_and_its_event(cli, model_file, other_model_file, registry_dir):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", other_model_file, "--name", "m")
+    cli.json("models", "promote", "m:1", "production")
+    (registry_dir / "m" / "aliases.json").write_text('{"production": "2"}')  # moved, but the event never logged
+    rolled = cli.json("models", "rollback", "m")["results"]
+    assert (rolled["from"], rolled["to"]) == ("2", "1")
+
+
+def test_an_event_after_a_torn_line_stands_on_its_own_line(cli, model_file, other_model_file, registry_dir):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", other_model_file, "--name", "m")
+    with (registry_dir / "m" / "events.jsonl").open("a") as fh:
+        fh.write('{"event": "alias_mo')  # a crash mid-append
+    cli.json("models", "promote", "m:1", "production")
+    cli.json("models", "promote", "m:2", "production")
+    events = cli.json("models", "history", "m")["results"]["events"]
+    assert [e["event"] for e in events] == ["registered", "registered", "alias_moved", "alias_moved"]
+    assert cli.json("models", "rollback", "m")["results"]["to"] == "1"
+
+
+def test_latest_is_a_reference_and_a_reserved_word(cli, model_file, other_model_file):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", other_model_file, "--name", "m")
+    assert cli.json("models", "show", "m:latest")["results"]["manifest"]["version"] == "2"
+    for args in (
+        ("models", "promote", "m:1", "latest"),
+        ("register", model_file, "--name", "n", "--version", "latest"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 4 and "reserved" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "versions" / "1" / "manifest.json").write_text('{"name": "m"}'), "damaged"),
+        (lambda d: (d / "aliases.json").write_text("{not json"), "unreadable"),
+    ],
+)
+def test_a_damaged_registry_is_exit_4_and_does_not_hide_other_models(cli, model_file, registry_dir, damage, message):
+    cli.json("register", model_file, "--name", "m")
+    cli.json("register", model_file, "--name", "ok")
+    damage(registry_dir / "m")
+    result = cli("models", "show", "m:1" if message == "damaged" else "m@production")
+    assert result.exit_code == 4 and message in result.stderr and result.stderr.count("\n") == 1
+    listed = cli.json("models", "list")
+    by_name = {m["name"]: m for m in listed["results"]["models"]}
+    assert by_name["ok"]["versions"] == 1
+    assert message in by_name["m"]["error"] and listed["messages"]
+
+
+def test_metrics_file_values_must_be_numbers(cli, model_file, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"auc": "high"}')
+    result = cli("register", model_file, "--name", "m", "--metrics-file", metrics)
+    assert result.exit_code == 3 and "'auc'" in result.stderr
+
+
+def test_output_that_is_a_folder_is_refused(cli, tmp_path):
+    result = cli("models", "list", "-o", tmp_path, "--overwrite")
+    assert result.exit_code == 3 and "is a folder" in result.stderr
+
+
+def test_a_failed_command_leaves_its_error_report_in_the_output_file(cli, tmp_path):
+    out = tmp_path / "report.json"
+    assert cli("models", "show", "nope", "-o", out).exit_code == 4
+    report = json.loads(out.read_text())
+    assert (report["status"], report["exit_code"], report["command"]) == ("error", 4, "models show")
+    # ...but an output that exists without --overwrite is the error itself, and is kept
+    out.write_text("yesterday")
+    assert cli("models", "show", "nope", "-o", out).exit_code == 3
+    assert out.read_text() == "yesterday"

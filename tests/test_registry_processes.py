@@ -130,3 +130,23 @@ def test_staged_folders_are_never_listed(tmp_path, model_file):
     (staging / "model.joblib").write_bytes(b"half")
     assert [v.version for v in registry.versions("m")] == ["1"]
     assert io.sha256_file(staging / "model.joblib")  # still there: only stale folders are cleaned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_mid_register_cleans_up_and_exits_128_plus_signal(tmp_path, model_file, signum, code):
+    registry_dir = tmp_path / "registry"
+    argv = [sys.executable, "-m", "mlops_cli", "--registry", str(registry_dir)]
+    argv += [str(a) for a in register_args(model_file, "-q")]
+    proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    staging = registry_dir / "flights" / ".staging"
+    deadline = time.monotonic() + 120
+    while not (staging.exists() and any(staging.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the register is writing its staged version
+    assert proc.poll() is None, "register finished before it could be interrupted"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("error: interrupted by")
+    assert not any(staging.iterdir())  # the half-staged version is gone
+    assert _assert_registry_consistent(registry_dir) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -123,11 +124,17 @@ def _print_error(line: str) -> None:
 
 
 def _error_report(code: int, message: str) -> None:
-    """With --json, scripts still get an envelope on stdout: status error, the exit code, the message."""
-    if session.as_json:
-        from mlops_cli import io
+    """Scripts still get an envelope (status error, the exit code, the message): on stdout with --json, and in the
+    -o file, so a cron job's log holds a record of the night that failed. An existing -o file is kept unless
+    --overwrite was given (the error may be that it exists)."""
+    from mlops_cli import io
 
-        sys.stdout.write(io.dumps_json(envelope(session.command, status="error", exit_code=code, messages=[message])))
+    data = envelope(session.command, status="error", exit_code=code, messages=[*session.warnings, message])
+    if session.output is not None and (session.overwrite or not session.output.exists()):
+        with contextlib.suppress(Exception):  # the error being reported wins over a failure to record it
+            io.write_json(session.output, data)
+    if session.as_json:
+        sys.stdout.write(io.dumps_json(data))
 
 
 def _save_traceback() -> Path:
@@ -145,6 +152,33 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     session.warnings.append(text)
     if not session.quiet:
         sys.stderr.write(f"warning: {text}\n")
+
+
+def _command_path(group: TyperGroup, ctx: Any) -> str:
+    """`score-batch`, or `models show` for a command of a nested group (what the report's `command` says)."""
+    name = next(iter(getattr(ctx, "_protected_args", None) or []), None)
+    if name is None:
+        return "mlops"
+    sub = group.get_command(ctx, name)
+    commands = getattr(sub, "commands", {})
+    rest = [a for a in ctx.args if not a.startswith("-")][:1]
+    return f"{name} {rest[0]}" if rest and rest[0] in commands else name
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum, "stopped; every file is written whole or not at all")
+
+
+def _interruptible() -> Callable[[], None]:
+    """SIGTERM (a cron timeout, systemd) and Ctrl-C raise `Interrupted` for every command, so `with` and `finally`
+    blocks remove temporary files and the exit code is 143 or 130, never 1, which scripts read as a verdict."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
 
 
 class MlopsGroup(TyperGroup):
@@ -189,9 +223,10 @@ class MlopsGroup(TyperGroup):
         if ctx.parent is not None:  # a nested group (`models`): the root already handles everything
             return super().invoke(ctx)
         session.__dict__.update(vars(Session()))  # fresh state for each invocation (tests run many in-process)
-        session.command = next(iter(getattr(ctx, "_protected_args", None) or []), "mlops")
+        session.command = _command_path(self, ctx)
         showwarning = warnings.showwarning
         warnings.showwarning = _show_warning  # type: ignore[assignment]
+        restore = _interruptible()
         try:
             with warnings.catch_warnings():
                 # Our own warnings are messages for the user, shown and reported, even under `-W error`.
@@ -215,3 +250,4 @@ class MlopsGroup(TyperGroup):
             raise typer.Exit(5) from None
         finally:
             warnings.showwarning = showwarning
+            restore()

@@ -24,19 +24,26 @@ def list_(
 ) -> None:
     """List registered models, or one model's versions."""
     from mlops_cli import render
+    from mlops_cli.errors import RegistryError
 
     reg = registry()
+    messages = []
     if name is None:
         models = []
         for model_name in reg.names():
-            versions = reg.versions(model_name)
+            try:
+                versions, aliases = reg.versions(model_name), reg.aliases(model_name)
+            except RegistryError as exc:  # one damaged model must not hide the others
+                messages.append(f"{model_name}: {exc.one_line()}")
+                models.append({"name": model_name, "error": exc.one_line()})
+                continue
             models.append(
                 {
                     "name": model_name,
                     "versions": len(versions),
                     "latest": versions[-1].version if versions else None,
                     "updated": versions[-1].manifest["created_at"] if versions else None,
-                    "aliases": reg.aliases(model_name),
+                    "aliases": aliases,
                 }
             )
         results = {"registry": str(reg.root), "models": models}
@@ -58,7 +65,7 @@ def list_(
                 for v in reg.versions(name)
             ],
         }
-    emit(Report("models list", results=results), render.render_models_list)
+    emit(Report("models list", results=results, messages=messages), render.render_models_list)
 
 
 @app.command("show")

@@ -51,7 +51,7 @@ def run(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Put a model into the registry with its schema, metrics, lineage and a reference profile."""
-    from mlops_cli.errors import UnreadableFile
+    from mlops_cli.errors import InvalidData, UnreadableFile
     from mlops_cli.registry import RegisterOptions
     from mlops_cli.registry import register as register_model
 
@@ -63,8 +63,17 @@ def run(
             loaded = json.loads(metrics_file.read_text())
         except (OSError, ValueError) as exc:
             raise UnreadableFile(f"{metrics_file}: not a readable JSON file ({exc})", "pass a JSON object") from exc
-        if not isinstance(loaded, dict):
-            raise UnreadableFile(f"{metrics_file}: expected a JSON object of metrics", 'e.g. {"auc": 0.8}')
+        bad = (
+            [k for k, v in loaded.items() if isinstance(v, bool) or not isinstance(v, int | float)]
+            if isinstance(loaded, dict)
+            else None
+        )
+        if bad is None or bad:
+            raise InvalidData(
+                f"{metrics_file}: expected a JSON object of numeric metrics"
+                + (f"; not numbers: {', '.join(map(repr, bad[:5]))}" if bad else ""),
+                'e.g. {"auc": 0.8}',
+            )
         recorded = {**loaded, **recorded}
     options = RegisterOptions(
         train_data=train_data,

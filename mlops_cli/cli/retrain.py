@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, emit, registry
+from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
 from mlops_cli.report import Report
 
 
@@ -85,6 +85,7 @@ def run(
     ] = True,
     policy: Annotated[Path | None, typer.Option(help="Checklist policy (TOML) for the pre-promotion gate.")] = None,
     bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for CIs and paired tests.")] = 1000,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -121,6 +122,7 @@ def run(
         promote=promote,
         policy=policy,
         n_boot=bootstrap,
+        strict=strict,
     )
     emit(retrain_lib.retrain(registry(), name, options), render.render_retrain)
 
