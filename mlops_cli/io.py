@@ -97,7 +97,10 @@ def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[s
         column_types=column_types or {}, include_columns=columns or [], strings_can_be_null=True
     )
     try:
-        return pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
+        # One thread, 1 MiB blocks: the threaded reader reads ahead without bound and memory grows with the file
+        # (measured: 436 MB at 0.5M rows, 705 MB at 4M); single-threaded it stays flat and, here, is no slower.
+        read = pacsv.ReadOptions(block_size=1 << 20, use_threads=False)
+        return pacsv.open_csv(file, read_options=read, convert_options=convert)
     except _read_errors() as exc:
         raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
 
@@ -262,8 +265,12 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` whole, on failure it is removed."""
+def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` whole, on failure it is removed.
+
+    With overwrite=False the commit is a hard link, which fails if `path` appeared meanwhile (two cron runs writing
+    one output): the later run gets OutputExists instead of silently replacing the earlier run's file.
+    """
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the mode `open` would give it
@@ -275,16 +282,35 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with tmp.open("rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write `path` whole or not at all."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` only if nothing has that name, then drop `tmp`."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExists(
+            f"{path} appeared while this run was writing it (another run?)", "nothing was replaced; check the other run"
+        ) from None
+    except OSError:  # a file system without hard links: check, then rename (a narrow window, but a window)
+        if path.exists():
+            raise OutputExists(f"{path} appeared while this run was writing it", "nothing was replaced") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:
+    """Write `path` whole or not at all (with overwrite=False, never over a file that exists)."""
+    with atomic_path(path, overwrite=overwrite) as tmp, tmp.open("wb") as fh:
         write(fh)
 
 
@@ -293,9 +319,9 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(_plain(obj), sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, *, overwrite: bool = True) -> None:
     text = dumps_json(obj).encode()
-    write_atomic(path, lambda fh: fh.write(text))
+    write_atomic(path, lambda fh: fh.write(text), overwrite=overwrite)
 
 
 def _plain(obj: Any) -> Any:
@@ -339,13 +365,19 @@ class TableWriter:
     """
 
     def __init__(
-        self, path: Path, schema: pa.Schema, fmt: str | None = None, *, parquet_options: dict[str, Any] | None = None
+        self,
+        path: Path,
+        schema: pa.Schema,
+        fmt: str | None = None,
+        *,
+        parquet_options: dict[str, Any] | None = None,
+        overwrite: bool = True,
     ) -> None:
         self.path = path
         self.schema = schema
         self.format = detect_format(path, fmt)
         self.parquet_options = parquet_options or {}  # passed to pyarrow's ParquetWriter (ignored for CSV)
-        self._atomic = atomic_path(path)
+        self._atomic = atomic_path(path, overwrite=overwrite)
         self._writer: Any = None
         self._stream: Any = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,13 +94,15 @@ class Predictor:
 
     For a classifier with `predict_proba` and `proba=True`, each batch costs one `predict_proba` call, and
     `prediction` is the class of highest probability. That equals `predict` for scikit-learn's classifiers but not
-    for every estimator (a decision threshold other than 0.5, for one), so the first batch is also passed to
-    `predict` (up to CHECK_ROWS rows) and, if the two disagree on any row, every batch calls `predict` as well.
+    for every estimator (a tuned decision threshold, for one). So `predict` is compared with the argmax on `probe`
+    (the version's stored reference sample: rows from the whole training distribution, decision boundary included)
+    and on the first CHECK_ROWS rows scored, however the batches cut them; one disagreement and every batch calls
+    `predict` as well. Threshold classifiers skip the comparison: they always call `predict`.
     """
 
     CHECK_ROWS = 5_000
 
-    def __init__(self, estimator: Any, *, task: str, proba: bool = True) -> None:
+    def __init__(self, estimator: Any, *, task: str, proba: bool = True, probe: pd.DataFrame | None = None) -> None:
         import numpy as np
 
         self.estimator = estimator
@@ -108,21 +111,35 @@ class Predictor:
         self.with_proba = proba and self.classes is not None and hasattr(estimator, "predict_proba")
         # An estimator fitted on an array warns on every call that passes a DataFrame: give it the array.
         self._as_array = hasattr(estimator, "n_features_in_") and not hasattr(estimator, "feature_names_in_")
-        self._argmax_is_predict: bool | None = None
+        self._argmax_is_predict = not _has_decision_threshold(estimator)
+        self._checked_rows = 0
+        if self.with_proba and self._argmax_is_predict and probe is not None and len(probe):
+            with contextlib.suppress(ValueError, TypeError, KeyError):  # rows it cannot take: the batches decide
+                self._compare(self._data(probe.dropna().iloc[: self.CHECK_ROWS]))
+
+    def _data(self, features: pd.DataFrame) -> Any:
+        return features.to_numpy() if self._as_array else features
+
+    def _compare(self, data: Any, proba: np.ndarray | None = None) -> None:
+        import numpy as np
+
+        own = np.asarray(self.estimator.predict(data))
+        proba = np.asarray(self.estimator.predict_proba(data), dtype=float) if proba is None else proba
+        self._argmax_is_predict = bool(np.array_equal(own, self._argmax(proba)))
 
     def predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """(prediction, probabilities in the order of `classes` or None) for the rows of `features`."""
         import numpy as np
 
-        data: Any = features.to_numpy() if self._as_array else features
+        data = self._data(features)
         try:
             if not self.with_proba:
                 return self._checked(np.asarray(self.estimator.predict(data))), None
             proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
-            if self._argmax_is_predict is None:
-                head = data[: self.CHECK_ROWS] if self._as_array else data.iloc[: self.CHECK_ROWS]
-                own = np.asarray(self.estimator.predict(head))
-                self._argmax_is_predict = bool(np.array_equal(own, self._argmax(proba[: len(head)])))
+            if self._argmax_is_predict and self._checked_rows < self.CHECK_ROWS:
+                n = min(len(features), self.CHECK_ROWS - self._checked_rows)
+                self._compare(data[:n] if self._as_array else data.iloc[:n], proba[:n])
+                self._checked_rows += n
             prediction = self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidData(
@@ -143,6 +160,13 @@ class Predictor:
                 f"the model returns predictions of shape {prediction.shape}", "only single-output models can be scored"
             )
         return prediction
+
+
+def _has_decision_threshold(estimator: Any) -> bool:
+    """scikit-learn's threshold classifiers (FixedThresholdClassifier, TunedThresholdClassifierCV), alone or as the
+    last step of a Pipeline: their `predict` is not the argmax of `predict_proba` by design."""
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    return any(cls.__name__ == "BaseThresholdClassifier" for cls in type(final).__mro__)
 
 
 def proba_matrix(predictions: pd.DataFrame, classes: list[Any]) -> np.ndarray:

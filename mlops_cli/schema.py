@@ -168,9 +168,9 @@ def validate_batch(
         if bad is not None and bad.any():
             reasons[f"{name}: {problem}"] = bad
         if not accepts_missing:
-            missing = column.isna().to_numpy()
+            missing = column.isna().to_numpy()  # may be a read-only view (pandas 3): never modify it in place
             if bad is not None:
-                missing &= ~bad
+                missing = missing & ~bad
             if missing.any():
                 reasons[f"{name}: {MISSING}"] = missing
         if not accepts_unseen and feature.get("kind") == "categorical" and feature.get("categories") is not None:

@@ -30,6 +30,7 @@ from mlops_cli import io, schema
 from mlops_cli import model as model_lib
 from mlops_cli.errors import EmptyInput, InputError, Interrupted, InvalidData, SchemaMismatch
 from mlops_cli.profile import QUANTILES
+from mlops_cli.registry import SAMPLE as SAMPLE_FILE
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report
 
@@ -80,7 +81,9 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
         # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
         # the write: keep it for the columns where it pays (labels, ids, model names).
         dictionary = [f.name for f in plan.schema if not pa.types.is_floating(f.type)]
-        with io.TableWriter(output_path, plan.schema, parquet_options={"use_dictionary": dictionary}) as writer:
+        with io.TableWriter(
+            output_path, plan.schema, parquet_options={"use_dictionary": dictionary}, overwrite=options.overwrite
+        ) as writer:
             try:
                 for batch in io.iter_batches(
                     input_path,
@@ -267,7 +270,11 @@ class _Model:
                 f"{version.ref} records no feature names",
                 "register it with --train-data, or fit it on a DataFrame so it knows its columns",
             )
-        predictor = model_lib.Predictor(estimator, task=manifest["task"], proba=options.proba)
+        probe = None
+        if SAMPLE_FILE in manifest["files"] and manifest["task"] == "classifier":
+            # Rows from across the training distribution, to check that argmax(predict_proba) is predict.
+            probe = io.read_table(version.file(SAMPLE_FILE), columns=features).head(model_lib.Predictor.CHECK_ROWS)
+        predictor = model_lib.Predictor(estimator, task=manifest["task"], proba=options.proba, probe=probe)
         return cls(
             role, ref, version, manifest["task"], features, predictor, _Summary(predictor.classes, predictor.with_proba)
         )
@@ -354,6 +361,12 @@ def _plan(
             "keep other columns (--keep-columns), or rename them",
         )
     fields = [pa.field(c, _kept_type(first.field(c).type, input_format, output_format)) for c in kept]
+    nested = [f.name for f in fields if pa.types.is_nested(f.type)]
+    if nested and output_format == "csv":
+        raise SchemaMismatch(
+            f"column(s) {nested} hold lists, maps or structs, which a CSV file cannot hold",
+            "write Parquet, or keep other columns",
+        )
     out_schema = pa.schema(fields + [pa.field(name, type_) for name, type_ in outputs])
     return _Plan(read, kept, split_key, column_types, out_schema, classes, io.row_count(input_path, input_format))
 

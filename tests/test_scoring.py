@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from conftest import CURRENT, CURRENT_CSV, REFERENCE, ROOT, Cli
@@ -349,11 +350,49 @@ def test_text_that_is_not_a_number_follows_on_invalid(reg, tmp_path, current_fra
     text["distance"] = text["distance"].astype(str)
     text.loc[10, "distance"] = "far"
     source = _write(text, tmp_path / "in.csv")
+    for name in ("flights", "strict"):  # `strict` also checks for missing values: the bad text is not one
+        out = tmp_path / f"{name}.parquet"
+        result = reg("score-batch", name, source, out)
+        assert result.exit_code == 3 and "distance: not a number (row 11, e.g. 'far')" in result.stderr
+        r = _score(reg, name, source, out, "--on-invalid", "skip")["results"]
+        assert r["rejected_by_reason"] == {"distance: not a number": 1} and r["rows_written"] == 49
+
+
+def test_a_decision_threshold_is_honoured_however_the_input_is_ordered(reg, tmp_path, model_file, current_frame):
+    from broken_models import HighThreshold
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    from mlops_cli import model as model_lib
+
+    thresholded = HighThreshold(joblib.load(model_file))
+    path = tmp_path / "thr.joblib"
+    joblib.dump(thresholded, path)
+    assert reg("register", path, "--name", "thr", "--train-data", REFERENCE, "--target", "delayed", "-q").exit_code == 0
+    # The first rows are the surest (the argmax and the threshold agree there); the differing ones come later.
+    p1 = thresholded.predict_proba(current_frame[FEATURES])[:, 1]
+    ordered = current_frame.iloc[np.argsort(np.abs(p1 - 0.6))[::-1]].reset_index(drop=True)
+    source = _write(ordered, tmp_path / "ordered.parquet")
     out = tmp_path / "scores.parquet"
-    result = reg("score-batch", "flights", source, out)
-    assert result.exit_code == 3 and "distance: not a number (row 11, e.g. 'far')" in result.stderr
-    r = _score(reg, "flights", source, out, "--on-invalid", "skip")["results"]
-    assert r["rejected_by_reason"] == {"distance: not a number": 1} and r["rows_written"] == 49
+    _score(reg, "thr", source, out, "--batch-size", "200")
+    scored = pd.read_parquet(out)
+    np.testing.assert_array_equal(scored["prediction"].to_numpy(), thresholded.predict(ordered[FEATURES]))
+    # scikit-learn's own threshold classifiers are known without a comparison
+    fixed = FixedThresholdClassifier(joblib.load(model_file), threshold=0.7)
+    assert model_lib._has_decision_threshold(fixed) and not model_lib._has_decision_threshold(joblib.load(model_file))
+
+
+def test_an_output_that_appears_mid_run_is_not_replaced(tmp_path):
+    from mlops_cli.errors import OutputExists
+
+    out = tmp_path / "scores.parquet"
+    table = pa.table({"x": [1.0, 2.0]})
+    with pytest.raises(OutputExists, match="appeared"), io.TableWriter(out, table.schema, overwrite=False) as writer:
+        writer.write(table)
+        out.write_bytes(b"the other run's file")  # a second cron run finished first
+    assert out.read_bytes() == b"the other run's file" and [p.name for p in tmp_path.iterdir()] == ["scores.parquet"]
+    with io.TableWriter(out, table.schema, overwrite=True) as writer:  # --overwrite: replacing is the point
+        writer.write(table)
+    assert pq.read_table(out).num_rows == 2
 
 
 # --- challenger split -----------------------------------------------------------------------------------------
@@ -547,7 +586,8 @@ def test_an_interrupted_overwrite_keeps_the_previous_file(reg, tmp_path, big_inp
 
 
 @pytest.mark.slow
-def test_memory_is_bounded_by_the_batch_not_the_file(reg, tmp_path):
+@pytest.mark.parametrize("suffix, big_rows", [(".parquet", 2_000_000), (".csv", 1_000_000)])
+def test_memory_is_bounded_by_the_batch_not_the_file(reg, tmp_path, suffix, big_rows):
     from sklearn.linear_model import LogisticRegression
 
     columns = [f"x{i}" for i in range(8)]
@@ -558,10 +598,16 @@ def test_memory_is_bounded_by_the_batch_not_the_file(reg, tmp_path):
     assert reg("register", tmp_path / "lr.joblib", "--name", "wide", "-q").exit_code == 0
 
     def write(path: Path, rows: int) -> Path:
-        with pq.ParquetWriter(path, pa.schema([(c, pa.float64()) for c in columns])) as writer:
+        schema = pa.schema([(c, pa.float64()) for c in columns])
+        writer = pq.ParquetWriter(path, schema) if suffix == ".parquet" else pacsv.CSVWriter(str(path), schema)
+        with writer:
             for _ in range(rows // 100_000):
                 block = rng.normal(size=(100_000, 8))
-                writer.write_table(pa.table({c: block[:, i] for i, c in enumerate(columns)}), row_group_size=50_000)
+                table = pa.table({c: block[:, i] for i, c in enumerate(columns)})
+                if suffix == ".parquet":
+                    writer.write_table(table, row_group_size=50_000)
+                else:
+                    writer.write_table(table)
         return path
 
     def peak_mb(source: Path) -> float:
@@ -586,7 +632,18 @@ def test_memory_is_bounded_by_the_batch_not_the_file(reg, tmp_path):
             assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()
         return usage.ru_maxrss / 1024
 
-    small = peak_mb(write(tmp_path / "small.parquet", 100_000))
-    big = peak_mb(write(tmp_path / "big.parquet", 2_000_000))  # 128 MB of float64 in, 20x the small file
-    # Loading the big file whole would add at least its 128 MB (and pandas a copy); streaming adds next to nothing.
+    small = peak_mb(write(tmp_path / f"small{suffix}", 100_000))
+    big = peak_mb(write(tmp_path / f"big{suffix}", big_rows))  # 128 MB of float64 (Parquet) or 190 MB of text (CSV)
+    # Loading the big file whole would add at least its size (and pandas a copy); streaming adds next to nothing.
+    # (pyarrow's threaded CSV reader read ahead without bound: +150 MB here before it was made single-threaded.)
     assert big < small + 80, (small, big)
+
+
+def test_nested_columns_cannot_be_kept_in_a_csv_output(reg, tmp_path, current_frame):
+    frame = current_frame.head(20).assign(legs=[[1, 2]] * 20)
+    source = _write(frame, tmp_path / "nested.parquet")
+    result = reg("score-batch", "flights", source, tmp_path / "out.csv", "--keep-all")
+    assert result.exit_code == 3 and "'legs'" in result.stderr and "CSV" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+    _score(reg, "flights", source, tmp_path / "out.parquet", "--keep-all")  # Parquet holds them
+    assert pd.read_parquet(tmp_path / "out.parquet")["legs"].map(list).tolist() == [[1, 2]] * 20

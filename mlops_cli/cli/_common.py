@@ -109,7 +109,7 @@ def emit(report: Report, render: Callable[[Report, Any], None] | None) -> None:
     report.messages.extend(m for m in session.warnings if m not in report.messages)
     data = report.envelope()
     if session.output is not None:
-        io.write_json(session.output, data)
+        io.write_json(session.output, data, overwrite=session.overwrite)
     if session.as_json:
         sys.stdout.write(io.dumps_json(data))
     elif not session.quiet and render is not None:
