@@ -3,7 +3,7 @@
 MlopsError (exit 5, a bug if it escapes as the base class)
  ├── InputError (exit 3): MissingFile, EmptyInput, UnreadableFile, SchemaMismatch, InvalidData, OutputExists
  └── RegistryError (exit 4): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
-                             VersionMismatch, NothingToRollBack
+                             VersionMismatch, NothingToRollBack, AliasMoved
 
 Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
 """
@@ -84,6 +84,10 @@ class VersionMismatch(RegistryError):
 
 class NothingToRollBack(RegistryError):
     pass
+
+
+class AliasMoved(RegistryError):
+    """An alias moved between reading it and moving it (another process promoted meanwhile)."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -36,6 +36,7 @@ from typing import Any
 
 from mlops_cli import io
 from mlops_cli.errors import (
+    AliasMoved,
     IntegrityError,
     LockTimeout,
     MlopsWarning,
@@ -217,11 +218,12 @@ class Registry:
     # --- writing ---------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
-        """Exclusive per-model lock (flock: released by the kernel if the holder dies, even by kill -9)."""
+    def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S, *, file: str = ".lock") -> Iterator[Path]:
+        """Exclusive per-model lock (flock: released by the kernel if the holder dies, even by kill -9). `file`
+        names another lock of the model's (retrain holds `.retrain.lock` for a whole run)."""
         model_dir = self._model_dir(name)
         (model_dir / "versions").mkdir(parents=True, exist_ok=True)
-        fd = os.open(model_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(model_dir / file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -336,12 +338,23 @@ class Registry:
         )
         return previous
 
-    def promote(self, ref: str | ModelRef, alias: str, *, reason: str | None = None) -> tuple[Version, str | None]:
-        """Point `alias` at the version `ref` names. Returns the version and where the alias pointed before."""
+    def promote(
+        self, ref: str | ModelRef, alias: str, *, reason: str | None = None, expected: str | None = None
+    ) -> tuple[Version, str | None]:
+        """Point `alias` at the version `ref` names. Returns the version and where the alias pointed before.
+
+        With `expected`, the move happens only if the alias still points at that version (compare and set, under
+        the lock): a gate that compared against version 3 must not replace a version 4 someone promoted meanwhile.
+        """
         validate_label(alias, "alias")
         version = self.resolve(ref)
         self.verify(version)
         with self.lock(version.name) as model_dir:
+            if expected is not None and _read_aliases(model_dir / "aliases.json").get(alias) != expected:
+                raise AliasMoved(
+                    f"{version.name}@{alias} no longer points at {expected} (moved while this run compared)",
+                    "nothing was promoted; run again against the new champion",
+                )
             previous = self._move_alias(
                 model_dir, version.name, alias, version.version, event="alias_moved", reason=reason
             )
@@ -407,6 +420,9 @@ class RegisterOptions:
     reason: str | None = None
     n_boot: int = 1000
     seed: int = 0
+    # What to record as the data's path when the files are temporary (retrain's training window and holdout).
+    train_data_label: str | None = None
+    eval_data_label: str | None = None
 
 
 def register(registry: Registry, model_file: Path, name: str, options: RegisterOptions) -> tuple[Version, bool]:
@@ -515,6 +531,7 @@ def _with_training_data(estimator: Any, info: dict[str, Any], options: RegisterO
         "features": feature_schema,
         "training_data": {
             **io.fingerprint(options.train_data, rows=len(frame)),  # type: ignore[arg-type]
+            **({"path": options.train_data_label} if options.train_data_label else {}),
             "columns": {str(c): str(t) for c, t in frame.dtypes.items()},
             "sample_rows": len(sample),
         },
@@ -534,7 +551,10 @@ def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], op
         manifest = {**manifest, "features": [{"name": n} for n in _model_features(info, frame, target)]}
     scorer = model_lib.scorer_for(estimator, manifest, frame, target)
     results = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)
-    return results, {**io.fingerprint(options.eval_data, rows=len(frame)), "n_boot": options.n_boot}  # type: ignore
+    recorded = {**io.fingerprint(options.eval_data, rows=len(frame)), "n_boot": options.n_boot}  # type: ignore
+    if options.eval_data_label:
+        recorded["path"] = options.eval_data_label
+    return results, recorded
 
 
 def _library_versions() -> dict[str, str]:

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from mlops_cli import io
-from mlops_cli.errors import InputError, SchemaMismatch
+from mlops_cli.errors import AliasMoved, InputError, LockTimeout, RegistryError, SchemaMismatch
 from mlops_cli.registry import RegisterOptions, Registry, Version, register
 from mlops_cli.report import Report, utc_now
 
 TRIGGERS = ("auto", "drift", "performance", "schedule", "manual")
+RUN_LOCK = ".retrain.lock"  # held for a whole run: two runs of one model would both promote
 
 
 class TrainingFailed(InputError):
@@ -130,17 +131,30 @@ def _alive(record: dict[str, Any]) -> bool:
     return True
 
 
-def _recover_killed_promotions(registry: Registry, name: str, alias: str) -> list[str]:
-    """A run killed between moving the alias and confirming it left an unproven model live: put the old one back."""
+def _undo_promotion(registry: Registry, name: str, alias: str, promoted: str, *, reason: str) -> bool:
+    """Roll `alias` back if it points at `promoted`; True if it did."""
+    if registry.aliases(name).get(alias) != promoted:
+        return False
+    registry.rollback(name, alias, reason=reason)
+    return True
+
+
+def _recover_unfinished_promotions(registry: Registry, name: str, alias: str) -> list[str]:
+    """A run that died (killed, or failed before it could roll back) while moving the alias or checking the moved
+    alias left an unproven model live: put the old one back, once."""
     messages = []
     for record in history(registry, name):
-        if record["status"] == "killed" and record["phase"] == "verifying" and not record.get("recovered"):
-            promoted = (record.get("challenger") or {}).get("version")
-            if registry.aliases(name).get(alias) == promoted:
-                registry.rollback(name, alias, reason=f"retrain job {record['id']} was killed after promotion")
+        unfinished = record["status"] in ("killed", "failed") and record["phase"] in ("promoting", "verifying")
+        if not unfinished or record.get("recovered"):
+            continue
+        promoted = (record.get("challenger") or {}).get("version")
+        try:
+            if _undo_promotion(registry, name, alias, promoted, reason=f"retrain job {record['id']} did not finish"):
                 messages.append(f"rolled {name}@{alias} back: job {record['id']} died after promoting {promoted}")
-            record["recovered"] = True
-            io.write_json(jobs_dir(registry, name) / f"{record['id']}.json", record)
+        except RegistryError as exc:  # reported once; it must not block every later run
+            messages.append(f"could not roll back job {record['id']}'s promotion of {promoted}: {exc.one_line()}")
+        record["recovered"] = True
+        io.write_json(jobs_dir(registry, name) / f"{record['id']}.json", record)
     return messages
 
 
@@ -249,16 +263,27 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
         train = frame
     else:
         column = options.time_column
-        if column not in frame.columns:
-            raise SchemaMismatch(f"{options.data}: no time column {column!r}", "pass --time-column or --holdout")
-        times = pd.to_datetime(frame[column])
+        times = _times(frame, column, options.data)
         cutoff = times.quantile(1 - options.holdout_fraction)
         train, holdout = frame[times < cutoff], frame[times >= cutoff]
         info = {"time_column": column, "cutoff": str(cutoff), "holdout_fraction": options.holdout_fraction}
+    # A row of the holdout is never trained on, even when --holdout overlaps --data (or is the same file).
+    shared = [c for c in holdout.columns if c in train.columns]
+    in_holdout = pd.util.hash_pandas_object(train[shared], index=False).isin(
+        set(pd.util.hash_pandas_object(holdout[shared], index=False))
+    )
+    if in_holdout.any():
+        info["train_rows_in_holdout_dropped"] = int(in_holdout.sum())
+        if in_holdout.all():
+            raise SchemaMismatch(
+                "every training row is also in the holdout (is --holdout the --data file?)",
+                "hold out rows the model will not train on",
+            )
+        train = train[~in_holdout.to_numpy()]
     if options.window_days is not None:
         if options.time_column is None:
             raise SchemaMismatch("--window-days needs --time-column", "name the time column")
-        times = pd.to_datetime(train[options.time_column])
+        times = _times(train, options.time_column, options.data)
         start = times.max() - pd.Timedelta(days=options.window_days)
         train = train[times >= start]
         info["window_start"] = str(start)
@@ -268,6 +293,25 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
             "pass more data, or change --holdout-fraction / --window-days",
         )
     return train, holdout, {**info, "train_rows": len(train), "holdout_rows": len(holdout)}
+
+
+def _times(frame: Any, column: str | None, where: Path) -> Any:
+    """The time column as datetimes; exit 3 (not a crash) for a column that holds no times."""
+    import warnings
+
+    import pandas as pd
+
+    if column not in frame.columns:
+        raise SchemaMismatch(f"{where}: no time column {column!r}", "pass --time-column or --holdout")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format": the error says it
+            return pd.to_datetime(frame[column])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise SchemaMismatch(
+            f"{where}: --time-column {column!r} does not hold dates or times ({str(exc).splitlines()[0][:120]})",
+            "name a date or timestamp column",
+        ) from exc
 
 
 def _scorer(version: Version, estimator: Any, frame: Any, target: str) -> Any:
@@ -300,10 +344,18 @@ def load_train_fn(spec: str) -> Callable[[Any, str], Any]:
 def _train(champion_estimator: Any, train: Any, features: list[str], options: RetrainOptions) -> Any:
     from sklearn.base import clone
 
+    from mlops_cli.model import align_labels
+
+    # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
+    classes = getattr(champion_estimator, "classes_", None)
+    y = align_labels(
+        train[options.target].to_numpy(),
+        [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else None,
+    )
     if options.train_fn:
         fn = load_train_fn(options.train_fn)
         try:
-            estimator = fn(train[features + [options.target]].copy(), options.target)
+            estimator = fn(train[features].assign(**{options.target: y}), options.target)
         except Exception as exc:  # the user's code: any failure is a failed training, reported in one line
             raise TrainingFailed(
                 f"--train-fn {options.train_fn} raised {type(exc).__name__}: {exc}",
@@ -315,14 +367,6 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
                 "return the fitted estimator",
             )
         return estimator
-    from mlops_cli.model import align_labels
-
-    # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
-    classes = getattr(champion_estimator, "classes_", None)
-    y = align_labels(
-        train[options.target].to_numpy(),
-        [c.item() if hasattr(c, "item") else c for c in classes] if classes is not None else None,
-    )
     try:
         return clone(champion_estimator).fit(train[features], y)
     except Exception as exc:
@@ -330,6 +374,24 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
             f"refitting the champion's estimator failed ({type(exc).__name__}: {exc})",
             "use --train-fn for a custom pipeline",
         ) from exc
+
+
+def _same_job(champion: Version, estimator: Any, options: RetrainOptions) -> None:
+    """A challenger must do the champion's job (task, classes); found out before it is registered, not after."""
+    from mlops_cli import model as model_lib
+
+    try:
+        info = model_lib.describe(estimator)
+    except Exception as exc:
+        raise TrainingFailed(f"the trained model cannot be inspected ({exc})", "return a fitted estimator") from exc
+    task, classes = champion.manifest["task"], champion.manifest.get("classes") or []
+    if info["task"] != task or sorted(map(str, info.get("classes") or [])) != sorted(map(str, classes)):
+        what = options.train_fn or "the refitted clone"
+        raise TrainingFailed(
+            f"{what} gave a {info['task']} predicting {info.get('classes')}, but {champion.ref} is a {task} "
+            f"predicting {classes}",
+            "train on the same target and labels; the registry was not changed",
+        )
 
 
 # --- the run -------------------------------------------------------------------------------------------------
@@ -366,6 +428,33 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
     from mlops_cli import gates
 
     gates.load_policy(options.policy)  # a bad policy is an error now, not after an hour of training
+    if options.train_fn:
+        load_train_fn(options.train_fn)  # and so is a --train-fn that does not import
+    registry.resolve(f"{name}@{options.champion_alias}")  # ModelNotFound before the lock creates any folder
+    with _one_run_at_a_time(registry, name):
+        return _job(registry, name, options)
+
+
+@contextlib.contextmanager
+def _one_run_at_a_time(registry: Registry, name: str) -> Iterator[None]:
+    """Two runs of one model (a cron run and a manual one) would both compare against the same champion and both
+    promote: the second waits for nothing and is refused (exit 4)."""
+    entered = False
+    try:
+        with registry.lock(name, timeout=0, file=RUN_LOCK):
+            entered = True
+            yield
+    except LockTimeout as exc:
+        if entered:
+            raise  # a lock inside the run, not this one
+        raise LockTimeout(
+            f"another retrain of {name} is running", f"wait for it; see: mlops retrain history {name}"
+        ) from exc
+
+
+def _job(registry: Registry, name: str, options: RetrainOptions) -> Report:
+    # Recovery comes first: it may move the champion alias back, and the champion is whatever it then names.
+    messages = _recover_unfinished_promotions(registry, name, options.champion_alias)
     champion = registry.resolve(f"{name}@{options.champion_alias}")
     job = Job(
         id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
@@ -373,8 +462,7 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
         started_at=utc_now(),
         options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
     )
-    report = Report("retrain", model=champion.summary())
-    report.messages += _recover_killed_promotions(registry, name, options.champion_alias)
+    report = Report("retrain", model=champion.summary(), messages=messages)
     _save(registry, job)
     try:
         _run(registry, champion, job, options, report)
@@ -426,6 +514,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         split["reference_rows"] = len(reference)
     _save(registry, job)
     challenger_estimator = _train(estimator, train, features, options)
+    _same_job(champion, challenger_estimator, options)
 
     job.phase = "registering"
     key = _metric_key(options.metric, champion.manifest["task"])
@@ -455,6 +544,8 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
                 accepts_unseen=champion.manifest["input_contract"]["accepts_unseen"],
                 n_boot=options.n_boot,
                 reason=f"retrain job {job.id}",
+                train_data_label=f"{options.data} (training window of retrain job {job.id})",
+                eval_data_label=f"{options.holdout or options.data} (holdout of retrain job {job.id})",
                 lineage={
                     "parent": champion.ref,
                     "job": job.id,
@@ -484,8 +575,11 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
             seed=options.seed,
         ).results
         job.comparison = {
-            k: comparison.get(k)
-            for k in ("verdict", "challenger_wins", "metric", "difference", "ci_low", "ci_high", "p_value")
+            **{
+                k: comparison.get(k)
+                for k in ("verdict", "challenger_wins", "metric", "difference", "ci_low", "ci_high", "p_value")
+            },
+            "holdout_metrics": holdout_metrics,
         }
         job.guardrails = _guardrails(
             registry, champion, estimator, challenger, challenger_estimator, holdout, features, comparison, options
@@ -516,22 +610,33 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
             report.passed = False
             return
 
+    # Recorded before the alias moves, so a run that dies anywhere from here on is recovered by the next one.
     job.phase = "promoting"
-    registry.promote(challenger.ref, options.champion_alias, reason=f"retrain job {job.id}: challenger won")
-    job.phase = "verifying"  # the alias has moved; from here any failure puts the champion back
     _save(registry, job)
     try:
+        registry.promote(
+            challenger.ref,
+            options.champion_alias,
+            reason=f"retrain job {job.id}: challenger won",
+            expected=champion.version,  # compared against this champion: never replace another one
+        )
+        job.phase = "verifying"
+        _save(registry, job)
         _after_promotion(registry, champion.name, options.champion_alias, challenger, holdout, features)
+    except AliasMoved:
+        raise  # nothing moved
     except BaseException as exc:
-        registry.rollback(
+        rolled = _undo_promotion(
+            registry,
             champion.name,
             options.champion_alias,
+            challenger.version,
             reason=f"retrain job {job.id}: check after promotion failed ({type(exc).__name__})",
         )
         job.decision = "rolled_back"
         job.error = f"{type(exc).__name__}: {exc}"
         report.passed = False
-        report.messages.append(f"promotion of {challenger.ref} rolled back: {job.error}")
+        report.messages.append(f"promotion of {challenger.ref} {'rolled back' if rolled else 'not made'}: {job.error}")
         if not isinstance(exc, Exception):
             raise  # Ctrl-C / SIGTERM: alias restored, now stop
         return

@@ -1,10 +1,12 @@
 """`mlops retrain` on the sample data: triggers, out-of-time gate, promotion, rollback, job records."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import CURRENT, REFERENCE, ROOT, register_args, run_mlops
@@ -134,6 +136,8 @@ def test_train_function_returning_no_model_is_refused(cli, champion):
         *RETRAIN_ON_CURRENT,
         "--trigger",
         "manual",
+        "--reason",
+        "test",
         "--train-fn",
         "retrain_fns:not_a_model",
     )
@@ -176,25 +180,122 @@ def test_failure_after_promotion_rolls_the_alias_back(cli, champion, monkeypatch
     assert events[-2:] == ["alias_moved", "rolled_back"]
 
 
-def test_killed_run_shows_as_killed_and_promotion_is_undone(cli, champion):
-    # A job that died after moving the alias (phase verifying) from a process that no longer exists.
-    champion.promote("flights:1", "production")
+def _dead_job(registry, phase, version, status_finished=None):
+    """A job record of a process that no longer exists, left in `phase` after promoting `version`."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     job = retrain_lib.Job(
-        id="20260101T000000Z-dead00",
+        id=f"20260101T000000Z-{phase[:6]}",
         name="flights",
         started_at="2026-01-01T00:00:00Z",
         pid=dead.pid,
-        phase="verifying",
-        challenger={"version": "1"},
+        phase=phase,
+        challenger={"version": version},
     )
-    retrain_lib._save(champion, job)
-    champion.promote("flights:1", "production")  # as the killed job left it (moved, unconfirmed)
+    if status_finished:  # a run that failed (not killed) before it could roll back
+        job.status, job.finished_at = status_finished, "2026-01-01T00:01:00Z"
+    retrain_lib._save(registry, job)
+
+
+@pytest.mark.parametrize("phase, status", [("verifying", None), ("promoting", None), ("verifying", "failed")])
+def test_an_unfinished_promotion_is_undone_before_the_next_run_picks_its_champion(
+    cli, champion, other_model_file, phase, status
+):
+    cli.json("register", other_model_file, "--name", "flights")
+    champion.promote("flights:2", "production")  # as the dead job left it: moved, never confirmed
+    _dead_job(champion, phase, "2", status)
     history = cli.json("retrain", "history", "flights")["results"]["jobs"]
-    assert history[0]["status"] == "killed"
+    assert history[0]["status"] == (status or "killed")
+    report = cli.json(
+        "retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only"
+    )
+    assert champion.aliases("flights")["production"] == "1" and champion.events("flights")[-1]["event"] == "rolled_back"
+    assert report["results"]["job"]["champion"]["version"] == "1"  # the restored champion, not the unproven one
+    assert any("died after promoting 2" in m for m in report["messages"])
+    # recovered once: a later run changes nothing
     cli.json("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
-    assert champion.events("flights")[-1]["event"] == "rolled_back"
+    assert champion.events("flights")[-1]["event"] == "rolled_back" and champion.aliases("flights")["production"] == "1"
+
+
+def test_a_recovery_that_cannot_roll_back_does_not_block_later_runs(cli, champion):
+    _dead_job(champion, "verifying", "1")  # production has no earlier version to go back to
+    args = ("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
+    first = cli.json(*args)
+    assert any("could not roll back" in m for m in first["messages"])
+    assert cli.json(*args)["exit_code"] == 0 and champion.aliases("flights")["production"] == "1"
+
+
+def test_a_second_run_of_the_same_model_is_refused(cli, champion):
+    import fcntl
+
+    fd = os.open(cli.registry / "flights" / retrain_lib.RUN_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a run in progress
+    try:
+        result = cli(*RETRAIN_ON_CURRENT, "--check-only")
+        assert result.exit_code == 4 and "another retrain of flights is running" in result.stderr
+    finally:
+        os.close(fd)
+    assert retrain_lib.history(champion, "flights") == []
+
+
+def test_promotion_is_refused_when_the_champion_moved_meanwhile(champion, other_model_file, cli):
+    from mlops_cli.errors import AliasMoved
+
+    cli.json("register", other_model_file, "--name", "flights")
+    with pytest.raises(AliasMoved):
+        champion.promote("flights:2", "production", expected="7")
+    assert champion.aliases("flights")["production"] == "1"
+    champion.promote("flights:2", "production", expected="1")
+    assert champion.aliases("flights")["production"] == "2"
+
+
+def test_the_holdout_is_never_trained_on_even_when_it_is_the_data(cli, champion):
+    result = cli(
+        "retrain", "flights", "--data", CURRENT, "--holdout", CURRENT, "--target", "delayed",
+        "--trigger", "manual", "--reason", "test", "--no-promote",
+    )  # fmt: skip
+    assert result.exit_code == 3 and "every training row is also in the holdout" in result.stderr
+    assert [v.version for v in champion.versions("flights")] == ["1"]
+
+
+def test_a_train_function_gets_labels_as_the_champion_knows_them(cli, champion):
+    report = cli.json(
+        *RETRAIN_ON_CURRENT, "--trigger", "manual", "--reason", "test", "--train-fn", "retrain_fns:as_given", expect=1
+    )
+    assert report["results"]["job"]["decision"] == "rejected"  # registered and compared, not a crash
+    assert champion.resolve("flights:2").manifest["classes"] == [0, 1]
+
+
+def test_bad_options_and_columns(cli, champion):
+    base = ("retrain", "flights", "--data", CURRENT, "--target", "delayed")
+    assert cli(*base, "--time-column", "date", "--trigger", "manual").exit_code == 2  # no --reason
+    assert cli(*base, "--holdout", CURRENT, "--holdout-fraction", "0.3").exit_code == 2
+    assert cli(*base, "--time-column", "date", "--include-reference", "--window-days", "7").exit_code == 2
+    result = cli(*base, "--time-column", "carrier", "--trigger", "manual", "--reason", "test")
+    assert result.exit_code == 3 and "does not hold dates" in result.stderr and "warning" not in result.stderr
+
+
+def test_performance_trigger_fires_on_a_real_drop_and_not_on_noise(cli, champion, tmp_path, reference_frame):
+    labelled = reference_frame[reference_frame["delayed"].notna()]
+    flipped = tmp_path / "flipped.parquet"
+    io.write_table(flipped, labelled.assign(delayed=1 - labelled["delayed"]))
+    small = tmp_path / "small.parquet"
+    io.write_table(small, labelled.sample(300, random_state=0))
+    args = (
+        "retrain",
+        "--bootstrap",
+        "200",
+        "flights",
+        "--target",
+        "delayed",
+        "--trigger",
+        "performance",
+        "--check-only",
+    )
+    fired = cli.json(*args, "--data", flipped)["results"]["job"]["triggers"]["performance"]
+    assert fired["fired"] and fired["ci_high"] < fired["recorded"]
+    calm = cli.json(*args, "--data", small)["results"]["job"]["triggers"]["performance"]
+    assert not calm["fired"] and calm["rows"] == 300
 
 
 @pytest.mark.slow
@@ -217,6 +318,8 @@ def test_kill_9_mid_run_is_never_a_success(tmp_path, model_file):
         "date",
         "--trigger",
         "manual",
+        "--reason",
+        "test",
         "-q",
     ]
     proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -239,3 +342,40 @@ def test_neither_time_column_nor_holdout_is_a_usage_error(cli, champion):
 def test_unknown_model_is_exit_4(cli):
     result = cli("retrain", "nope", "--data", CURRENT, "--target", "delayed", "--time-column", "date")
     assert result.exit_code == 4
+
+
+@pytest.mark.slow
+def test_the_nightly_cron_script_chains_the_commands_by_exit_code(tmp_path, model_file):
+    registry = tmp_path / "registry"
+    assert run_mlops(*register_args(model_file, "--alias", "production", "-q"), registry=registry).returncode == 0
+    notify = tmp_path / "notify.sh"
+    notify.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pages.txt"}\n')
+    notify.chmod(0o755)
+    env = {
+        **os.environ,
+        "MLOPS_REGISTRY": str(registry),
+        "MLOPS": str(Path(sys.executable).parent / "mlops"),  # the console script, as cron would call it
+        "OUT": str(tmp_path / "out"),
+        "NOTIFY": str(notify),
+    }
+    script = ROOT / "sample_data" / "nightly.sh"
+    # Summer data against a Jan-Apr model: scored, drift found and paged, retrain runs (whichever way it goes).
+    night = subprocess.run([str(script), str(CURRENT)], env=env, capture_output=True, text=True, timeout=600)
+    pages = (tmp_path / "pages.txt").read_text()
+    assert night.returncode == 1 and "drift in" in pages and "failed" not in pages, (night.stderr, pages)
+    assert len(list((tmp_path / "out").glob("scores-*.parquet"))) == 1
+    retrain_report = json.loads(next((tmp_path / "out").glob("retrain-*.json")).read_text())
+    assert retrain_report["results"]["job"]["decision"] in (
+        "promoted",
+        "rejected",
+        "rejected_by_guardrails",
+        "rejected_by_gates",
+    )
+    # A missing input: paged once, and nothing after scoring runs.
+    (tmp_path / "pages.txt").unlink()
+    night = subprocess.run([str(script), str(tmp_path / "absent.parquet")], env=env, capture_output=True, timeout=300)
+    assert night.returncode == 1
+    assert (tmp_path / "pages.txt").read_text().splitlines() == [
+        f"flights: scoring failed, no predictions for {time.strftime('%Y-%m-%d')} "
+        f"(see {tmp_path / 'out'}/score-{time.strftime('%Y-%m-%d')}.json)"
+    ]

@@ -40,10 +40,13 @@ def run(
     ] = "auto",
     reason: Annotated[str | None, typer.Option(help="Why (recorded; the reason of a manual trigger).")] = None,
     check_only: Annotated[bool, typer.Option(help="Evaluate the triggers and stop.")] = False,
-    time_column: Annotated[str | None, typer.Option(help="Split out of time on this column.")] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option(help="Split out of time on this column (with --holdout: orders the data for --window-days)."),
+    ] = None,
     holdout_fraction: Annotated[
-        float, typer.Option(min=0.01, max=0.9, help="Latest share of rows held out for the gate.")
-    ] = 0.2,
+        float | None, typer.Option(min=0.01, max=0.9, help="Latest share of rows held out for the gate [default: 0.2].")
+    ] = None,
     holdout: Annotated[Path | None, typer.Option(help="A separate labelled holdout file instead.")] = None,
     include_reference: Annotated[
         bool, typer.Option(help="Train on the champion's stored reference sample too.")
@@ -95,11 +98,18 @@ def run(
     from mlops_cli import render
     from mlops_cli import retrain as retrain_lib
 
-    if (time_column is None) == (holdout is None) and not check_only:
+    if holdout is None and time_column is None and not check_only:
         raise typer.BadParameter(
-            "give exactly one of --time-column (out-of-time split) or --holdout PATH",
-            param_hint="--time-column / --holdout",
+            "give --time-column (out-of-time split) or --holdout PATH", param_hint="--time-column / --holdout"
         )
+    if holdout is not None and holdout_fraction is not None:
+        raise typer.BadParameter("--holdout-fraction splits --data; with --holdout PATH there is nothing to split")
+    if include_reference and window_days is not None:
+        raise typer.BadParameter("--include-reference and --window-days exclude each other", param_hint="--window-days")
+    if window_days is not None and time_column is None:
+        raise typer.BadParameter("--window-days needs --time-column", param_hint="--window-days")
+    if trigger == "manual" and not reason:
+        raise typer.BadParameter("a manual trigger needs --reason (it is recorded)", param_hint="--reason")
     options = retrain_lib.RetrainOptions(
         data=data,
         target=target,
@@ -108,7 +118,7 @@ def run(
         reason=reason,
         check_only=check_only,
         time_column=time_column,
-        holdout_fraction=holdout_fraction,
+        holdout_fraction=0.2 if holdout_fraction is None else holdout_fraction,
         holdout=holdout,
         include_reference=include_reference,
         window_days=window_days,
