@@ -485,3 +485,32 @@ def test_a_bad_importance_cache_is_recomputed(cli, registered, registry_dir, cac
     assert report["results"]["summary"]["weighted_drifted_share"] is not None
     importance = json.loads(path.read_text())
     assert set(importance) == set(FEATURES.split(",")) and all(isinstance(v, float) for v in importance.values())
+
+
+# --- outputs -------------------------------------------------------------------------------------------------
+
+
+def test_table_folds_long_names_and_keeps_every_column_at_80(tmp_path, reference_frame, current_frame):
+    import io as stdio
+
+    from rich.console import Console
+
+    from mlops_cli import render
+
+    long = "temperature_fahrenheit_at_origin_airport_mean"  # 45 characters
+    a, b = tmp_path / "ref.parquet", tmp_path / "cur.parquet"
+    io.write_table(a, reference_frame[["temp", "dewp", "origin"]].rename(columns={"temp": long}))
+    io.write_table(b, current_frame[["temp", "dewp", "origin"]].rename(columns={"temp": long}))
+    report = drift.report(None, b, reference_path=a)
+    buffer = stdio.StringIO()
+    render.render_drift(report, Console(file=buffer, width=80))
+    text = buffer.getvalue()
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("feature"))
+    for column in ("feature", "drift", "by", "effect", "p-value", "missing Δ", "importance"):
+        assert column in header, column
+    width = header.index("drift")
+    body = lines[lines.index(header) + 2 :]
+    assert long in "".join(line[:width].strip() for line in body[:4])  # folded over lines, every character kept
+    assert "…" not in text and all(len(line) <= 80 for line in lines)
+    assert "0.1/0.2/0.5" in text  # the severity bands, under the verdict
