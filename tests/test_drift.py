@@ -514,3 +514,22 @@ def test_table_folds_long_names_and_keeps_every_column_at_80(tmp_path, reference
     assert long in "".join(line[:width].strip() for line in body[:4])  # folded over lines, every character kept
     assert "…" not in text and all(len(line) <= 80 for line in lines)
     assert "0.1/0.2/0.5" in text  # the severity bands, under the verdict
+
+
+def test_html_lists_categories_predictions_and_readable_axes(cli, registered, tmp_path):
+    page = tmp_path / "drift.html"
+    cli.json("drift-report", CURRENT, "--model", "flights:1", "--html", page)
+    text = page.read_text()
+    assert "new: " in text and "vanished: " in text  # dest has both, with their shares
+    assert "prediction: proba_1" in text and text.count("<svg") == 14  # 13 features and the predictions
+    assert "e+0" not in text and "{'wasserstein'" not in text
+    airports = ["Fort Lauderdale-Hollywood International", "Chicago O'Hare International", "JFK"]
+    rng = np.random.default_rng(11)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    io.write_table(a, pd.DataFrame({"airport": rng.choice(airports, 2_000), "amount": rng.normal(5e3, 1e3, 2_000)}))
+    io.write_table(b, pd.DataFrame({"airport": rng.choice(airports, 2_000), "amount": rng.normal(5e3, 1e3, 2_000)}))
+    other = tmp_path / "other.html"
+    cli.json("drift-report", a, b, "--html", other)
+    text = other.read_text()
+    assert "<title>Fort Lauderdale-Hollywood International</title>Fort Lauder…</text>" in text
+    assert "e+0" not in text
