@@ -368,7 +368,8 @@ def render_drift(report: Report, console: Console) -> None:
             note.append(f"infinite values {s['inf_share_reference']:.1%} → {s['inf_share_current']:.1%} of rows")
         for key, word in (("new_categories", "new"), ("vanished_categories", "vanished")):
             if s.get(key):
-                shares = ", ".join(f"{k} {v * 100:.2g}%" for k, v in list(s[key].items())[:5])
+                top = sorted(s[key].items(), key=lambda kv: -kv[1])[:5]  # the largest shares first
+                shares = ", ".join(f"{k} {v * 100:.2g}%" for k, v in top)
                 more = f" and {len(s[key]) - 5} more" if len(s[key]) > 5 else ""
                 note.append(f"{word}: {shares}{more}")
         if any(note):
