@@ -44,6 +44,10 @@ def _num(value: float) -> str:
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
 
 
+def _ci(bounds: list[float | None] | None) -> str:
+    return f" [{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds and None not in bounds else ""
+
+
 def _share(value: float) -> str:
     return f"{value * 100:.2g}%"
 
@@ -167,13 +171,13 @@ def drift_page(report: Report) -> str:
     perf = summary.get("performance")
     if perf:
         out.append(
-            "<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded</th><th>current "
+            "<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded (95% CI)</th><th>current "
             "(95% CI)</th><th>drop (95% CI)</th></tr>"
         )
         for name, m in perf["metrics"].items():
             drop = f"{_fmt(m.get('drop'))} [{_fmt(m['drop_ci'][0])}, {_fmt(m['drop_ci'][1])}]" if "drop" in m else "–"
             out.append(
-                f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}</td><td class=num>"
+                f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}{_ci(m.get('recorded_ci'))}</td><td class=num>"
                 f"{_fmt(m['current'])} [{_fmt(m['current_ci'][0])}, {_fmt(m['current_ci'][1])}]</td>"
                 f"<td class=num>{drop}</td></tr>"
             )
