@@ -5,10 +5,14 @@ Compared in the same run with
   * Evidently's DataDriftPreset (0.7.x, in its own virtual environment under build/bench/, since it needs pandas<3),
     created on first use. Set BENCH_NO_EVIDENTLY=1 to skip it.
 Medians of 3 runs (1 run for Evidently at 1M rows: it takes minutes).
+On the 100k data, the report's statistics are checked against scipy's (ks_2samp statistic and p-value,
+wasserstein_distance, chi2_contingency statistic and p-value): the largest absolute difference per statistic is
+printed and recorded, and a difference above 1e-9 fails the benchmark.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +56,39 @@ EVIDENTLY = textwrap.dedent("""
 """)
 
 
+def check_against_scipy(ref_path: os.PathLike, cur_path: os.PathLike) -> dict[str, float]:
+    """Largest absolute difference between the report's statistics (`--json`) and scipy's, per statistic."""
+    from scipy import stats
+
+    out = subprocess.run(
+        [python(), "-m", "mlops_cli", "drift-report", str(ref_path), str(cur_path), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    rows = {r["name"]: r["statistics"] for r in json.loads(out.stdout)["results"]["features"]}
+    ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
+    worst = {"ks": 0.0, "ks_p_value": 0.0, "wasserstein": 0.0, "chi2": 0.0, "chi2_p_value": 0.0}
+    for c in ref.columns:
+        ours = rows[c]
+        if ref[c].dtype.kind == "f":
+            ks = stats.ks_2samp(ref[c], cur[c])
+            theirs = {
+                "ks": ks.statistic,
+                "ks_p_value": ks.pvalue,
+                "wasserstein": stats.wasserstein_distance(ref[c], cur[c]),
+            }
+        else:
+            a, b = ref[c].value_counts(), cur[c].value_counts()
+            keys = a.index.union(b.index)
+            chi2 = stats.chi2_contingency(np.vstack([a.reindex(keys, fill_value=0), b.reindex(keys, fill_value=0)]))
+            theirs = {"chi2": chi2.statistic, "chi2_p_value": chi2.pvalue}
+        for key, value in theirs.items():
+            worst[key] = max(worst[key], abs(ours[key] - float(value)))
+    return worst
+
+
 def evidently_python() -> str | None:
     if os.environ.get("BENCH_NO_EVIDENTLY"):
         return None
@@ -66,13 +103,19 @@ def evidently_python() -> str | None:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results: dict[str, object] = {}
     evidently = evidently_python()
     for rows in (100_000, 1_000_000):
         ref, cur = OUT / f"drift-ref-{rows}.parquet", OUT / f"drift-cur-{rows}.parquet"
         if not cur.exists():
             make(rows, 1, False).to_parquet(ref)
             make(rows, 2, True).to_parquet(cur)
+        if rows == 100_000:
+            worst = check_against_scipy(ref, cur)
+            print(f"max |ours - scipy| at {rows:,} rows: {worst}")
+            results["100k_max_abs_diff_vs_scipy"] = worst
+            if max(worst.values()) > 1e-9:
+                raise SystemExit(f"drift statistics differ from scipy's: {worst}")
         ours = median_of([python(), "-m", "mlops_cli", "drift-report", str(ref), str(cur), "-q"], cwd=ROOT)
         plain = median_of([python(), "-c", SCIPY, str(ref), str(cur)])
         key = f"{rows // 1000}k"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 from mlops_cli.report import Report
@@ -28,8 +29,34 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+        return _num(value)
     return html.escape(str(value))
+
+
+def _num(value: float) -> str:
+    """A number a person reads at a glance: 1,250 and 999.6, never 1e+03; 0.0123; 2.1e-05."""
+    if value != value:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.4g}"  # below 1,000 four significant digits never need an exponent
+    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+
+
+def _ci(bounds: list[float | None] | None) -> str:
+    return f" [{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds and None not in bounds else ""
+
+
+def _share(value: float) -> str:
+    return f"{value * 100:.2g}%"
+
+
+def _axis(low: float, high: float) -> int:
+    """Decimals that tell the ends of an axis apart: two significant digits of its span (999.57 to 999.63, not
+    999.6 to 999.6), none for spans of ten or more."""
+    span = high - low
+    return max(0, 1 - math.floor(math.log10(span))) if span > 0 else 0
 
 
 def _bars(hist: dict[str, Any]) -> str:
@@ -38,33 +65,72 @@ def _bars(hist: dict[str, Any]) -> str:
     n = len(ref)
     if not n:
         return ""
-    width, height, pad = 340, 120, 18
+    labels = hist.get("labels")
+    # Category labels are turned 40 degrees, so that long ones do not overlap, and cut at 12 characters; the full
+    # text is the tooltip. They hang to the left of their bar: the bars start after a margin that holds them.
+    width, height = 340, 120
+    left, pad = (60, 56) if labels else (1, 18)
     top = max(max(ref), max(cur), 1e-9)
-    step = (width - 2) / n
+    step = (width - left - 1) / n
     parts = [f'<svg width="{width}" height="{height + pad}" role="img">']
     for i, (a, b) in enumerate(zip(ref, cur, strict=True)):
-        x = 1 + i * step
-        for j, (share, colour) in enumerate(((a, _REF), (b, _CUR))):
+        x = left + i * step
+        name = f"{labels[i]}: " if labels else ""
+        for j, (share, colour, side) in enumerate(((a, _REF, "reference"), (b, _CUR, "current"))):
             h = share / top * (height - 4)
             parts.append(
                 f'<rect x="{x + j * step / 2:.1f}" y="{height - h:.1f}" width="{max(step / 2 - 1, 1):.1f}" '
-                f'height="{h:.1f}" fill="{colour}"><title>{_fmt(share)}</title></rect>'
+                f'height="{h:.1f}" fill="{colour}"><title>{html.escape(str(name))}{side} {_share(share)}</title></rect>'
             )
-    labels = hist.get("labels")
     if labels:
         for i, label in enumerate(labels):
+            text = str(label)
+            short = text if len(text) <= 12 else text[:11] + "…"
+            x, y = left + i * step + step / 2, height + 10
             parts.append(
-                f'<text x="{1 + i * step + step / 2:.1f}" y="{height + 12}" font-size="9" '
-                f'text-anchor="middle">{html.escape(str(label)[:6])}</text>'
+                f'<text x="{x:.1f}" y="{y}" font-size="9" text-anchor="end" transform="rotate(-40 {x:.1f} {y})">'
+                f"<title>{html.escape(text)}</title>{html.escape(short)}</text>"
             )
     else:
         edges = hist["edges"]
-        parts.append(f'<text x="1" y="{height + 12}" font-size="10">{_fmt(edges[0])}</text>')
-        parts.append(
-            f'<text x="{width - 1}" y="{height + 12}" font-size="10" text-anchor="end">{_fmt(edges[-1])}</text>'
-        )
+        decimals = _axis(edges[0], edges[-1])
+        for x, value, anchor in (
+            (1, edges[0], "start"),
+            (width / 2, edges[len(edges) // 2], "middle"),
+            (width - 1, edges[-1], "end"),
+        ):
+            text = f"{value:,.{decimals}f}" if 1e-3 <= abs(value) < 1e15 or value == 0 else _num(value)
+            parts.append(f'<text x="{x:.1f}" y="{height + 12}" font-size="10" text-anchor="{anchor}">{text}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _categories(stats: dict[str, Any]) -> str:
+    """New and vanished categories with their shares (current, reference)."""
+    out = []
+    for key, word in (("new_categories", "new"), ("vanished_categories", "vanished")):
+        if stats.get(key):
+            items = sorted(stats[key].items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{html.escape(k)} {_share(v)}" for k, v in items[:8])
+            more = f" and {len(items) - 8} more" if len(items) > 8 else ""
+            out.append(f"<div class=muted>{word}: {shown}{more}</div>")
+    return "".join(out)
+
+
+def _note(row: dict[str, Any]) -> str:
+    s = row["statistics"]
+    parts = [row["note"] or (row["status"] if row["status"] != "ok" else "")]
+    if s.get("inf_share_reference") or s.get("inf_share_current"):
+        parts.append(f"infinite values {_share(s['inf_share_reference'])} → {_share(s['inf_share_current'])} of rows")
+    return html.escape("; ".join(p for p in parts if p))
+
+
+def _card(name: str, row: dict[str, Any]) -> str:
+    severity = row["severity"] if row["drifted"] else ""
+    return (
+        f"<div class=card><h3>{html.escape(name)} <span class='sev-{row['severity']}'>{severity}</span></h3>"
+        f"{_bars(row['histogram'])}{_categories(row['statistics'])}</div>"
+    )
 
 
 def drift_page(report: Report) -> str:
@@ -91,7 +157,8 @@ def drift_page(report: Report) -> str:
     if pred:
         out.append(
             f"<p>Prediction drift ({html.escape(pred['name'])}): "
-            f"<b>{'yes' if pred['drifted'] else 'no'}</b>, decided by {pred['decided_by']}"
+            f"<b>{'not tested' if pred['drifted'] is None else 'yes' if pred['drifted'] else 'no'}</b>, "
+            f"decided by {_fmt(pred['decided_by'] or pred['status'])}"
             + (
                 f", mean {_fmt(pred['mean_reference'])} → {_fmt(pred['mean_current'])}"
                 if pred.get("mean_reference") is not None
@@ -99,20 +166,24 @@ def drift_page(report: Report) -> str:
             )
             + "</p>"
         )
+        if pred.get("histogram"):
+            out.append(f"<div class=grid>{_card('prediction: ' + pred['name'], pred)}</div>")
     perf = summary.get("performance")
     if perf:
         out.append(
-            "<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded</th><th>current "
+            "<h2>Performance on current data</h2><table><tr><th>metric</th><th>recorded (95% CI)</th><th>current "
             "(95% CI)</th><th>drop (95% CI)</th></tr>"
         )
         for name, m in perf["metrics"].items():
             drop = f"{_fmt(m.get('drop'))} [{_fmt(m['drop_ci'][0])}, {_fmt(m['drop_ci'][1])}]" if "drop" in m else "–"
             out.append(
-                f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}</td><td class=num>"
+                f"<tr><td>{name}</td><td class=num>{_fmt(m.get('recorded'))}{_ci(m.get('recorded_ci'))}</td><td class=num>"
                 f"{_fmt(m['current'])} [{_fmt(m['current_ci'][0])}, {_fmt(m['current_ci'][1])}]</td>"
                 f"<td class=num>{drop}</td></tr>"
             )
-        out.append("</table>")
+        out.append(f"</table><p class=muted>drop CI: {html.escape(perf['drop_ci_method'])}</p>")
+    if report.messages:
+        out.append("<ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in report.messages) + "</ul>")
     out.append(
         "<h2>Features</h2><table><tr><th>feature</th><th>kind</th><th>drift</th><th>severity</th>"
         "<th>decided by</th><th>effect size</th><th>p-value</th><th>missing Δ</th><th>importance</th>"
@@ -126,7 +197,7 @@ def drift_page(report: Report) -> str:
             f"<td class=sev-{r['severity']}>{r['severity']}</td><td>{_fmt(r['decided_by'])}</td>"
             f"<td class=num>{_fmt(effect)}</td><td class=num>{_fmt(r['p_value'])}</td>"
             f"<td class=num>{_fmt(s.get('missing_share_change'))}</td><td class=num>{_fmt(r['importance'])}"
-            f"</td><td class=muted>{_fmt(r['note'] or (r['status'] if r['status'] != 'ok' else ''))}</td></tr>"
+            f"</td><td class=muted>{_note(r)}</td></tr>"
         )
     out.append(
         "</table><h2>Distributions</h2><p class=legend><span style='background:" + _REF + "'></span>reference"
@@ -134,18 +205,31 @@ def drift_page(report: Report) -> str:
     )
     for r in rows:
         if r.get("histogram"):
-            out.append(
-                f"<div class=card><h3>{html.escape(r['name'])} <span class='sev-{r['severity']}'>"
-                f"{r['severity'] if r['drifted'] else ''}</span></h3>{_bars(r['histogram'])}</div>"
-            )
+            out.append(_card(r["name"], r))
     rule = summary["rule"]
+    names = {"wasserstein": "Wasserstein / std", "js": "Jensen-Shannon distance", "psi": "PSI"}
+    bands = "; ".join(
+        f"{names.get(k, k)} ≥ {' / '.join(_num(v) for v in b)}" for k, b in rule["severity_bands"].items()
+    )
+    stat, thresholds, override = rule["stattest"], rule["thresholds"], rule["threshold"]
+    if stat == "auto":
+        w, js = (override, override) if override is not None else (thresholds["wasserstein"], thresholds["js"])
+        how = (
+            f"stattest auto: above {rule['large_sample']:,} non-null values per side, effect size decides "
+            f"(Wasserstein / reference std ≥ {_num(w)} for numbers, Jensen-Shannon distance ≥ {_num(js)} for "
+            f"categories, with the corrected test also significant at {_num(thresholds['ks'])}); below, KS or "
+            f"chi-square p-values with {rule['correction']} correction (< {_num(thresholds['ks'])})."
+        )
+    else:
+        limit = override if override is not None else thresholds[stat]
+        test = stat in ("ks", "chi2")
+        how = f"stattest {stat}: drift when it is {'<' if test else '≥'} {_num(limit)}" + (
+            f" ({rule['correction']} correction)." if test else ", with the corrected test significant."
+        )
     out.append(
-        f"</div><h2>How drift was decided</h2><p class=muted>stattest {rule['stattest']}: above "
-        f"{rule['large_sample']:,} rows per side, effect size decides (Wasserstein / reference std ≥ "
-        f"{rule['thresholds']['wasserstein']} for numbers, Jensen-Shannon distance ≥ {rule['thresholds']['js']}"
-        f" for categories, with the corrected test also significant); below, KS or chi-square p-values with {rule['correction']} correction "
-        f"(< {rule['thresholds']['ks']}). A missing-share change ≥ {rule['missing_share_change']} is drift on "
-        f"its own. Severity bands (low, medium, high): {html.escape(str(rule['severity_bands']))}.</p>"
+        f"</div><h2>How drift was decided</h2><p class=muted>{how} A missing-share change ≥ "
+        f"{rule['missing_share_change']} is drift on its own, and so is a change ≥ {rule['inf_share_change']} in "
+        f"the share of infinite values. Severity (low / medium / high) from the effect size: {bands}.</p>"
     )
     out.append("</body></html>\n")
     return "".join(out)

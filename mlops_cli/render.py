@@ -338,22 +338,24 @@ def _prediction_table(models: list[dict[str, Any]], console: Console) -> None:
 # --- drift-report ---------------------------------------------------------------------------------------------
 
 _SEVERITY_STYLE = {"high": "bold red", "medium": "dark_orange", "low": "yellow", "none": "dim"}
+_BAND_NAMES = {"wasserstein": "W/std", "js": "JS", "psi": "PSI"}
 
 
 def render_drift(report: Report, console: Console) -> None:
     summary = report.results["summary"]
-    # Seven narrow columns without vertical rules: fits an 80-column terminal, so no number is ever cut short.
+    # Seven narrow columns without vertical rules: fits an 80-column terminal, so no number is ever cut short; a
+    # long feature name folds onto more lines instead of pushing the numbers off the screen.
     # `drift` is the severity of a drifted feature ("no" otherwise); the statistic in `by` also tells the kind
     # (ks/wasserstein/psi: numeric; chi2/js: categorical). Notes follow the table instead of widening it.
     table = Table(
-        title="drift per feature (most important and most severe first)",
+        title="drift per feature (drifted first; then by importance, severity)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         padding=(0, 1, 0, 0),
     )
+    table.add_column("feature", overflow="fold")
     for column, justify in (
-        ("feature", "left"),
         ("drift", "left"),
         ("by", "left"),
         ("effect", "right"),
@@ -361,19 +363,22 @@ def render_drift(report: Report, console: Console) -> None:
         ("missing Δ", "right"),
         ("importance", "right"),
     ):
-        table.add_column(column, justify=justify, no_wrap=justify == "right")  # type: ignore[arg-type]
-    # The feature name is the cell a reader looks for: never cut it short.
-    table.columns[0].min_width = min(40, max((len(r["name"]) for r in report.results["features"]), default=7))
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     notes = []
     for r in report.results["features"]:
         s = r["statistics"]
         effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
-        note = r["note"] or (r["status"] if r["status"] != "ok" else "")
-        if s.get("new_categories"):
-            count = len(s["new_categories"])
-            note = (note + "; " if note else "") + f"{count} new categor{'y' if count == 1 else 'ies'}"
-        if note:
-            notes.append(f"  {r['name']}: {note}")
+        note = [r["note"] or (r["status"] if r["status"] != "ok" else "")]
+        if s.get("inf_share_reference") or s.get("inf_share_current"):
+            note.append(f"infinite values {s['inf_share_reference']:.1%} → {s['inf_share_current']:.1%} of rows")
+        for key, word in (("new_categories", "new"), ("vanished_categories", "vanished")):
+            if s.get(key):
+                top = sorted(s[key].items(), key=lambda kv: -kv[1])[:5]  # the largest shares first
+                shares = ", ".join(f"{k} {v * 100:.2g}%" for k, v in top)
+                more = f" and {len(s[key]) - 5} more" if len(s[key]) > 5 else ""
+                note.append(f"{word}: {shares}{more}")
+        if any(note):
+            notes.append(f"  {r['name']}: {'; '.join(n for n in note if n)}")
         drift = SKIP if r["drifted"] is None else f"[{_SEVERITY_STYLE[r['severity']]}]{r['severity']}[/]"
         table.add_row(
             r["name"],
@@ -394,11 +399,17 @@ def render_drift(report: Report, console: Console) -> None:
         + f"); verdict at ≥ {summary['drift_share']:.0%}: "
         + ("[bold red]DRIFT[/]" if summary["verdict"] == "drift" else "[bold green]no drift[/]")
     )
+    bands = summary["rule"]["severity_bands"]
+    console.print(
+        "[dim]severity low/medium/high at "
+        + ", ".join(f"{_BAND_NAMES.get(k, k)} {'/'.join(fmt(v) for v in b)}" for k, b in bands.items())
+        + "[/]"
+    )
     pred = summary.get("prediction_drift")
     if pred:
         console.print(
-            f"prediction drift ({pred['name']}): {'yes' if pred['drifted'] else 'no'} "
-            f"(decided by {pred['decided_by']}"
+            f"prediction drift ({pred['name']}): {'–' if pred['drifted'] is None else 'yes' if pred['drifted'] else 'no'} "
+            f"(decided by {pred['decided_by'] or pred['status']}"
             + (
                 f"; mean {fmt(pred['mean_reference'])} → {fmt(pred['mean_current'])}"
                 if pred.get("mean_reference") is not None

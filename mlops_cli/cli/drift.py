@@ -36,13 +36,22 @@ def run(
         typer.Option(help="Label column: not compared as a feature; with --model, performance on current data."),
     ] = None,
     prediction_column: Annotated[
-        str | None, typer.Option(help="A prediction column to leave out of the features.")
+        str | None,
+        typer.Option(
+            help="Column holding predictions made upstream: not a feature; prediction drift is computed on it "
+            "(against REFERENCE's column, or with --model the stored predictions) without re-scoring."
+        ),
     ] = None,
     stattest: Annotated[
         Literal["auto", "ks", "psi", "wasserstein", "js", "chi2"], typer.Option(help="The statistic that decides.")
     ] = "auto",
     threshold: Annotated[
-        float | None, typer.Option(min=0.0, help="Override the chosen statistic's threshold (p-value or effect).")
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="With --stattest auto: the effect-size threshold (Wasserstein/std, JS; tests stay at 0.05). "
+            "With an explicit --stattest: that statistic's threshold.",
+        ),
     ] = None,
     correction: Annotated[
         Literal["bh", "bonferroni", "none"], typer.Option(help="Multiple-testing correction.")
