@@ -81,6 +81,7 @@ class DriftOptions:
     threshold: float | None = None
     correction: str = "bh"
     drift_share: float = 0.5
+    strict: bool = False  # with a model: refuse one recorded under another scikit-learn version (exit 4)
 
     def __post_init__(self) -> None:
         if self.stattest not in STATTESTS:
@@ -837,7 +838,7 @@ def drift_for_model(
     """Drift of `current` against a registered version's stored reference sample (or `reference`), with
     importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
     options = options or DriftOptions()
-    estimator, version = registry.load_model(version)
+    estimator, version = registry.load_model(version, strict=options.strict)
     sample = io.read_table(version.file("sample.parquet"))
     features = [f["name"] for f in version.manifest["features"]]
     target = options.target or version.manifest.get("target")

@@ -131,9 +131,9 @@ def _alive(record: dict[str, Any]) -> bool:
     return True
 
 
-def _undo_promotion(registry: Registry, name: str, alias: str, promoted: str, *, reason: str) -> bool:
+def _undo_promotion(registry: Registry, name: str, alias: str, promoted: str | None, *, reason: str) -> bool:
     """Roll `alias` back if it points at `promoted`; True if it did."""
-    if registry.aliases(name).get(alias) != promoted:
+    if promoted is None or registry.aliases(name).get(alias) != promoted:
         return False
     registry.rollback(name, alias, reason=reason)
     return True

@@ -6,7 +6,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REFERENCE
+from conftest import CURRENT, REFERENCE
 from sklearn import metrics as skm
 
 from mlops_cli import io
@@ -480,3 +480,23 @@ def test_a_failed_command_leaves_its_error_report_in_the_output_file(cli, tmp_pa
     out.write_text("yesterday")
     assert cli("models", "show", "nope", "-o", out).exit_code == 3
     assert out.read_text() == "yesterday"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("drift-report", CURRENT, "--model", "flights"),
+        ("retrain", "flights", "--data", CURRENT, "--target", "delayed", "--check-only", "--trigger", "schedule"),
+    ],
+)
+def test_every_command_that_loads_a_model_has_strict(cli, registered, registry_dir, command):
+    manifest_path = registry_dir / "flights" / "versions" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["libraries"]["scikit-learn"] = "1.0.2"
+    manifest_path.write_text(json.dumps(manifest))
+    if command[0] == "retrain":
+        cli.json("models", "promote", "flights:1", "production")
+    result = cli(*command, "--strict")
+    assert result.exit_code == 4 and "scikit-learn 1.0.2" in result.stderr
+    relaxed = cli(*command, "--json")
+    assert relaxed.exit_code == 0 and "warning: flights:1 was registered under scikit-learn 1.0.2" in relaxed.stderr

@@ -178,7 +178,12 @@ def _interruptible() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
-    return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 class MlopsGroup(TyperGroup):

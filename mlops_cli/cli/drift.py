@@ -5,7 +5,17 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlops_cli.cli._common import FormatOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, emit, registry, session
+from mlops_cli.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    StrictOpt,
+    emit,
+    registry,
+    session,
+)
 
 
 def _columns(value: str | None) -> list[str]:
@@ -62,6 +72,7 @@ def run(
     fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when the dataset verdict is drift.")] = False,
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML page here.")] = None,
     fmt: FormatOpt = None,
+    strict: StrictOpt = False,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -86,6 +97,7 @@ def run(
         threshold=threshold,
         correction=correction,
         drift_share=drift_share,
+        strict=strict,
     )
     reference, current = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
     report = drift.report(
@@ -93,7 +105,7 @@ def run(
     )
     if html is not None:
         page = html_lib.drift_page(report).encode()
-        io.write_atomic(html, lambda fh: fh.write(page))
+        io.write_atomic(html, lambda fh: fh.write(page), overwrite=session.overwrite)
         report.results["html"] = str(html)
     if not fail_on_drift:
         report.passed = True  # drift is reported, not a failure, unless the caller asked for that
