@@ -218,19 +218,42 @@ def _evidence(evidence: dict[str, Any]) -> str:
     parts = []
     for key, value in evidence.items():
         if isinstance(value, list):
-            value = (
-                "; ".join(
-                    str(v.get("case", "") + " " + v.get("feature", "") + ": " + v.get("outcome", ""))
-                    if isinstance(v, dict)
-                    else str(v)
-                    for v in value
-                )
-                or "none"
-            )
+            value = "; ".join(_value(v) for v in value) or "none"
         elif isinstance(value, dict):
-            value = ", ".join(f"{k}={fmt(v)}" for k, v in value.items()) or "none"
+            value = _value(value) or "none"
         parts.append(f"{key}={fmt(value)}")
     return "  ".join(parts)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return fmt(value)
+
+
+def _case_lines(evidence: dict[str, Any]) -> list[str]:
+    """Edge cases, taken out of `evidence`: the failing ones first, each with its error or problems; the passing
+    ones as a count. (The smoke step lists every case, the checklist item only the failing ones.)"""
+    cases = evidence.pop("cases", None) or evidence.pop("failing_cases", None) or []
+    evidence.pop("failing", None)
+    passed = evidence.pop("passed", 0)
+    lines = []
+    for c in cases:
+        if c.get("verdict") == "fail":
+            why = c.get("error") or "; ".join(c.get("problems") or [])
+            lines.append(f"{BAD} {c['case']} {c['feature']}: {c['outcome']}" + (f" ({why})" if why else ""))
+    if passed:
+        lines.append(f"{fmt(passed)} {'other ' if lines else ''}case{'s' if passed != 1 else ''} passed")
+    not_derived = evidence.pop("not_derived", None) or []
+    if not_derived:
+        names = [d["feature"] for d in not_derived]
+        lines.append(
+            f"not derived (no type or range recorded) for {len(names)} feature(s): {', '.join(names[:8])}"
+            + (", …" if len(names) > 8 else "")
+        )
+    return lines
 
 
 def render_steps(report: Report, console: Console) -> None:
@@ -247,7 +270,12 @@ def render_steps(report: Report, console: Console) -> None:
         tag = "" if e.get("required", True) else " [dim](advisory)[/]"
         console.print(f"  {_MARK[e['status']]} {e['id']}{label}{tag}  [dim]{e['duration_s']:.2f}s[/]")
         if e["status"] != "pass" or e["id"] in ("latency", "baseline_comparison"):
-            console.print(f"      {_evidence(e['evidence'])}", markup=False)
+            evidence = dict(e["evidence"])
+            cases = _case_lines(evidence) if e["id"] == "edge_cases" else []
+            if evidence:
+                console.print(f"      {_evidence(evidence)}", markup=False)
+            for line in cases:
+                console.print(f"      {line}", markup=False)
     verdict = "[green]PASS[/]" if report.passed else f"[red]FAIL[/] ({', '.join(report.results['failed'])})"
     console.print(f"{verdict}")
     _messages(report, console)

@@ -26,8 +26,11 @@ step mlops models rollback flights --reason "demo: roll back to v1"
 step mlops models history flights
 
 # --- release gates (smoke-test, checklist) ---
-step mlops smoke-test flights@production
-step mlops checklist flights:2 --eval-data "$OUT/eval.parquet"
+# An explicit latency budget of 500 ms (the default is 50 ms): the demo shows the gates at work, and a busy machine
+# must not abort it. The checklist takes its budget from a policy file.
+step mlops smoke-test flights@production --max-latency-ms 500
+printf '[budgets]\nlatency_p99_ms = 500\n' >"$OUT/policy.toml"
+step mlops checklist flights:2 --eval-data "$OUT/eval.parquet" --policy "$OUT/policy.toml"
 
 # --- batch scoring (score-batch) ---
 # The nightly job: score the current period with the production model while flights:2 scores half of the flights

@@ -1,9 +1,10 @@
 """Deliberately broken classifiers for the gate tests. Each wraps a real fitted model and breaks one promise."""
 
+import sys
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 
 class Wrapped(ClassifierMixin, BaseEstimator):
@@ -56,7 +57,7 @@ class Nondeterministic(Wrapped):
 class Slow(Wrapped):
     def predict_proba(self, X):  # noqa: N803
         if len(X) == 1:  # slow per request, as a model behind a slow feature lookup would be
-            time.sleep(0.01)
+            time.sleep(0.05)
         return super().predict_proba(X)
 
 
@@ -65,6 +66,83 @@ class CrashesOnNaN(Wrapped):
         if X.select_dtypes("number").isna().to_numpy().any():
             raise ValueError("Input contains NaN")
         return super().predict_proba(X)
+
+
+class LabelsAtRandom(Wrapped):
+    """Sound probabilities, but `predict` answers at random: only a check of the labels themselves finds it."""
+
+    def predict(self, X):  # noqa: N803
+        return self.classes_[np.random.default_rng().integers(0, 2, len(X))]
+
+
+class SumsOff(Wrapped):
+    """Every other row's probabilities sum to 0.9; the others to 1."""
+
+    def predict_proba(self, X):  # noqa: N803
+        proba = super().predict_proba(X)
+        proba[::2] *= 0.9
+        return proba
+
+
+class RaisesAlways(Wrapped):
+    def predict_proba(self, X):  # noqa: N803
+        raise RuntimeError("model server unreachable")
+
+    def predict(self, X):  # noqa: N803
+        raise RuntimeError("model server unreachable")
+
+
+class Exits(Wrapped):
+    def predict_proba(self, X):  # noqa: N803
+        sys.exit(0)
+
+
+class Prints(Wrapped):
+    def predict_proba(self, X):  # noqa: N803
+        print("scoring", len(X), "rows")
+        return super().predict_proba(X)
+
+
+class NoProba(ClassifierMixin, BaseEstimator):
+    """A classifier without predict_proba (an SVC without probability=True, say)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+        self.is_fitted_ = inner is not None
+
+    def fit(self, X, y):  # noqa: N803
+        return self
+
+    @property
+    def classes_(self):
+        return self.inner.classes_
+
+    @property
+    def feature_names_in_(self):
+        return self.inner.feature_names_in_
+
+    def predict(self, X):  # noqa: N803
+        return self.inner.predict(X)
+
+
+class RegressorReturnsInf(RegressorMixin, BaseEstimator):
+    """A regressor whose every third prediction (of a batch) is Inf."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+        self.is_fitted_ = inner is not None
+
+    def fit(self, X, y):  # noqa: N803
+        return self
+
+    @property
+    def feature_names_in_(self):
+        return self.inner.feature_names_in_
+
+    def predict(self, X):  # noqa: N803
+        out = self.inner.predict(X).astype(float)
+        out[::3] = np.inf
+        return out
 
 
 class HighThreshold(Wrapped):

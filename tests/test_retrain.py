@@ -162,6 +162,20 @@ def test_worse_challenger_is_registered_but_not_promoted(cli, champion):
     assert champion.resolve("flights:2").manifest["lineage"]["parent"] == "flights:1"
 
 
+def test_every_smoke_step_must_pass_before_promotion_even_if_the_policy_makes_its_item_advisory(
+    cli, champion, tmp_path
+):
+    # The checklist honours the policy (latency advisory: a warning, the checklist passes), but an unattended
+    # promotion needs every smoke step to pass.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[items]\nadvisory = ["latency"]\n[budgets]\nlatency_p99_ms = 0.0001\n')
+    report = cli.json(*RETRAIN_ON_CURRENT, "--policy", policy, expect=1)
+    job = report["results"]["job"]
+    assert job["decision"] == "rejected_by_gates"
+    assert job["gates"] == {"smoke_test": "fail", "checklist": "pass", "failed": ["smoke_test"]}
+    assert champion.aliases("flights")["production"] == "1"
+
+
 def test_failure_after_promotion_rolls_the_alias_back(cli, champion, monkeypatch, relaxed):
     def broken_check(*args, **kwargs):
         raise RuntimeError("injected: the serving check failed")

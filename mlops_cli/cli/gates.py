@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,9 @@ def smoke_test(
         Path | None, typer.Option(help="Rows to test with (default: the version's stored reference sample).")
     ] = None,
     rows: Annotated[int, typer.Option(min=1, help="Rows used for the batch steps.")] = 1000,
-    max_latency_ms: Annotated[float, typer.Option(help="Fail when single-row p99 latency exceeds this.")] = 50.0,
+    max_latency_ms: Annotated[
+        float, typer.Option(help="Fail when single-row p99 latency exceeds this (ms, > 0).")
+    ] = 50.0,
     iterations: Annotated[int, typer.Option(min=10, help="Single-row calls timed for the latency step.")] = 200,
     output_min: Annotated[float | None, typer.Option(help="Regressors: lowest valid prediction.")] = None,
     output_max: Annotated[float | None, typer.Option(help="Regressors: highest valid prediction.")] = None,
@@ -29,6 +32,11 @@ def smoke_test(
     """Release gate: load, infer, validate outputs, consistency, determinism, round-trip, latency, edge cases."""
     from mlops_cli import gates, render
 
+    if not 0 < max_latency_ms < math.inf:  # typer's min= cannot exclude 0 itself
+        raise typer.BadParameter(f"{max_latency_ms} is not a positive number of ms", param_hint="--max-latency-ms")
+    for flag, value in (("--output-min", output_min), ("--output-max", output_max)):
+        if value is not None and math.isnan(value):
+            raise typer.BadParameter("nan is no bound", param_hint=flag)
     output_range = None
     if output_min is not None or output_max is not None:
         output_range = (
