@@ -22,7 +22,7 @@ import numpy as np
 from mlops_cli import io, schema
 from mlops_cli.errors import EmptyInput, InputError, InvalidData, MlopsError, ModelNotFound, UnreadableFile
 from mlops_cli.model import stdout_to_stderr
-from mlops_cli.registry import PROFILE, SAMPLE, Registry, Version, alias_stack
+from mlops_cli.registry import PROFILE, SAMPLE, Registry, Version
 from mlops_cli.report import Report
 
 if TYPE_CHECKING:
@@ -496,6 +496,8 @@ def load_policy(path: Path | None) -> dict[str, Any]:
     for key, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
             raise bad(f"{key} must be a finite number >= 0, got {value!r}")
+        if key.startswith("budgets.") and value == 0:
+            raise bad(f"{key} must be above 0 (a zero budget fails every model), got {value!r}")
     if baseline["metric"] is not None and baseline["metric"] not in abtest.METRIC_ALIASES:
         raise bad(
             f"baseline.metric {baseline['metric']!r} is not a metric", f"use one of {', '.join(abtest.METRIC_ALIASES)}"
@@ -788,7 +790,7 @@ def _rollback_ready(registry: Registry, version: Version, alias: str, entry: dic
     if current and current != version.version:
         previous = current
     else:
-        stack = alias_stack(registry.events(version.name), alias)
+        stack = registry.alias_history(version.name, alias)  # what `models rollback` would go back to
         previous = stack[-2] if len(stack) >= 2 else None
     if previous is None:
         entry["status"], entry["evidence"] = FAIL, {"reason": f"no previous {alias} version (first release)"}

@@ -283,7 +283,8 @@ class Registry:
             existing = None if allow_duplicate else self.find_artifact(name, sha)
             if existing is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-                if alias is not None:  # a retry after a crash between publishing and aliasing still sets the alias
+                if alias is not None and not self.alias_ever_named(name, alias, existing.version):
+                    # a retry after a crash between publishing and aliasing; an old job re-run moves nothing back
                     self._move_alias(model_dir, name, alias, existing.version, event="alias_moved", reason=reason)
                 return existing, False
             versions = self.versions(name)
@@ -365,11 +366,8 @@ class Registry:
         validate_name(alias, "alias")
         self._require_model(name)  # before the lock, which would create the model's folder
         with self.lock(name) as model_dir:
-            stack = alias_stack(self.events(name), alias)
+            stack = self.alias_history(name, alias)
             current = self.aliases(name).get(alias)
-            if stack and current is not None and stack[-1] != current:
-                # A crash between writing aliases.json and logging the move: the alias file is the truth.
-                stack = stack[: len(stack) - stack[::-1].index(current)] if current in stack else [*stack, current]
             if len(stack) < 2 or stack[-1] != current:
                 raise NothingToRollBack(
                     f"{name}@{alias} has no earlier version to roll back to", f"see: mlops models history {name}"
@@ -379,6 +377,25 @@ class Registry:
             self.verify(self.resolve(f"{name}:{target}"))
             self._move_alias(model_dir, name, alias, target, event="rolled_back", reason=reason)
         return stack[-1], target
+
+    def alias_history(self, name: str, alias: str) -> list[str]:
+        """Where `alias` has pointed, oldest first, the top being where it points now (`rollback` goes one down).
+
+        A crash between writing aliases.json and logging the move leaves the file one step ahead of the log; the
+        file is the truth: a lost rollback's target is the one below the top, anything else a lost promotion.
+        """
+        stack = alias_stack(self.events(name), alias)
+        current = self.aliases(name).get(alias)
+        if current is not None and (not stack or stack[-1] != current):
+            if len(stack) >= 2 and stack[-2] == current:
+                stack.pop()
+            else:
+                stack.append(current)
+        return stack
+
+    def alias_ever_named(self, name: str, alias: str, version: str) -> bool:
+        """Whether `alias` was ever moved to `version` (a re-run of an old register must not move it back)."""
+        return any(e.get("alias") == alias and e.get("to") == version for e in self.events(name))
 
     def record_event(self, name: str, event: dict[str, Any]) -> None:
         with self.lock(name) as model_dir:
@@ -436,7 +453,8 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
     if sha is not None and not options.allow_duplicate:
         existing = registry.find_artifact(name, sha)
         if existing is not None:  # a CI retry: same bytes, same name
-            if options.alias is not None:
+            if options.alias is not None and not registry.alias_ever_named(name, options.alias, existing.version):
+                # a retry after a crash between publishing and aliasing; an old job re-run moves nothing back
                 registry.promote(existing.ref, options.alias, reason=options.reason)
             return existing, False
     from mlops_cli import model as model_lib

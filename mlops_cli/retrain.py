@@ -92,6 +92,7 @@ class Job:
     decision: str | None = None
     error: str | None = None
     finished_at: str | None = None
+    recovered: bool = False  # an unfinished promotion of this job was undone (by itself or a later run)
 
 
 def jobs_dir(registry: Registry, name: str) -> Path:
@@ -139,17 +140,27 @@ def _undo_promotion(registry: Registry, name: str, alias: str, promoted: str | N
     return True
 
 
+def _moved_by(registry: Registry, name: str, alias: str, job_id: str) -> bool:
+    """Whether the alias's last move was this job's promotion (and not, say, an operator's since)."""
+    moves = [e for e in registry.events(name) if e.get("alias") == alias]
+    return bool(moves) and moves[-1]["event"] == "alias_moved" and job_id in str(moves[-1].get("reason") or "")
+
+
 def _recover_unfinished_promotions(registry: Registry, name: str, alias: str) -> list[str]:
     """A run that died (killed, or failed before it could roll back) while moving the alias or checking the moved
-    alias left an unproven model live: put the old one back, once."""
+    alias left an unproven model live: put the old one back, once, and only if nobody has moved the alias since.
+    Called under the run lock, so a record without an end belongs to a run that is gone, whatever its pid says."""
     messages = []
     for record in history(registry, name):
-        unfinished = record["status"] in ("killed", "failed") and record["phase"] in ("promoting", "verifying")
+        ended_badly = record["finished_at"] is None or record["status"] == "failed"
+        unfinished = ended_badly and record["phase"] in ("promoting", "verifying")
         if not unfinished or record.get("recovered"):
             continue
         promoted = (record.get("challenger") or {}).get("version")
         try:
-            if _undo_promotion(registry, name, alias, promoted, reason=f"retrain job {record['id']} did not finish"):
+            if _moved_by(registry, name, alias, record["id"]) and _undo_promotion(
+                registry, name, alias, promoted, reason=f"retrain job {record['id']} did not finish"
+            ):
                 messages.append(f"rolled {name}@{alias} back: job {record['id']} died after promoting {promoted}")
         except RegistryError as exc:  # reported once; it must not block every later run
             messages.append(f"could not roll back job {record['id']}'s promotion of {promoted}: {exc.one_line()}")
@@ -267,19 +278,17 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
         cutoff = times.quantile(1 - options.holdout_fraction)
         train, holdout = frame[times < cutoff], frame[times >= cutoff]
         info = {"time_column": column, "cutoff": str(cutoff), "holdout_fraction": options.holdout_fraction}
-    # A row of the holdout is never trained on, even when --holdout overlaps --data (or is the same file).
-    shared = [c for c in holdout.columns if c in train.columns]
-    in_holdout = pd.util.hash_pandas_object(train[shared], index=False).isin(
-        set(pd.util.hash_pandas_object(holdout[shared], index=False))
-    )
-    if in_holdout.any():
-        info["train_rows_in_holdout_dropped"] = int(in_holdout.sum())
-        if in_holdout.all():
+    if options.holdout is not None:
+        # Never train on the holdout: not the same file, and with a time column nothing from its period on.
+        if io.fingerprint(options.holdout)["sha256"] == io.fingerprint(options.data)["sha256"]:
             raise SchemaMismatch(
-                "every training row is also in the holdout (is --holdout the --data file?)",
-                "hold out rows the model will not train on",
+                f"--holdout {options.holdout} is the --data file", "hold out rows the model will not train on"
             )
-        train = train[~in_holdout.to_numpy()]
+        if options.time_column is not None and options.time_column in holdout.columns:
+            start = _times(holdout, options.time_column, options.holdout).min()
+            late = (_times(train, options.time_column, options.data) >= start).to_numpy()
+            info["train_rows_from_holdout_period_dropped"] = int(late.sum())
+            train = train[~late]
     if options.window_days is not None:
         if options.time_column is None:
             raise SchemaMismatch("--window-days needs --time-column", "name the time column")
@@ -431,6 +440,8 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
     if options.train_fn:
         load_train_fn(options.train_fn)  # and so is a --train-fn that does not import
     registry.resolve(f"{name}@{options.champion_alias}")  # ModelNotFound before the lock creates any folder
+    if options.check_only:  # read-only: no lock, no recovery, so a monitoring check never waits or moves an alias
+        return _job(registry, name, options)
     with _one_run_at_a_time(registry, name):
         return _job(registry, name, options)
 
@@ -454,7 +465,7 @@ def _one_run_at_a_time(registry: Registry, name: str) -> Iterator[None]:
 
 def _job(registry: Registry, name: str, options: RetrainOptions) -> Report:
     # Recovery comes first: it may move the champion alias back, and the champion is whatever it then names.
-    messages = _recover_unfinished_promotions(registry, name, options.champion_alias)
+    messages = [] if options.check_only else _recover_unfinished_promotions(registry, name, options.champion_alias)
     champion = registry.resolve(f"{name}@{options.champion_alias}")
     job = Job(
         id=f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
@@ -641,7 +652,8 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
             challenger.version,
             reason=f"retrain job {job.id}: check after promotion failed ({type(exc).__name__})",
         )
-        job.decision = "rolled_back"
+        job.decision = "rolled_back" if rolled else "promotion_failed"
+        job.recovered = True  # nothing for a later run to undo
         job.error = f"{type(exc).__name__}: {exc}"
         report.passed = False
         report.messages.append(f"promotion of {challenger.ref} {'rolled back' if rolled else 'not made'}: {job.error}")

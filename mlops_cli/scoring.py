@@ -145,8 +145,6 @@ def _check_options(options: ScoreOptions) -> list[str]:
 
 def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
     io.check_output(output_path, overwrite)
-    if output_path.is_dir():
-        raise InputError(f"{output_path} is a folder", "name the predictions file, e.g. predictions.parquet")
     if not input_path.exists():
         return  # reading it raises the one clear error
     source, target = input_path.resolve(), output_path.resolve()

@@ -500,3 +500,21 @@ def test_every_command_that_loads_a_model_has_strict(cli, registered, registry_d
     assert result.exit_code == 4 and "scikit-learn 1.0.2" in result.stderr
     relaxed = cli(*command, "--json")
     assert relaxed.exit_code == 0 and "warning: flights:1 was registered under scikit-learn 1.0.2" in relaxed.stderr
+
+
+def test_rerunning_an_old_register_does_not_move_the_alias_back(cli, model_file, other_model_file):
+    cli.json("register", model_file, "--name", "m", "--alias", "production")
+    cli.json("register", other_model_file, "--name", "m", "--alias", "production")
+    cli.json("register", model_file, "--name", "m", "--alias", "production")  # last week's CI job, re-run
+    assert cli.json("models", "list", "m")["results"]["aliases"] == {"production": "2"}
+
+
+def test_rollback_after_a_crash_while_promoting_an_older_version(cli, model_file, other_model_file, registry_dir):
+    for path in (model_file, other_model_file):
+        cli.json("register", path, "--name", "m")
+    cli.json("register", model_file, "--name", "m", "--allow-duplicate")
+    for version in ("1", "2", "3"):
+        cli.json("models", "promote", f"m:{version}", "production")
+    (registry_dir / "m" / "aliases.json").write_text('{"production": "1"}')  # re-promoting 1: its event was lost
+    rolled = cli.json("models", "rollback", "m")["results"]
+    assert (rolled["from"], rolled["to"]) == ("1", "3")

@@ -198,8 +198,11 @@ def _dead_job(registry, phase, version, status_finished=None):
     """A job record of a process that no longer exists, left in `phase` after promoting `version`."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    job_id = f"20260101T000000Z-{phase[:6]}"
+    if registry.aliases("flights").get("production") != version:
+        registry.promote(f"flights:{version}", "production", reason=f"retrain job {job_id}: challenger won")
     job = retrain_lib.Job(
-        id=f"20260101T000000Z-{phase[:6]}",
+        id=job_id,
         name="flights",
         started_at="2026-01-01T00:00:00Z",
         pid=dead.pid,
@@ -216,24 +219,57 @@ def test_an_unfinished_promotion_is_undone_before_the_next_run_picks_its_champio
     cli, champion, other_model_file, phase, status
 ):
     cli.json("register", other_model_file, "--name", "flights")
-    champion.promote("flights:2", "production")  # as the dead job left it: moved, never confirmed
-    _dead_job(champion, phase, "2", status)
+    _dead_job(champion, phase, "2", status)  # it moved production to 2 and never confirmed it
     history = cli.json("retrain", "history", "flights")["results"]["jobs"]
     assert history[0]["status"] == (status or "killed")
-    report = cli.json(
-        "retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only"
-    )
+    real_run = ("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--trigger",
+                "schedule", "--time-column", "date")  # fmt: skip
+    report = cli.json(*real_run)
     assert champion.aliases("flights")["production"] == "1" and champion.events("flights")[-1]["event"] == "rolled_back"
     assert report["results"]["job"]["champion"]["version"] == "1"  # the restored champion, not the unproven one
     assert any("died after promoting 2" in m for m in report["messages"])
     # recovered once: a later run changes nothing
-    cli.json("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
+    cli.json(*real_run)
     assert champion.events("flights")[-1]["event"] == "rolled_back" and champion.aliases("flights")["production"] == "1"
 
 
+def test_recovery_leaves_an_alias_that_someone_moved_since(cli, champion, other_model_file):
+    cli.json("register", other_model_file, "--name", "flights")
+    _dead_job(champion, "verifying", "2")
+    champion.rollback("flights", "production", reason="operator: back to 1")
+    champion.promote("flights:2", "production", reason="operator: 2 is fine after all")  # on purpose, by hand
+    cli.json("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--trigger",
+             "schedule", "--time-column", "date")  # fmt: skip
+    assert champion.aliases("flights")["production"] == "2"
+
+
+def test_check_only_is_read_only(cli, champion, other_model_file):
+    import fcntl
+
+    cli.json("register", other_model_file, "--name", "flights")
+    _dead_job(champion, "verifying", "2")
+    fd = os.open(cli.registry / "flights" / retrain_lib.RUN_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a nightly run in progress does not block a monitoring check
+    try:
+        report = cli.json(
+            "retrain", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only", "--trigger", "schedule"
+        )
+    finally:
+        os.close(fd)
+    assert report["results"]["job"]["decision"] in ("no_trigger", "check_only")
+    assert champion.aliases("flights")["production"] == "2"  # and it moves nothing: recovery is for real runs
+
+
 def test_a_recovery_that_cannot_roll_back_does_not_block_later_runs(cli, champion):
-    _dead_job(champion, "verifying", "1")  # production has no earlier version to go back to
-    args = ("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--check-only")
+    _dead_job(champion, "verifying", "1")
+    # the dead job's move, logged, onto the only version there is: nothing earlier to roll back to
+    champion.record_event(
+        "flights",
+        {"event": "alias_moved", "alias": "production", "from": "1", "to": "1", "reason": "retrain job "
+         "20260101T000000Z-verify: challenger won"},
+    )  # fmt: skip
+    args = ("retrain", "--bootstrap", "200", "flights", "--data", REFERENCE, "--target", "delayed", "--trigger",
+            "schedule", "--time-column", "date")  # fmt: skip
     first = cli.json(*args)
     assert any("could not roll back" in m for m in first["messages"])
     assert cli.json(*args)["exit_code"] == 0 and champion.aliases("flights")["production"] == "1"
@@ -245,7 +281,7 @@ def test_a_second_run_of_the_same_model_is_refused(cli, champion):
     fd = os.open(cli.registry / "flights" / retrain_lib.RUN_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a run in progress
     try:
-        result = cli(*RETRAIN_ON_CURRENT, "--check-only")
+        result = cli(*RETRAIN_ON_CURRENT, "--trigger", "schedule")
         assert result.exit_code == 4 and "another retrain of flights is running" in result.stderr
     finally:
         os.close(fd)
@@ -268,7 +304,7 @@ def test_the_holdout_is_never_trained_on_even_when_it_is_the_data(cli, champion)
         "retrain", "flights", "--data", CURRENT, "--holdout", CURRENT, "--target", "delayed",
         "--trigger", "manual", "--reason", "test", "--no-promote",
     )  # fmt: skip
-    assert result.exit_code == 3 and "every training row is also in the holdout" in result.stderr
+    assert result.exit_code == 3 and "is the --data file" in result.stderr
     assert [v.version for v in champion.versions("flights")] == ["1"]
 
 

@@ -19,7 +19,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendo
 from typer.core import TyperGroup
 from typer.exceptions import Abort, TyperException
 
-from mlops_cli.errors import Interrupted, MlopsError, MlopsWarning
+from mlops_cli.errors import InputError, Interrupted, MlopsError, MlopsWarning
 from mlops_cli.report import Report, envelope
 
 
@@ -109,7 +109,12 @@ def emit(report: Report, render: Callable[[Report, Any], None] | None) -> None:
     report.messages.extend(m for m in session.warnings if m not in report.messages)
     data = report.envelope()
     if session.output is not None:
-        io.write_json(session.output, data, overwrite=session.overwrite)
+        try:
+            io.write_json(session.output, data, overwrite=session.overwrite)
+        except OSError as exc:  # a full disk or a folder made read-only: the user's to fix, not a bug
+            raise InputError(
+                f"{session.output}: cannot write the report ({exc.strerror or exc})", "check the folder"
+            ) from exc
     if session.as_json:
         sys.stdout.write(io.dumps_json(data))
     elif not session.quiet and render is not None:
@@ -132,7 +137,7 @@ def _error_report(code: int, message: str) -> None:
     data = envelope(session.command, status="error", exit_code=code, messages=[*session.warnings, message])
     if session.output is not None and (session.overwrite or not session.output.exists()):
         with contextlib.suppress(Exception):  # the error being reported wins over a failure to record it
-            io.write_json(session.output, data)
+            io.write_json(session.output, data, overwrite=session.overwrite)
     if session.as_json:
         sys.stdout.write(io.dumps_json(data))
 
@@ -165,7 +170,13 @@ def _command_path(group: TyperGroup, ctx: Any) -> str:
     return f"{name} {rest[0]}" if rest and rest[0] in commands else name
 
 
+_signals: list[int] = []
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    if _signals:
+        return  # already stopping: a second Ctrl-C must not cut the clean-up short
+    _signals.append(signum)
     raise Interrupted(signum, "stopped; every file is written whole or not at all")
 
 
@@ -177,6 +188,7 @@ def _interruptible() -> Callable[[], None]:
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
+    _signals.clear()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def restore() -> None:
