@@ -7,21 +7,25 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 
-class Wrapped(ClassifierMixin, BaseEstimator):
+class _Inner(BaseEstimator):
+    """Holds a fitted model; subclasses choose which of its methods (and which mixin) they expose."""
+
     def __init__(self, inner=None):
         self.inner = inner
-        self.is_fitted_ = inner is not None  # what check_is_fitted looks for: the inner model is fitted
+        self.is_fitted_ = inner is not None
 
-    def fit(self, X, y):  # noqa: N803  (scikit-learn's signature)
+    def fit(self, X, y):  # noqa: N803
         return self
-
-    @property
-    def classes_(self):
-        return self.inner.classes_
 
     @property
     def feature_names_in_(self):
         return self.inner.feature_names_in_
+
+
+class Wrapped(ClassifierMixin, _Inner):
+    @property
+    def classes_(self):
+        return self.inner.classes_
 
     def predict_proba(self, X):  # noqa: N803
         return self.inner.predict_proba(X)
@@ -103,41 +107,19 @@ class Prints(Wrapped):
         return super().predict_proba(X)
 
 
-class NoProba(ClassifierMixin, BaseEstimator):
+class NoProba(ClassifierMixin, _Inner):
     """A classifier without predict_proba (an SVC without probability=True, say)."""
-
-    def __init__(self, inner=None):
-        self.inner = inner
-        self.is_fitted_ = inner is not None
-
-    def fit(self, X, y):  # noqa: N803
-        return self
 
     @property
     def classes_(self):
         return self.inner.classes_
 
-    @property
-    def feature_names_in_(self):
-        return self.inner.feature_names_in_
-
     def predict(self, X):  # noqa: N803
         return self.inner.predict(X)
 
 
-class RegressorReturnsInf(RegressorMixin, BaseEstimator):
+class RegressorReturnsInf(RegressorMixin, _Inner):
     """A regressor whose every third prediction (of a batch) is Inf."""
-
-    def __init__(self, inner=None):
-        self.inner = inner
-        self.is_fitted_ = inner is not None
-
-    def fit(self, X, y):  # noqa: N803
-        return self
-
-    @property
-    def feature_names_in_(self):
-        return self.inner.feature_names_in_
 
     def predict(self, X):  # noqa: N803
         out = self.inner.predict(X).astype(float)
