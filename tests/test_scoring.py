@@ -647,3 +647,15 @@ def test_nested_columns_cannot_be_kept_in_a_csv_output(reg, tmp_path, current_fr
     assert not (tmp_path / "out.csv").exists()
     _score(reg, "flights", source, tmp_path / "out.parquet", "--keep-all")  # Parquet holds them
     assert pd.read_parquet(tmp_path / "out.parquet")["legs"].map(list).tolist() == [[1, 2]] * 20
+
+
+def test_a_model_that_calls_sys_exit_is_not_a_success(reg, tmp_path, model_file, current_frame):
+    from broken_models import Exits
+
+    path = tmp_path / "exits.joblib"
+    joblib.dump(Exits(joblib.load(model_file)), path)
+    assert reg("register", path, "--name", "exits", "-q").exit_code == 0
+    source = _write(current_frame.head(50), tmp_path / "in.parquet")
+    result = reg("score-batch", "exits", source, tmp_path / "out.parquet")
+    assert result.exit_code == 5 and "SystemExit" in result.stderr
+    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".out*")) == []

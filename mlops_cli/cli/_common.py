@@ -257,7 +257,9 @@ class MlopsGroup(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise  # Typer's own: usage errors (exit 2), --help, explicit exits
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit here is not the CLI's (Typer exits with its own exception): code the command ran, a model's
+            # predict say, called sys.exit(). Exit 0 with nothing written would read as success to a cron job.
             if session.debug:
                 traceback.print_exc()
             path = _save_traceback()
