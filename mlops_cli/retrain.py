@@ -264,8 +264,9 @@ def _labelled(frame: Any, target: str, where: Path) -> Any:
     return labelled
 
 
-def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any]]:
-    """Out-of-time split: the latest --holdout-fraction by --time-column, or --holdout. Never train on the holdout."""
+def _split(frame: Any, options: RetrainOptions, data_sha256: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Out-of-time split: the latest --holdout-fraction by --time-column, or --holdout. Never train on the holdout.
+    `data_sha256` is --data's hash, when the caller has it (saves reading the file again)."""
     import pandas as pd
 
     if options.holdout is not None:
@@ -280,7 +281,8 @@ def _split(frame: Any, options: RetrainOptions) -> tuple[Any, Any, dict[str, Any
         info = {"time_column": column, "cutoff": str(cutoff), "holdout_fraction": options.holdout_fraction}
     if options.holdout is not None:
         # Never train on the holdout: not the same file, and with a time column nothing from its period on.
-        if io.fingerprint(options.holdout)["sha256"] == io.fingerprint(options.data)["sha256"]:
+        data_sha256 = data_sha256 or io.fingerprint(options.data)["sha256"]
+        if info["holdout"]["sha256"] == data_sha256:
             raise SchemaMismatch(
                 f"--holdout {options.holdout} is the --data file", "hold out rows the model will not train on"
             )
@@ -497,7 +499,8 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     estimator, champion = registry.load_model(champion, strict=options.strict)
     job.champion = {"version": champion.version, "sha256": champion.summary()["sha256"]}
     frame = _labelled(io.read_table(options.data), options.target, options.data)
-    report.inputs.append(io.fingerprint(options.data, rows=len(frame)))
+    source = io.fingerprint(options.data, rows=len(frame))  # hashed once: the report, the split check, the lineage
+    report.inputs.append(source)
     features = [f["name"] for f in champion.manifest["features"]]
     missing = [f for f in features if f not in frame.columns]
     if missing:
@@ -514,7 +517,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         return
 
     job.phase = "training"
-    train, holdout, split = _split(frame, options)
+    train, holdout, split = _split(frame, options, source["sha256"])
     if options.include_reference:
         import pandas as pd
 
@@ -564,7 +567,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
                     "job": job.id,
                     "trigger": job.fired,
                     "reason": options.reason,
-                    "source_data": io.fingerprint(options.data, rows=len(frame)),
+                    "source_data": source,
                     "split": split,
                     "include_reference": options.include_reference,
                     "holdout_metrics": holdout_metrics,
