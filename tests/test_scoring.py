@@ -511,10 +511,11 @@ def test_tables_render(reg, tmp_path, dirty):
 
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory, current_frame) -> Path:
-    """300,000 rows: long enough at --batch-size 500 that a kill lands mid-run."""
+    """600,000 rows: long enough at --batch-size 500 that a signal lands mid-scoring, not in the final commit (where
+    it is only recorded and the run completes, exit 0): 300,000 rows once finished that close on an idle machine."""
     path = tmp_path_factory.mktemp("big") / "big.parquet"
     pq.write_table(
-        pa.Table.from_pandas(pd.concat([current_frame] * 10, ignore_index=True), preserve_index=False),
+        pa.Table.from_pandas(pd.concat([current_frame] * 20, ignore_index=True), preserve_index=False),
         path,
         row_group_size=20_000,
     )
