@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlops_cli.errors import InvalidData, SchemaMismatch
-from mlops_cli.registry import Registry, RegisterOptions, register
+from mlops_cli.registry import RegisterOptions, Registry, register
 from mlops_cli.runtime import LoadedModel, ModelSpec, latency, threads
 from mlops_cli.runtime.predictor import CHECK_ROWS
 from mlops_cli.schema import infer
@@ -164,7 +164,9 @@ def test_argmax_fallback_is_decided_at_load_from_the_stored_sample(tmp_path):
 def test_argmax_fallback_without_a_sample_checks_the_first_rows(tmp_path):
     frame = _data()
     estimator = ShiftedThreshold().fit(frame[FEATURES], frame["y"])
-    spec = ModelSpec.from_manifest({"task": "classifier", "classes": [0, 1], "features": [{"name": f} for f in FEATURES]})
+    spec = ModelSpec.from_manifest(
+        {"task": "classifier", "classes": [0, 1], "features": [{"name": f} for f in FEATURES]}
+    )
     model = LoadedModel(estimator, spec)
     assert model.predictor._argmax_is_predict is True  # nothing seen yet
     rows = _data(50, seed=6)[FEATURES]

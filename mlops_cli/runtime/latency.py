@@ -33,7 +33,6 @@ def single_row(
 ) -> dict[str, Any]:
     """Percentiles of one-row `score` calls (ms), per round and overall, and whether the median round's p99 is within
     `budget_ms`. Rows are taken in turn from `rows` (valid rows: the contract check is part of what is timed)."""
-    import numpy as np
 
     singles = [rows.iloc[[i]] for i in range(min(len(rows), calls))]
     for i in range(WARMUP):

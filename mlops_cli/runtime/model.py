@@ -103,9 +103,7 @@ class LoadedModel:
         self.probe = None  # only needed for the decision above
 
     @classmethod
-    def load(
-        cls, registry: Registry, ref: str | Version, *, strict: bool = False, proba: bool = True
-    ) -> LoadedModel:
+    def load(cls, registry: Registry, ref: str | Version, *, strict: bool = False, proba: bool = True) -> LoadedModel:
         """Resolve, verify every stored hash the load reads, then unpickle. Library-version differences warn
         (raise with `strict`): a model may predict differently under another scikit-learn."""
         from mlops_cli.registry import ARTIFACT, SAMPLE, Version, _library_versions

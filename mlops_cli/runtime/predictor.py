@@ -42,7 +42,9 @@ class Predictor:
         if self._checking and probe is not None and len(probe):
             try:
                 data = self._data(probe.dropna().iloc[:CHECK_ROWS])
-                self._argmax_is_predict = self._agrees(data, np.asarray(self.estimator.predict_proba(data), dtype=float))
+                self._argmax_is_predict = self._agrees(
+                    data, np.asarray(self.estimator.predict_proba(data), dtype=float)
+                )
             except (ValueError, TypeError, KeyError):
                 pass  # rows it cannot take: the scored batches decide
 
