@@ -6,6 +6,7 @@ import html
 import math
 from typing import Any
 
+from mlops_cli.numbers import fmt, number
 from mlops_cli.report import Report
 
 _CSS = """
@@ -23,25 +24,8 @@ th{background:#f5f7fa;font-weight:600} td.num{text-align:right;font-variant-nume
 _REF, _CUR = "#7f8c8d", "#2e86de"
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return _num(value)
-    return html.escape(str(value))
-
-
-def _num(value: float) -> str:
-    """A number a person reads at a glance: 1,250 and 999.6, never 1e+03; 0.0123; 2.1e-05."""
-    if value != value:
-        return "–"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 1:
-        return f"{value:.4g}"  # below 1,000 four significant digits never need an exponent
-    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
+def _fmt(value: Any, digits: int = 4) -> str:
+    return html.escape(fmt(value, digits))
 
 
 def _ci(bounds: list[float | None] | None) -> str:
@@ -99,7 +83,7 @@ def _bars(hist: dict[str, Any]) -> str:
             (width / 2, edges[len(edges) // 2], "middle"),
             (width - 1, edges[-1], "end"),
         ):
-            text = f"{value:,.{decimals}f}" if 1e-3 <= abs(value) < 1e15 or value == 0 else _num(value)
+            text = f"{value:,.{decimals}f}" if 1e-3 <= abs(value) < 1e15 or value == 0 else number(value)
             parts.append(f'<text x="{x:.1f}" y="{height + 12}" font-size="10" text-anchor="{anchor}">{text}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -189,14 +173,14 @@ def drift_page(report: Report) -> str:
         "<th>decided by</th><th>effect size</th><th>p-value</th><th>missing Δ</th><th>importance</th>"
         "<th>note</th></tr>"
     )
-    for r in rows:
+    for r in rows:  # the digits of the terminal table (render.render_drift)
         s = r["statistics"]
         effect = s.get("wasserstein_norm") if r["kind"] == "numeric" else s.get("js")
         out.append(
             f"<tr><td>{html.escape(r['name'])}</td><td>{_fmt(r['kind'])}</td><td>{_fmt(r['drifted'])}</td>"
             f"<td class=sev-{r['severity']}>{r['severity']}</td><td>{_fmt(r['decided_by'])}</td>"
-            f"<td class=num>{_fmt(effect)}</td><td class=num>{_fmt(r['p_value'])}</td>"
-            f"<td class=num>{_fmt(s.get('missing_share_change'))}</td><td class=num>{_fmt(r['importance'])}"
+            f"<td class=num>{_fmt(effect, 3)}</td><td class=num>{_fmt(r['p_value'], 2)}</td>"
+            f"<td class=num>{_fmt(s.get('missing_share_change'), 2)}</td><td class=num>{_fmt(r['importance'], 2)}"
             f"</td><td class=muted>{_note(r)}</td></tr>"
         )
     out.append(
@@ -209,21 +193,21 @@ def drift_page(report: Report) -> str:
     rule = summary["rule"]
     names = {"wasserstein": "Wasserstein / std", "js": "Jensen-Shannon distance", "psi": "PSI"}
     bands = "; ".join(
-        f"{names.get(k, k)} ≥ {' / '.join(_num(v) for v in b)}" for k, b in rule["severity_bands"].items()
+        f"{names.get(k, k)} ≥ {' / '.join(number(v) for v in b)}" for k, b in rule["severity_bands"].items()
     )
     stat, thresholds, override = rule["stattest"], rule["thresholds"], rule["threshold"]
     if stat == "auto":
         w, js = (override, override) if override is not None else (thresholds["wasserstein"], thresholds["js"])
         how = (
             f"stattest auto: above {rule['large_sample']:,} non-null values per side, effect size decides "
-            f"(Wasserstein / reference std ≥ {_num(w)} for numbers, Jensen-Shannon distance ≥ {_num(js)} for "
-            f"categories, with the corrected test also significant at {_num(thresholds['ks'])}); below, KS or "
-            f"chi-square p-values with {rule['correction']} correction (< {_num(thresholds['ks'])})."
+            f"(Wasserstein / reference std ≥ {number(w)} for numbers, Jensen-Shannon distance ≥ {number(js)} for "
+            f"categories, with the corrected test also significant at {number(thresholds['ks'])}); below, KS or "
+            f"chi-square p-values with {rule['correction']} correction (< {number(thresholds['ks'])})."
         )
     else:
         limit = override if override is not None else thresholds[stat]
         test = stat in ("ks", "chi2")
-        how = f"stattest {stat}: drift when it is {'<' if test else '≥'} {_num(limit)}" + (
+        how = f"stattest {stat}: drift when it is {'<' if test else '≥'} {number(limit)}" + (
             f" ({rule['correction']} correction)." if test else ", with the corrected test significant."
         )
     out.append(

@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from mlops_cli.numbers import fmt
 from mlops_cli.report import Report
 
 OK, BAD, WARN, SKIP = "✓", "✗", "!", "–"
@@ -50,21 +51,6 @@ def progress(*, quiet: bool = False, total: float | None = None) -> Any:
         disable=quiet or not console.is_terminal,
         transient=True,
     )
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "–"
-        value += 0.0  # -0.0 prints as 0
-        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def metric_ci(entry: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The statistics behind `mlops abtest`: pure functions on arrays and summary statistics, no I/O, no reports.
 
 Independent groups (online experiments): Welch's t-test, the two-proportion z-test, Mann-Whitney U, the sample
-ratio mismatch chi-square, power and sample size, multiple-comparison corrections.
+ratio mismatch chi-square, power and sample size, multiple-comparison corrections (for drift too).
 Paired samples (two models on the same rows): McNemar, DeLong's test for two ROC AUCs, the paired t-test and the
 Wilcoxon signed-rank test.
 
@@ -22,7 +22,8 @@ import numpy as np
 from scipy import stats as sp
 
 ALTERNATIVES = ("two-sided", "greater", "less")
-CORRECTIONS = ("holm", "bh", "none")
+CORRECTIONS = ("holm", "bh", "none")  # what `mlops abtest --correction` offers
+ADJUSTMENTS = ("holm", "bh", "bonferroni", "none")  # what adjust computes (drift offers bh, bonferroni, none)
 MCNEMAR_EXACT_BELOW = 25  # discordant pairs under which the chi-square approximation is poor
 
 
@@ -260,10 +261,10 @@ def n_per_group(
 
 
 def adjust(p_values: Sequence[float], method: str = "holm") -> list[float]:
-    """Adjusted p-values: Holm (family-wise error), Benjamini-Hochberg (false discovery rate) or none.
+    """Adjusted p-values: Holm or Bonferroni (family-wise error), Benjamini-Hochberg (false discovery rate) or none.
     NaN p-values (comparisons that were not tested) are left out of the family and stay NaN."""
-    if method not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}")
+    if method not in ADJUSTMENTS:
+        raise ValueError(f"correction must be one of {ADJUSTMENTS}, got {method!r}")
     p = np.asarray(p_values, dtype=float)
     out = p.copy()
     tested = np.flatnonzero(~np.isnan(p))
@@ -274,6 +275,8 @@ def adjust(p_values: Sequence[float], method: str = "holm") -> list[float]:
     ranked = p[order]
     if method == "holm":
         adjusted = np.maximum.accumulate(np.minimum(1.0, ranked * (m - np.arange(m))))
+    elif method == "bonferroni":
+        adjusted = np.minimum(1.0, ranked * m)
     else:
         adjusted = np.minimum.accumulate((ranked * m / np.arange(1, m + 1))[::-1])[::-1]
         adjusted = np.minimum(1.0, adjusted)

@@ -181,7 +181,7 @@ def test_sample_ratio_matches_scipy_chisquare():
     assert ours["df"] == 2
 
 
-@pytest.mark.parametrize("method,sm_method", [("holm", "holm"), ("bh", "fdr_bh")])
+@pytest.mark.parametrize("method,sm_method", [("holm", "holm"), ("bh", "fdr_bh"), ("bonferroni", "bonferroni")])
 def test_corrections_match_statsmodels(method, sm_method):
     from statsmodels.stats.multitest import multipletests
 

@@ -10,6 +10,10 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from mlops_cli import drift, io
+from mlops_cli import stats as mlops_stats
+from mlops_cli.drift import reporting
+from mlops_cli.drift import stats as drift_stats
+from mlops_cli.errors import InputError
 
 FEATURES = "carrier,origin,dest,sched_dep_hour,day_of_week,distance,temp,dewp,humid,wind_speed,precip,pressure,visib"
 
@@ -19,7 +23,7 @@ def test_numeric_statistics_equal_scipy(n, m, seed):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=n), rng.normal(0.05, 1.1, size=m)
     a[:10] = b[:10] = 0.5  # ties across the two samples
-    ours = drift.numeric_stats(a, b)
+    ours = drift_stats.numeric_stats(a, b)
     ks = stats.ks_2samp(a, b)
     assert ours["ks"] == pytest.approx(ks.statistic, abs=1e-9)
     assert ours["ks_p_value"] == pytest.approx(ks.pvalue, abs=1e-9, rel=1e-9)
@@ -30,7 +34,7 @@ def test_categorical_statistics_equal_scipy():
     rng = np.random.default_rng(4)
     ref = pd.Series(rng.choice(list("abcde"), 5_000, p=[0.4, 0.3, 0.15, 0.1, 0.05]))
     cur = pd.Series(rng.choice(list("abcdf"), 3_000, p=[0.3, 0.3, 0.2, 0.1, 0.1]))
-    ours = drift.categorical_stats(ref, cur)
+    ours = drift_stats.categorical_stats(ref, cur)
     cats = sorted(set(ref) | set(cur))
     table = np.array([[(ref == c).sum() for c in cats], [(cur == c).sum() for c in cats]])
     chi2, p, _, _ = stats.chi2_contingency(table)
@@ -46,21 +50,36 @@ def test_js_distance_equals_scipy_on_random_histograms():
     for _ in range(20):
         p, q = rng.random(12), rng.random(12)
         p[rng.integers(0, 12)] = 0
-        assert drift.js_distance(p, q) == pytest.approx(jensenshannon(p, q, base=2), abs=1e-9)
+        assert drift_stats.js_distance(p, q) == pytest.approx(jensenshannon(p, q, base=2), abs=1e-9)
 
 
 def test_psi_known_answer_and_empty_bin_rule():
     p, q = np.array([0.5, 0.5]), np.array([0.25, 0.75])
-    assert drift.psi(p, q) == pytest.approx(0.25 * np.log(0.5) * -1 + 0.25 * np.log(1.5))
-    assert np.isfinite(drift.psi(np.array([1.0, 0.0]), np.array([0.5, 0.5])))
+    assert drift_stats.psi(p, q) == pytest.approx(0.25 * np.log(0.5) * -1 + 0.25 * np.log(1.5))
+    assert np.isfinite(drift_stats.psi(np.array([1.0, 0.0]), np.array([0.5, 0.5])))
 
 
 def test_benjamini_hochberg_matches_statsmodels():
     from statsmodels.stats.multitest import multipletests
 
     p = [0.01, 0.04, 0.03, 0.2, 0.001]
-    assert drift.adjust(p, "bh") == pytest.approx(multipletests(p, method="fdr_bh")[1].tolist())
-    assert drift.adjust(p, "bonferroni") == pytest.approx(multipletests(p, method="bonferroni")[1].tolist())
+    assert mlops_stats.adjust(p, "bh") == pytest.approx(multipletests(p, method="fdr_bh")[1].tolist())
+    assert mlops_stats.adjust(p, "bonferroni") == pytest.approx(multipletests(p, method="bonferroni")[1].tolist())
+
+
+@pytest.mark.parametrize("correction", ["bh", "bonferroni", "none"])
+def test_drift_corrects_p_values_with_the_one_adjust(reference_frame, current_frame, correction):
+    options = drift.DriftOptions(features=FEATURES.split(","), correction=correction)
+    rows, _ = drift.compare(reference_frame.head(500), current_frame.head(500), options)
+    tested = [r for r in rows if r["status"] == "ok"]
+    assert len(tested) > 5
+    adjusted = mlops_stats.adjust([r["p_value_raw"] for r in tested], correction)
+    assert [r["p_value"] for r in tested] == adjusted
+
+
+def test_drift_keeps_its_own_corrections():
+    with pytest.raises(InputError):
+        drift.DriftOptions(correction="holm")  # abtest's default, not one of drift's
 
 
 def test_zero_inflated_column_shows_a_change_in_the_point_mass():
@@ -68,8 +87,8 @@ def test_zero_inflated_column_shows_a_change_in_the_point_mass():
     ref = np.where(rng.random(50_000) < 0.8, 0.0, rng.exponential(0.1, 50_000))
     cur = np.where(rng.random(50_000) < 0.5, 0.0, rng.exponential(0.1, 50_000))  # rainy hours: 20% -> 50%
     same = np.where(rng.random(50_000) < 0.8, 0.0, rng.exponential(0.1, 50_000))
-    assert drift.numeric_stats(ref, cur)["psi"] > 0.2  # the zero bin alone carries it
-    assert drift.numeric_stats(ref, same)["psi"] < 0.01
+    assert drift_stats.numeric_stats(ref, cur)["psi"] > 0.2  # the zero bin alone carries it
+    assert drift_stats.numeric_stats(ref, same)["psi"] < 0.01
     rows, _ = drift.compare(
         pd.DataFrame({"precip": ref}), pd.DataFrame({"precip": cur}), drift.DriftOptions(stattest="psi")
     )
@@ -269,7 +288,7 @@ def test_an_int_column_read_as_floats_on_one_side_is_the_same_categories(cli, tm
     s = rows["day_of_week"]["statistics"]
     assert s["new_categories"] == {} and s["vanished_categories"] == {} and s["categories"] == 7
     assert s["js"] < 0.05 and rows["day_of_week"]["drifted"] is False
-    assert drift.categorical_stats(pd.Series([1, 2]), pd.Series([2.0, 1.0, np.nan]))["js"] == 0
+    assert drift_stats.categorical_stats(pd.Series([1, 2]), pd.Series([2.0, 1.0, np.nan]))["js"] == 0
 
 
 def test_integer_ids_are_identifiers_and_ordinary_integers_are_not(reference_frame):
@@ -405,10 +424,10 @@ def test_prediction_column_without_a_model(cli, tmp_path, reference_frame, curre
 
 def test_the_thread_pool_changes_nothing(reference_frame, current_frame, monkeypatch):
     features = FEATURES.split(",")
-    monkeypatch.setattr(drift, "WORKERS", 1)
+    monkeypatch.setattr(reporting, "WORKERS", 1)
     serial = drift.compare(reference_frame, current_frame, drift.DriftOptions(features=features))
-    monkeypatch.setattr(drift, "WORKERS", 2)
-    monkeypatch.setattr(drift, "PARALLEL_ROWS", 0)
+    monkeypatch.setattr(reporting, "WORKERS", 2)
+    monkeypatch.setattr(reporting, "PARALLEL_ROWS", 0)
     parallel = drift.compare(reference_frame, current_frame, drift.DriftOptions(features=features))
     assert json.dumps(serial, sort_keys=True) == json.dumps(parallel, sort_keys=True)
 
@@ -418,7 +437,7 @@ def test_quantiles_of_sorted_data_equal_numpy():
     for n in (1, 2, 7, 1_000):
         x = np.sort(rng.normal(size=n))
         q = np.linspace(0, 1, 11)
-        assert drift._quantiles(x, q).tolist() == np.quantile(x, q).tolist()
+        assert drift_stats._quantiles(x, q).tolist() == np.quantile(x, q).tolist()
 
 
 # --- with a model --------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""The model's part of a drift report: feature importance, prediction drift and performance (concept) drift."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_cli import io
+from mlops_cli.drift.decision import DriftOptions, decide
+from mlops_cli.drift.kinds import feature_row, integral
+from mlops_cli.errors import InvalidData
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops_cli.registry import Registry, Version
+
+MIN_LABELLED = 30  # below this many labelled rows, no performance block (its CI would mean nothing)
+
+
+def _cached_importance(path: Path, features: list[str]) -> dict[str, float] | None:
+    """The cached importance if it is what this code writes: {feature: number >= 0} for every model feature. The
+    cache lives outside the hash-verified version, so anything else (edited, truncated, another model's) is
+    recomputed rather than trusted."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not set(features) <= set(data):
+        return None
+    values = [data[f] for f in features]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
+        return None
+    return {f: float(v) for f, v in zip(features, values, strict=True)}
+
+
+def feature_importance(registry: Registry, version: Version, estimator: Any, sample: pd.DataFrame) -> dict[str, float]:
+    """Permutation importance on (up to 5,000 rows of) the reference sample, cached beside the registry's versions
+    (versions are immutable; the cache is not part of them)."""
+    from sklearn.inspection import permutation_importance
+
+    features = [f["name"] for f in version.manifest["features"]]
+    path = registry.root / version.name / "cache" / version.version / "importance.json"
+    if path.is_file() and (cached := _cached_importance(path, features)) is not None:
+        return cached
+    target = version.manifest.get("target")
+    if not target or target not in sample.columns:
+        return {}
+    rows = sample[sample[target].notna()].head(5000)
+    y = rows[target].to_numpy()
+    from mlops_cli.model import align_labels, stdout_to_stderr
+
+    y = align_labels(y, version.manifest.get("classes"))
+    with stdout_to_stderr():  # a model that prints must not corrupt the --json report
+        result = permutation_importance(estimator, rows[features], y, n_repeats=3, random_state=0)
+    importance = {f: max(float(v), 0.0) for f, v in zip(features, result.importances_mean, strict=True)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_json(path, importance)
+    except OSError:
+        pass  # a read-only registry: the cache is an optimisation, the report does not need it
+    return importance
+
+
+def prediction_row(name: str, ref: pd.Series, cur: pd.Series, options: DriftOptions) -> dict[str, Any]:
+    """Drift of one prediction column (probabilities or values: numeric; labels: categorical), uncorrected."""
+    import pandas as pd
+
+    numeric = [name] if pd.api.types.is_float_dtype(ref) else []  # never an "identifier": scores are mostly unique
+    row = feature_row(
+        name, ref, cur, DriftOptions(numeric=numeric, stattest=options.stattest, threshold=options.threshold)
+    )
+    decide([row], DriftOptions(stattest=options.stattest, threshold=options.threshold, correction="none"))
+    scores = row["kind"] == "numeric" and row["status"] == "ok"
+    row["mean_reference"] = float(ref.mean()) if scores else None
+    row["mean_current"] = float(cur.mean()) if scores else None
+    return row
+
+
+def _stored_prediction_column(version: Version, sample: pd.DataFrame, values: pd.Series | None = None) -> str:
+    """The column of the stored reference sample that matches the model's output: the positive-class probability
+    of a binary classifier, else `prediction`. Given the values of a --prediction-column, labels (not fractions)
+    match `prediction`, and a column of the sample's own name matches itself."""
+    import pandas as pd
+
+    from mlops_cli import model as model_lib
+
+    if values is not None and values.name in sample.columns:
+        return str(values.name)
+    classes = version.manifest.get("classes") or []
+    binary = version.manifest["task"] == "classifier" and len(classes) == 2
+    labels = values is not None and not (
+        pd.api.types.is_float_dtype(values) and not integral(values.dropna().to_numpy(dtype=float))
+    )
+    return model_lib.proba_column(classes[-1]) if binary and not labels else "prediction"
+
+
+def prediction_drift(
+    version: Version,
+    estimator: Any,
+    sample: pd.DataFrame,
+    current: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    options: DriftOptions,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(prediction drift row, or None and the reason it was skipped)."""
+    from mlops_cli import model as model_lib
+
+    col = options.prediction_column
+    if col is not None and col in current.columns:  # predictions made upstream: compare them, no re-scoring
+        if reference is not None and col in reference.columns:
+            return prediction_row(col, reference[col], current[col], options), None
+        stored = _stored_prediction_column(version, sample, current[col])
+        if stored not in sample.columns:
+            return None, f"prediction drift skipped: the stored reference sample has no {stored!r} column"
+        return prediction_row(col, sample[stored], current[col], options), None
+    features = [f["name"] for f in version.manifest["features"]]
+    missing = [f for f in features if f not in current.columns]
+    if missing:
+        return None, f"prediction drift and performance skipped: CURRENT lacks the model's features {missing}"
+    column = _stored_prediction_column(version, sample)
+    if column not in sample.columns:
+        return None, f"prediction drift skipped: the stored reference sample has no {column!r} column"
+    task, classes = version.manifest["task"], version.manifest.get("classes")
+    try:
+        predictions = model_lib.predict_frame(estimator, current[features], task=task, classes=classes)
+    except InvalidData as exc:
+        return None, f"prediction drift skipped: {exc.message}"
+    return prediction_row(column, sample[column], predictions[column], options), None
+
+
+def performance(
+    version: Version, estimator: Any, current: pd.DataFrame, target: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the model's metrics on the labelled current rows against the recorded ones, or None and why not).
+
+    The drop's 95% CI combines both uncertainties by the normal approximation: each side's standard error is its
+    95% CI half-width / 1.96 (the recorded CI from the manifest, the current one from 300 bootstrap resamples),
+    and the drop's CI is drop +/- 1.96 * sqrt(se_recorded^2 + se_current^2).
+    """
+    from mlops_cli import metrics
+    from mlops_cli import model as model_lib
+
+    features = [f["name"] for f in version.manifest["features"]]
+    if any(f not in current.columns for f in features):
+        return None, None  # said once, with prediction drift
+    recorded = version.manifest.get("eval_metrics") or {}
+    labelled = current[current[target].notna()]
+    if len(labelled) < MIN_LABELLED:
+        return None, (
+            f"performance skipped: {len(labelled):,} labelled rows in CURRENT; "
+            f"a drop needs at least {MIN_LABELLED} to mean anything"
+        )
+    try:
+        scorer = model_lib.scorer_for(estimator, version.manifest, labelled, target)
+    except InvalidData as exc:
+        return None, f"performance skipped: {exc.message}"
+    now = metrics.evaluate(scorer, n_boot=300, seed=0)
+    out = {}
+    for name in metrics.CLASSIFIER_METRICS if scorer.task == "classifier" else metrics.REGRESSOR_METRICS:
+        if name not in now:
+            continue
+        cur = now[name]
+        entry: dict[str, Any] = {"current": cur["value"], "current_ci": [cur["ci_low"], cur["ci_high"]]}
+        if name in recorded:
+            base = recorded[name]
+            sign = 1 if metrics.higher_is_better(name) else -1
+            drop = sign * (base["value"] - cur["value"])
+            ref_ci = [base.get("ci_low"), base.get("ci_high")]
+            se_ref = _se(*ref_ci) if None not in ref_ci else 0.0  # no recorded CI: the current one alone
+            half = 1.96 * math.hypot(se_ref, _se(cur["ci_low"], cur["ci_high"]))
+            entry.update(recorded=base["value"], recorded_ci=ref_ci, drop=drop, drop_ci=[drop - half, drop + half])
+        out[name] = entry
+    return {
+        "rows": len(labelled),
+        "metrics": out,
+        "drop_ci_method": "normal: drop ± 1.96·√(se_recorded² + se_current²), se = 95% CI half-width / 1.96",
+    }, None
+
+
+def _se(low: float, high: float) -> float:
+    return (high - low) / 2 / 1.96

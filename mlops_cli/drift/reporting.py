@@ -1,0 +1,199 @@
+"""The drift report: `compare` two frames feature by feature, `report` from files, `drift_for_model` against a
+registered version's stored reference, and the report's assembly (summary, verdict, notes)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_cli import io
+from mlops_cli.drift import decision, kinds, model, stats
+from mlops_cli.drift.decision import DriftOptions
+from mlops_cli.errors import EmptyInput, InputError, SchemaMismatch
+from mlops_cli.report import Report
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops_cli.registry import Registry, Version
+
+MIN_ROWS = 30  # below this many rows on a side, the tests have little power: the report says so
+# Per-column statistics run in a small thread pool on large inputs: numpy's sorts, searches and ufuncs release the
+# GIL. Two workers: each holds a few arrays of the column's size, and memory matters as much as time here.
+WORKERS = min(2, os.cpu_count() or 1)
+PARALLEL_ROWS = 200_000
+
+
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, options: DriftOptions, importance: dict[str, float] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-feature drift rows and the dataset summary."""
+    if current.empty:
+        raise EmptyInput("the current data has no rows", "nothing to compare")
+    if reference.empty:
+        raise EmptyInput("the reference data has no rows", "nothing to compare with")
+    skip = set(options.ignore) | {options.target, options.prediction_column} - {None}
+    names = [n for n in (options.features or reference.columns) if n not in skip]
+    unknown = [n for n in names if n not in reference.columns and n not in current.columns]
+    if unknown:
+        raise SchemaMismatch(f"no such columns in either data: {unknown}", "check --features")
+    columns = {n: (reference.get(n), current.get(n)) for n in names}  # taken here: pandas is not thread-safe
+
+    def feature(name: str) -> dict[str, Any]:
+        return kinds.feature_row(name, *columns[name], options)
+
+    if len(reference) + len(current) >= PARALLEL_ROWS and WORKERS > 1:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            rows = list(pool.map(feature, names))
+    else:
+        rows = [feature(n) for n in names]
+    decision.decide(rows, options)
+    importance = importance or {}
+    for row in rows:
+        row["importance"] = importance.get(row["name"])
+    tested = [r for r in rows if r["drifted"] is not None]
+    drifted = [r for r in tested if r["drifted"]]
+    total_importance = sum(importance.get(r["name"], 0.0) for r in tested)
+    weighted = (
+        sum(importance.get(r["name"], 0.0) for r in drifted) / total_importance
+        if importance and total_importance > 0
+        else None
+    )
+    share = len(drifted) / len(tested) if tested else 0.0
+    verdict = share >= options.drift_share or (weighted is not None and weighted >= options.drift_share)
+    # Drift that matters to this model first: drifted features by importance, then severity; then the rest.
+    order = {"high": 0, "medium": 1, "low": 2, "none": 3}
+    rows.sort(key=lambda r: (not r["drifted"], -(r["importance"] or 0.0), order[r["severity"]], r["name"]))
+    only_current = [c for c in current.columns if c not in reference.columns and c not in skip]
+    summary = {
+        "features": len(rows),
+        "tested": len(tested),
+        "drifted": len(drifted),
+        "drifted_share": share,
+        "weighted_drifted_share": weighted,
+        "drift_share": options.drift_share,
+        "verdict": "drift" if verdict and tested else "no drift",
+        "drifted_features": [r["name"] for r in drifted],
+        "not_compared": {r["name"]: r["status"] for r in rows if r["drifted"] is None},
+        "only_in_current": only_current if options.features is None else [],
+        "rows": {"reference": len(reference), "current": len(current)},
+        "prediction_drift": None,
+        "performance": None,
+        "rule": {
+            "stattest": options.stattest,
+            "large_sample": decision.LARGE_SAMPLE,
+            "thresholds": decision.THRESHOLDS,
+            "threshold": options.threshold,
+            "severity_bands": decision.SEVERITY,
+            "correction": options.correction,
+            "missing_share_change": decision.MISSING_SHARE_CHANGE,
+            "inf_share_change": decision.INF_SHARE_CHANGE,
+            "identifier_unique_share": {"text": kinds.ID_UNIQUE_SHARE, "integer": kinds.ID_UNIQUE_SHARE_INT},
+            "psi_bins": stats.PSI_BINS,
+            "psi_floor": stats.PSI_FLOOR,
+        },
+    }
+    return rows, summary
+
+
+def report(
+    registry: Registry | None,
+    current_path: Path,
+    *,
+    reference_path: Path | None = None,
+    model_ref: str | None = None,
+    options: DriftOptions | None = None,
+    fmt: str | None = None,
+) -> Report:
+    """`mlops drift-report`: from files, or with --model from the version's stored reference."""
+    options = options or DriftOptions()
+    if model_ref is None and reference_path is None:
+        raise InputError(
+            "no reference: pass REFERENCE CURRENT, or --model REF to use the stored reference",
+            "e.g. mlops drift-report current.parquet --model churn@production",
+        )
+    paths = [p for p in (reference_path, current_path) if p is not None]
+    with ThreadPoolExecutor(1) as hashing:
+        # The inputs' sha256 (a full read of each file) runs beside the parsing and the statistics.
+        digests = [hashing.submit(io.fingerprint, p) for p in paths]
+        current = io.read_table(current_path, fmt=fmt)
+        if options.target is not None and options.target not in current.columns:
+            # A mistyped --target would otherwise silently drop the performance check.
+            raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
+        reference = io.read_table(reference_path, fmt=fmt) if reference_path is not None else None
+        if model_ref is None:
+            assert reference is not None
+            out = _report(*compare(reference, current, options), [], None, [])
+            col = options.prediction_column
+            if col is not None and col in reference.columns and col in current.columns:
+                out.results["summary"]["prediction_drift"] = model.prediction_row(
+                    col, reference[col], current[col], options
+                )
+            elif col is not None:
+                side = "REFERENCE" if col not in reference.columns else "CURRENT"
+                out.messages.append(f"prediction drift skipped: no column {col!r} in {side}")
+        else:
+            assert registry is not None
+            version = registry.resolve(model_ref)
+            out = drift_for_model(registry, version, current, options=options, reference=reference)
+    frames = [f for f in (reference, current) if f is not None]
+    out.inputs = [{**d.result(), "rows": len(f)} for d, f in zip(digests, frames, strict=True)]
+    return out
+
+
+def drift_for_model(
+    registry: Registry,
+    version: Version,
+    current: pd.DataFrame,
+    *,
+    options: DriftOptions | None = None,
+    reference: pd.DataFrame | None = None,
+) -> Report:
+    """Drift of `current` against a registered version's stored reference sample (or `reference`), with
+    importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
+    options = options or DriftOptions()
+    estimator, version = registry.load_model(version, strict=options.strict)
+    sample = io.read_table(version.file("sample.parquet"))
+    features = [f["name"] for f in version.manifest["features"]]
+    target = options.target or version.manifest.get("target")
+    if options.features is None:
+        options = DriftOptions(**{**options.__dict__, "features": features})
+    importance = model.feature_importance(registry, version, estimator, sample)
+    rows, summary = compare(reference if reference is not None else sample, current, options, importance)
+    messages = []
+    summary["prediction_drift"], why = model.prediction_drift(version, estimator, sample, current, reference, options)
+    messages += [why] if why else []
+    if target and target in current.columns:
+        summary["performance"], why = model.performance(version, estimator, current, target)
+        messages += [why] if why else []
+    return _report(rows, summary, [], version, messages)
+
+
+def _report(
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    version: Version | None,
+    messages: list[str],
+) -> Report:
+    notes = []
+    if summary["not_compared"]:
+        notes.append(f"not compared: {', '.join(f'{k} ({v})' for k, v in summary['not_compared'].items())}")
+    if summary["only_in_current"]:
+        notes.append(f"only in CURRENT, not compared: {', '.join(summary['only_in_current'])}")
+    for side, n in summary["rows"].items():
+        if n < MIN_ROWS:
+            notes.append(
+                f"{side.upper()} has only {n} row{'s' if n != 1 else ''}: with fewer than {MIN_ROWS} rows the "
+                "tests have little power, so 'no drift' says little"
+            )
+    return Report(
+        "drift-report",
+        results={"features": rows, "summary": summary},
+        inputs=inputs,
+        model=version.summary() if version else None,
+        messages=notes + messages,
+        passed=summary["verdict"] != "drift",
+    )
