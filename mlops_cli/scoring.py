@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlops_cli import io, schema
-from mlops_cli import model as model_lib
+from mlops_cli import io
 from mlops_cli.errors import EmptyInput, InputError, Interrupted, InvalidData, SchemaMismatch
 from mlops_cli.profile import QUANTILES
-from mlops_cli.registry import SAMPLE as SAMPLE_FILE
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report
+from mlops_cli.runtime import LoadedModel, proba_column
+from mlops_cli.runtime.contract import text_column_types
 
 ON_INVALID = ("fail", "skip", "null")
 REASON_COLUMN = "invalid_reason"
@@ -250,44 +250,31 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 class _Model:
     role: str
     ref: str
-    version: Version
-    task: str
-    features: list[str]
-    predictor: model_lib.Predictor
+    model: LoadedModel
     summary: _Summary
     routed: int = 0
     rejected: int = 0
 
     @classmethod
     def load(cls, registry: Registry, ref: str, role: str, options: ScoreOptions) -> _Model:
-        estimator, version = registry.load_model(ref, strict=options.strict)
-        manifest = version.manifest
-        features = schema.feature_names(manifest.get("features") or [])
-        if not features:
-            raise SchemaMismatch(
-                f"{version.ref} records no feature names",
-                "register it with --train-data, or fit it on a DataFrame so it knows its columns",
-            )
-        probe = None
-        if SAMPLE_FILE in manifest["files"] and manifest["task"] == "classifier":
-            # Rows from across the training distribution, to check that argmax(predict_proba) is predict.
-            probe = io.read_table(version.file(SAMPLE_FILE), columns=features).head(model_lib.Predictor.CHECK_ROWS)
-        predictor = model_lib.Predictor(estimator, task=manifest["task"], proba=options.proba, probe=probe)
-        return cls(
-            role, ref, version, manifest["task"], features, predictor, _Summary(predictor.classes, predictor.with_proba)
-        )
+        model = LoadedModel.load(registry, ref, strict=options.strict, proba=options.proba)
+        return cls(role, ref, model, _Summary(model.classes, model.with_proba))
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return self.version.manifest
+    def version(self) -> Version:
+        return self.model.version  # type: ignore[return-value]  # loaded from the registry
+
+    @property
+    def task(self) -> str:
+        return self.model.spec.task
 
     def result(self, rows_read: int) -> dict[str, Any]:
         return {
             "role": self.role,
             "ref": self.ref,
-            **self.version.summary(),
+            **self.model.summary(),
             "task": self.task,
-            "estimator_class": self.manifest.get("estimator_class"),
+            "estimator_class": self.model.spec.estimator_class,
             "rows_routed": self.routed,
             "share": self.routed / rows_read if rows_read else None,
             "rows_scored": self.summary.scored,
@@ -326,16 +313,16 @@ def _plan(
     for part, part_schema in zip(parts, schemas, strict=True):
         where = str(part) if len(parts) > 1 else str(input_path)
         for m in models:
-            schema.require_features(part_schema.names, m.manifest, where=where, model=m.version.ref)
+            m.model.spec.require_features(part_schema.names, where=where)
         absent = [c for c in dict.fromkeys(kept + split_key) if c not in part_schema.names]
         if absent:
             raise SchemaMismatch(
                 f"{where} has no column(s) {absent} (named by --id-column, --keep-columns or --split-key)",
                 f"its columns are {part_schema.names[:20]}",
             )
-    features = list(dict.fromkeys(f for m in models for f in m.features))
+    features = list(dict.fromkeys(f for m in models for f in m.model.spec.feature_names))
     read = list(dict.fromkeys(kept + features + split_key))
-    column_types = schema.text_column_types(read) if input_format == "csv" else None
+    column_types = text_column_types(read) if input_format == "csv" else None
 
     champion = models[0]
     if any(m.task != champion.task for m in models):
@@ -345,10 +332,10 @@ def _plan(
         )
     classes: list[Any] = []
     for m in models:
-        if m.predictor.with_proba:
-            classes += [c for c in m.predictor.classes.tolist() if c not in classes]  # type: ignore[union-attr]
+        if m.model.with_proba:
+            classes += [c for c in m.model.classes.tolist() if c not in classes]  # type: ignore[union-attr]
     outputs = [("prediction", _prediction_type(models))]
-    outputs += [(model_lib.proba_column(c), pa.float64()) for c in classes]
+    outputs += [(proba_column(c), pa.float64()) for c in classes]
     outputs += [("model_name", pa.string()), ("model_version", pa.string())]
     if options.on_invalid == "null":
         outputs.append((REASON_COLUMN, pa.string()))
@@ -372,7 +359,7 @@ def _plan(
 def _prediction_type(models: list[_Model]) -> pa.DataType:
     types = set()
     for m in models:
-        classes = m.predictor.classes
+        classes = m.model.classes
         try:
             types.add(pa.array(classes).type if classes is not None else pa.float64())
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -425,22 +412,21 @@ class _Run:
                 continue
             part = batch if rows is None else batch.take(pa.array(rows))
             m.routed += part.num_rows
-            frame = io.to_pandas(schema.prepare_arrow(part.select(m.features), m.manifest))
-            frame, bad, why = schema.validate_batch(frame, m.manifest)
+            answer = m.model.score(part)
+            bad = answer.invalid
             if bad.any():
                 m.rejected += int(bad.sum())
-                for label, mask in why.items():
+                for label, mask in answer.reasons.items():
                     full = np.zeros(n, dtype=bool)
                     full[rows[mask] if rows is not None else mask] = True
                     reasons[label] = reasons[label] | full if label in reasons else full
                 invalid[rows[bad] if rows is not None else bad] = True
                 if self.options.on_invalid == "fail":
                     continue
-                frame = frame[~bad]
                 rows = rows[~bad] if rows is not None else np.flatnonzero(~bad)
-            if len(frame) == 0:
+            if len(answer.prediction) == 0:
                 continue
-            prediction, proba = m.predictor.predict(frame)
+            prediction, proba = answer.prediction, answer.proba
             m.summary.add(prediction, proba, sample_keys if rows is None else sample_keys[rows])
             scored.append((m, rows, prediction, proba))
         if invalid.any() and self.options.on_invalid == "fail":
@@ -524,7 +510,7 @@ class _Run:
         return pa.RecordBatch.from_arrays(columns, schema=plan.schema)
 
     def _model_class(self, m: _Model, label: Any) -> int | None:
-        classes = m.predictor.classes
+        classes = m.model.classes
         if classes is None:
             return None
         hits = np.flatnonzero(classes == label)

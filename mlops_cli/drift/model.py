@@ -11,6 +11,7 @@ from mlops_cli import io
 from mlops_cli.drift.decision import DriftOptions, decide
 from mlops_cli.drift.kinds import feature_row, integral
 from mlops_cli.errors import InvalidData
+from mlops_cli.runtime import LoadedModel, proba_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,12 +37,16 @@ def _cached_importance(path: Path, features: list[str]) -> dict[str, float] | No
     return {f: float(v) for f, v in zip(features, values, strict=True)}
 
 
-def feature_importance(registry: Registry, version: Version, estimator: Any, sample: pd.DataFrame) -> dict[str, float]:
+def feature_importance(registry: Registry, model: LoadedModel, sample: pd.DataFrame) -> dict[str, float]:
     """Permutation importance on (up to 5,000 rows of) the reference sample, cached beside the registry's versions
-    (versions are immutable; the cache is not part of them)."""
+    (versions are immutable; the cache is not part of them). The permuted rows are scored through the runtime."""
     from sklearn.inspection import permutation_importance
 
-    features = [f["name"] for f in version.manifest["features"]]
+    from mlops_cli.runtime.labelled import align_labels
+
+    version = model.version
+    assert version is not None
+    features = model.spec.feature_names
     path = registry.root / version.name / "cache" / version.version / "importance.json"
     if path.is_file() and (cached := _cached_importance(path, features)) is not None:
         return cached
@@ -49,12 +54,12 @@ def feature_importance(registry: Registry, version: Version, estimator: Any, sam
     if not target or target not in sample.columns:
         return {}
     rows = sample[sample[target].notna()].head(5000)
-    y = rows[target].to_numpy()
-    from mlops_cli.model import align_labels, stdout_to_stderr
-
-    y = align_labels(y, version.manifest.get("classes"))
-    with stdout_to_stderr():  # a model that prints must not corrupt the --json report
-        result = permutation_importance(estimator, rows[features], y, n_repeats=3, random_state=0)
+    rows = rows.iloc[model.score(rows).scored_rows]  # rows outside the input contract would not be scored
+    y = align_labels(rows[target].to_numpy(), model.spec.classes)
+    scoring = "accuracy" if model.spec.task == "classifier" else "r2"  # what the estimator's own score() uses
+    result = permutation_importance(
+        model.as_estimator(), rows[features], y, scoring=scoring, n_repeats=3, random_state=0
+    )
     importance = {f: max(float(v), 0.0) for f, v in zip(features, result.importances_mean, strict=True)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +90,6 @@ def _stored_prediction_column(version: Version, sample: pd.DataFrame, values: pd
     match `prediction`, and a column of the sample's own name matches itself."""
     import pandas as pd
 
-    from mlops_cli import model as model_lib
-
     if values is not None and values.name in sample.columns:
         return str(values.name)
     classes = version.manifest.get("classes") or []
@@ -94,20 +97,19 @@ def _stored_prediction_column(version: Version, sample: pd.DataFrame, values: pd
     labels = values is not None and not (
         pd.api.types.is_float_dtype(values) and not integral(values.dropna().to_numpy(dtype=float))
     )
-    return model_lib.proba_column(classes[-1]) if binary and not labels else "prediction"
+    return proba_column(classes[-1]) if binary and not labels else "prediction"
 
 
 def prediction_drift(
-    version: Version,
-    estimator: Any,
+    model: LoadedModel,
     sample: pd.DataFrame,
     current: pd.DataFrame,
     reference: pd.DataFrame | None,
     options: DriftOptions,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(prediction drift row, or None and the reason it was skipped)."""
-    from mlops_cli import model as model_lib
-
+    version = model.version
+    assert version is not None
     col = options.prediction_column
     if col is not None and col in current.columns:  # predictions made upstream: compare them, no re-scoring
         if reference is not None and col in reference.columns:
@@ -116,24 +118,27 @@ def prediction_drift(
         if stored not in sample.columns:
             return None, f"prediction drift skipped: the stored reference sample has no {stored!r} column"
         return prediction_row(col, sample[stored], current[col], options), None
-    features = [f["name"] for f in version.manifest["features"]]
-    missing = [f for f in features if f not in current.columns]
+    missing = [f for f in model.spec.feature_names if f not in current.columns]
     if missing:
         return None, f"prediction drift and performance skipped: CURRENT lacks the model's features {missing}"
     column = _stored_prediction_column(version, sample)
     if column not in sample.columns:
         return None, f"prediction drift skipped: the stored reference sample has no {column!r} column"
-    task, classes = version.manifest["task"], version.manifest.get("classes")
     try:
-        predictions = model_lib.predict_frame(estimator, current[features], task=task, classes=classes)
+        scored = model.score(current)
     except InvalidData as exc:
         return None, f"prediction drift skipped: {exc.message}"
-    return prediction_row(column, sample[column], predictions[column], options), None
+    row = prediction_row(column, sample[column], scored.frame(current.index)[column], options)
+    if scored.invalid.any():
+        reasons = ", ".join(f"{label} ({n:,})" for label, n in sorted(scored.rejected().items()))
+        return (
+            row,
+            f"prediction drift: {int(scored.invalid.sum()):,} rows of CURRENT break the input contract and were not scored: {reasons}",
+        )
+    return row, None
 
 
-def performance(
-    version: Version, estimator: Any, current: pd.DataFrame, target: str
-) -> tuple[dict[str, Any] | None, str | None]:
+def performance(model: LoadedModel, current: pd.DataFrame, target: str) -> tuple[dict[str, Any] | None, str | None]:
     """(the model's metrics on the labelled current rows against the recorded ones, or None and why not).
 
     The drop's 95% CI combines both uncertainties by the normal approximation: each side's standard error is its
@@ -141,12 +146,11 @@ def performance(
     and the drop's CI is drop +/- 1.96 * sqrt(se_recorded^2 + se_current^2).
     """
     from mlops_cli import metrics
-    from mlops_cli import model as model_lib
+    from mlops_cli.runtime import labelled as labelled_lib
 
-    features = [f["name"] for f in version.manifest["features"]]
-    if any(f not in current.columns for f in features):
+    if any(f not in current.columns for f in model.spec.feature_names):
         return None, None  # said once, with prediction drift
-    recorded = version.manifest.get("eval_metrics") or {}
+    recorded = model.version.manifest.get("eval_metrics") or {} if model.version else {}
     labelled = current[current[target].notna()]
     if len(labelled) < MIN_LABELLED:
         return None, (
@@ -154,7 +158,7 @@ def performance(
             f"a drop needs at least {MIN_LABELLED} to mean anything"
         )
     try:
-        scorer = model_lib.scorer_for(estimator, version.manifest, labelled, target)
+        scorer = labelled_lib.scorer(model, labelled, target, where="the labelled rows of CURRENT")
     except InvalidData as exc:
         return None, f"performance skipped: {exc.message}"
     now = metrics.evaluate(scorer, n_boot=300, seed=0)

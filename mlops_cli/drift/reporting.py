@@ -13,6 +13,7 @@ from mlops_cli.drift import decision, kinds, model, stats
 from mlops_cli.drift.decision import DriftOptions
 from mlops_cli.errors import EmptyInput, InputError, SchemaMismatch
 from mlops_cli.report import Report
+from mlops_cli.runtime import LoadedModel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,28 +155,30 @@ def drift_for_model(
     """Drift of `current` against a registered version's stored reference sample (or `reference`), with
     importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
     options = options or DriftOptions()
-    estimator, version = registry.load_model(version, strict=options.strict)
+    loaded = LoadedModel.load(registry, version, strict=options.strict)
+    version = loaded.version
+    assert version is not None  # loaded from the registry
     sample = io.read_table(version.file("sample.parquet"))
-    features = [f["name"] for f in version.manifest["features"]]
+    features = loaded.spec.feature_names
     target = options.target or version.manifest.get("target")
     if options.features is None:
         options = DriftOptions(**{**options.__dict__, "features": features})
-    importance = model.feature_importance(registry, version, estimator, sample)
+    importance = model.feature_importance(registry, loaded, sample)
     rows, summary = compare(reference if reference is not None else sample, current, options, importance)
     messages = []
-    summary["prediction_drift"], why = model.prediction_drift(version, estimator, sample, current, reference, options)
+    summary["prediction_drift"], why = model.prediction_drift(loaded, sample, current, reference, options)
     messages += [why] if why else []
     if target and target in current.columns:
-        summary["performance"], why = model.performance(version, estimator, current, target)
+        summary["performance"], why = model.performance(loaded, current, target)
         messages += [why] if why else []
-    return _report(rows, summary, [], version, messages)
+    return _report(rows, summary, [], loaded.summary(), messages)
 
 
 def _report(
     rows: list[dict[str, Any]],
     summary: dict[str, Any],
     inputs: list[dict[str, Any]],
-    version: Version | None,
+    model_block: dict[str, Any] | None,
     messages: list[str],
 ) -> Report:
     notes = []
@@ -193,7 +196,7 @@ def _report(
         "drift-report",
         results={"features": rows, "summary": summary},
         inputs=inputs,
-        model=version.summary() if version else None,
+        model=model_block,
         messages=notes + messages,
         passed=summary["verdict"] != "drift",
     )
