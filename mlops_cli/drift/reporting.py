@@ -156,8 +156,6 @@ def drift_for_model(
     importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
     options = options or DriftOptions()
     loaded = LoadedModel.load(registry, version, strict=options.strict)
-    version = loaded.version
-    assert version is not None  # loaded from the registry
     sample = io.read_table(version.file("sample.parquet"))
     features = loaded.spec.feature_names
     target = options.target or version.manifest.get("target")
