@@ -167,7 +167,7 @@ def test_argmax_fallback_without_a_sample_checks_the_first_rows(tmp_path):
     spec = ModelSpec.from_manifest(
         {"task": "classifier", "classes": [0, 1], "features": [{"name": f} for f in FEATURES]}
     )
-    model = LoadedModel(estimator, spec)
+    model = LoadedModel.of(estimator, spec)
     assert model.predictor._argmax_is_predict is True  # nothing seen yet
     rows = _data(50, seed=6)[FEATURES]
     np.testing.assert_array_equal(model.score(rows).prediction, estimator.predict(rows))
@@ -180,7 +180,7 @@ def test_eight_threads_at_once_get_identical_answers(tmp_path):
     frame = _data()
     estimator = ShiftedThreshold().fit(frame[FEATURES], frame["y"])
     spec = ModelSpec.from_manifest({"task": "classifier", "classes": [0, 1], "features": infer(frame, FEATURES)})
-    model = LoadedModel(estimator, spec)  # no probe: the check happens while the threads score
+    model = LoadedModel.of(estimator, spec)  # no probe: the check happens while the threads score
     typed = [_data(400, seed=10 + i)[FEATURES] for i in range(8)]
     expected = [estimator.predict(b) for b in typed]
     batches = [b.astype(str) for b in typed]  # the coercion runs in the threads too
@@ -218,7 +218,7 @@ def test_a_model_that_sleeps_fails_the_latency_budget_quickly(tmp_path, model):
             time.sleep(0.2)
             return model.estimator.predict_proba(X)
 
-    slow = LoadedModel(Sleepy(), model.spec)
+    slow = LoadedModel.of(Sleepy(), model.spec)
     start = time.perf_counter()
     result = latency.single_row(slow, _data(50)[FEATURES], budget_ms=50)
     assert result["within_budget"] is False and result["median_round_p99_ms"] >= 200

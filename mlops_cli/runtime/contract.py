@@ -8,6 +8,7 @@ saw.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mlops_cli.errors import SchemaMismatch
@@ -65,47 +66,113 @@ def prepare_arrow(batch: Any, spec: ModelSpec) -> Any:
     return batch
 
 
-def validate(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+Columns = dict[str, "np.ndarray"]  # feature name -> values: rows without pandas (a server's request)
+
+
+def validate(data: pd.DataFrame | Mapping[str, Any], spec: ModelSpec) -> tuple[Any, np.ndarray, dict[str, np.ndarray]]:
     """Check and coerce rows against a model's input contract.
 
-    Returns the model's feature columns in training order, coerced where that is safe (text holding numbers to
-    numbers, `true`/`false` to booleans, ISO dates to datetimes; integers for a float feature pass as they are);
-    a boolean mask of the rows the model must not be given; and, for each reason (`"<column>: <problem>"`), the mask
-    of the rows it applies to. A row can have several reasons. Values that cannot be coerced are always invalid;
-    missing values only when the contract says `accepts_missing: false`, unseen categories only when it says
-    `accepts_unseen: false` (and the spec knows the categories).
+    Returns the model's feature columns in training order (a DataFrame for a DataFrame, `Columns` for a mapping of
+    column name to values), coerced where that is safe (text holding numbers to numbers, `true`/`false` to
+    booleans, ISO dates to datetimes; integers for a float feature pass as they are); a boolean mask of the rows the
+    model must not be given; and, for each reason (`"<column>: <problem>"`), the mask of the rows it applies to. A
+    row can have several reasons. Values that cannot be coerced are always invalid; missing values only when the
+    contract says `accepts_missing: false`, unseen categories only when it says `accepts_unseen: false` (and the
+    spec knows the categories).
 
     Missing columns, and a column whose type can never hold the feature (dates for a number, numbers for a text
-    category), raise SchemaMismatch: no row of such data can be scored. `frame` itself is not modified.
+    category), raise SchemaMismatch: no row of such data can be scored. `data` itself is not modified.
     """
     import numpy as np
 
-    features = spec.require_features(frame.columns, where="the data")
+    if isinstance(data, Mapping):
+        return _validate_columns(data, spec)
+    features = spec.require_features(data.columns, where="the data")
+    dtypes = data.dtypes
     changed = {}
     reasons: dict[str, np.ndarray] = {}
     for feature in spec.features:
-        original = frame[feature.name]
-        column, bad, problem = _coerce(original, feature)
+        if _ready(feature, dtypes[feature.name]) and not _checked(feature, spec):
+            continue  # already of the trained type, and nothing to check row by row: the common case costs nothing
+        original = data[feature.name]
+        column = _check(original, feature, spec, reasons)
         if column is not original:
             changed[feature.name] = column
-        if bad is not None and bad.any():
-            reasons[f"{feature.name}: {problem}"] = bad
-        if not spec.accepts_missing:
-            missing = column.isna().to_numpy()  # may be a read-only view (pandas 3): never modify it in place
-            if bad is not None:
-                missing = missing & ~bad
-            if missing.any():
-                reasons[f"{feature.name}: {MISSING}"] = missing
-        if not spec.accepts_unseen and feature.kind == "categorical" and feature.categories is not None:
-            text = column if _is_text(column) else column.astype(str)
-            unseen = column.notna().to_numpy() & ~text.isin(feature.categories).to_numpy()
-            if unseen.any():
-                reasons[f"{feature.name}: {UNSEEN}"] = unseen
-    out = frame if list(frame.columns) == features else frame[features]
+    out = data if list(data.columns) == features else data[features]
     if changed:
         out = out.assign(**changed)
-    invalid = np.logical_or.reduce(list(reasons.values())) if reasons else np.zeros(len(frame), dtype=bool)
+    invalid = np.logical_or.reduce(list(reasons.values())) if reasons else np.zeros(len(data), dtype=bool)
     return out, invalid, reasons
+
+
+def _validate_columns(data: Mapping[str, Any], spec: ModelSpec) -> tuple[Columns, np.ndarray, dict[str, np.ndarray]]:
+    import numpy as np
+
+    spec.require_features(data.keys(), where="the data")
+    out: Columns = {}
+    reasons: dict[str, np.ndarray] = {}
+    rows = None
+    for feature in spec.features:
+        values = np.asarray(data[feature.name])
+        if values.ndim != 1 or (rows is not None and len(values) != rows):
+            raise SchemaMismatch(f"column {feature.name!r} is not one value per row", "send one value per row")
+        rows = len(values)
+        if _ready(feature, values.dtype) and not _checked(feature, spec):
+            out[feature.name] = values
+            continue
+        import pandas as pd
+
+        series = pd.Series(values, dtype=object if values.dtype.kind == "U" else None)
+        out[feature.name] = _check(series, feature, spec, reasons).to_numpy()
+    invalid = np.logical_or.reduce(list(reasons.values())) if reasons else np.zeros(rows or 0, dtype=bool)
+    return out, invalid, reasons
+
+
+def _ready(feature: FeatureSpec, dtype: Any) -> bool:
+    """Whether a column of this dtype is already what the model was trained on (no coercion to do)."""
+    import numpy as np
+    import pandas as pd
+
+    kind = feature.kind
+    if kind is None:
+        return True
+    if isinstance(dtype, pd.CategoricalDtype):
+        return False
+    if kind == "numeric":
+        return pd.api.types.is_numeric_dtype(dtype)
+    if kind == "boolean":
+        return pd.api.types.is_bool_dtype(dtype)
+    if kind == "datetime":
+        return pd.api.types.is_datetime64_any_dtype(dtype)
+    if kind == "categorical":
+        return isinstance(dtype, np.dtype) and dtype.kind == "O" or pd.api.types.is_string_dtype(dtype)
+    return False
+
+
+def _checked(feature: FeatureSpec, spec: ModelSpec) -> bool:
+    """Whether the contract checks this column row by row (missing values, unseen categories)."""
+    return not spec.accepts_missing or (
+        not spec.accepts_unseen and feature.kind == "categorical" and feature.categories is not None
+    )
+
+
+def _check(original: pd.Series, feature: FeatureSpec, spec: ModelSpec, reasons: dict[str, np.ndarray]) -> pd.Series:
+    """The column coerced; the reasons its rows break the contract are added to `reasons`."""
+    column, bad, problem = _coerce(original, feature)
+    if bad is not None and bad.any():
+        reasons[f"{feature.name}: {problem}"] = bad
+    if not spec.accepts_missing:
+        missing = column.isna().to_numpy()  # may be a read-only view (pandas 3): never modify it in place
+        if bad is not None:
+            missing = missing & ~bad
+        if missing.any():
+            reasons[f"{feature.name}: {MISSING}"] = missing
+    if not spec.accepts_unseen and feature.kind == "categorical" and feature.categories is not None:
+        text = column if _is_text(column) else column.astype(str)
+        unseen = column.notna().to_numpy() & ~text.isin(feature.categories).to_numpy()
+        if unseen.any():
+            reasons[f"{feature.name}: {UNSEEN}"] = unseen
+    return column
 
 
 def _is_text(column: pd.Series) -> bool:

@@ -10,10 +10,11 @@ can serve many threads at once.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlops_cli.errors import InvalidData, MlopsWarning, VersionMismatch
+from mlops_cli.errors import InputError, InvalidData, MlopsWarning, VersionMismatch
 from mlops_cli.runtime import contract, threads
 from mlops_cli.runtime.predictor import CHECK_ROWS, Predictor
 from mlops_cli.runtime.spec import ModelSpec
@@ -87,50 +88,55 @@ class Scored:
         )
 
 
+RUNTIMES = ("auto", "sklearn", "onnx")
+
+
 @dataclass
 class LoadedModel:
-    """A model ready to score: its estimator, its spec and, when it came from the registry, its version."""
+    """A model ready to score: its spec, the predictor that answers (scikit-learn or ONNX), and, when it came from
+    the registry, its version. `estimator` is the scikit-learn object when one was loaded (None for ONNX alone)."""
 
-    estimator: Any
     spec: ModelSpec
+    predictor: Any  # Predictor | OnnxPredictor: one interface, predict(features) -> (prediction, proba)
     version: Version | None = None
-    predictor: Predictor = field(init=False)
-    proba: bool = True
-    probe: pd.DataFrame | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        self.predictor = Predictor(self.estimator, task=self.spec.task, proba=self.proba, probe=self.probe)
-        self.probe = None  # only needed for the decision above
+    estimator: Any = None
+    runtime: str = RUNTIME
 
     @classmethod
-    def load(cls, registry: Registry, ref: str | Version, *, strict: bool = False, proba: bool = True) -> LoadedModel:
-        """Resolve, verify every stored hash the load reads, then unpickle. Library-version differences warn
-        (raise with `strict`): a model may predict differently under another scikit-learn."""
-        from mlops_cli.registry import ARTIFACT, SAMPLE, Version, _library_versions
-        from mlops_cli.runtime.artifacts import load_file
+    def of(
+        cls, estimator: Any, spec: ModelSpec, *, version: Version | None = None, probe: Any = None, proba: bool = True
+    ) -> LoadedModel:
+        """A scikit-learn estimator in memory (being registered, or just trained) or loaded from the registry."""
+        predictor = Predictor(estimator, task=spec.task, proba=proba, probe=probe)
+        return cls(spec, predictor, version, estimator, RUNTIME)
 
+    @classmethod
+    def load(
+        cls,
+        registry: Registry,
+        ref: str | Version,
+        *,
+        strict: bool = False,
+        proba: bool = True,
+        runtime: str = "auto",
+        allow_pickle: bool = True,
+    ) -> LoadedModel:
+        """Resolve, verify every stored hash the load reads, then load the runtime asked for: `onnx` (the version's
+        verified ONNX graph), `sklearn` (its skops file, or its pickle unless `allow_pickle` is False), or `auto`
+        (ONNX when the version has one and onnxruntime is installed). Library-version differences warn (raise with
+        `strict`): a model may predict differently under another scikit-learn."""
+        from mlops_cli.registry import Version
+        from mlops_cli.runtime import formats
+
+        if runtime not in RUNTIMES:
+            raise InputError(f"--runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
         version = ref if isinstance(ref, Version) else registry.resolve(ref)
-        artifact = version.file(ARTIFACT)  # integrity first: an altered file is never unpickled
-        recorded = version.manifest["libraries"].get("scikit-learn")
-        running = _library_versions()["scikit-learn"]
-        if recorded != running:
-            message = (
-                f"{version.ref} was registered under scikit-learn {recorded}, "
-                f"this is scikit-learn {running}; predictions may differ"
-            )
-            if strict:
-                raise VersionMismatch(message, "run under the recorded version, or drop --strict")
-            warnings.warn(message, MlopsWarning, stacklevel=2)
-        estimator, _ = load_file(artifact)
         spec = ModelSpec.of(version)
-        probe = None
-        if proba and spec.task == "classifier" and SAMPLE in version.manifest["files"] and spec.feature_names:
-            # Rows from across the training distribution, to check that argmax(predict_proba) is predict.
-            from mlops_cli import io
-
-            probe = io.read_table(version.file(SAMPLE), columns=spec.feature_names).head(CHECK_ROWS)
-            probe = contract.validate(probe, spec)[0]
-        return cls(estimator, spec, version, proba=proba, probe=probe)
+        if runtime == "onnx" or (runtime == "auto" and formats.has_onnx(version) and formats.onnx_installed()):
+            return cls(spec, formats.load_onnx(version, spec), version, None, "onnx")
+        _check_libraries(version, strict)
+        estimator = formats.load_estimator(version, allow_pickle=allow_pickle)
+        return cls.of(estimator, spec, version=version, probe=_probe(version, spec) if proba else None, proba=proba)
 
     @property
     def ref(self) -> str:
@@ -138,74 +144,109 @@ class LoadedModel:
 
     @property
     def classes(self) -> np.ndarray | None:
-        return self.predictor.classes
+        return self.predictor.classes  # type: ignore[no-any-return]
 
     @property
     def with_proba(self) -> bool:
-        return self.predictor.with_proba
+        return bool(self.predictor.with_proba)
 
     def summary(self) -> dict[str, Any]:
         """The `model` block of a report envelope, with the runtime that answers."""
         base = self.version.summary() if self.version is not None else {}
-        return {**base, "runtime": RUNTIME}
+        return {**base, "runtime": self.runtime}
 
     def score(self, data: Any) -> Scored:
-        """Coerce and check `data` (a DataFrame, or an Arrow RecordBatch/Table) against the input contract, then
-        predict the rows that fit it. Extra columns are ignored; a missing feature column raises SchemaMismatch."""
+        """Coerce and check `data` against the input contract, then predict the rows that fit it. `data` is a
+        DataFrame, an Arrow RecordBatch/Table, or a mapping of column name to values (the fast path for a few rows:
+        no pandas unless a column needs coercing). Extra columns are ignored; a missing feature raises
+        SchemaMismatch."""
         import numpy as np
 
-        frame = self._frame(data)
-        features, invalid, reasons = contract.validate(frame, self.spec)
-        n = len(features)
-        used = threads.for_rows(n - int(invalid.sum()))
+        features, invalid, reasons = contract.validate(self._columns(data), self.spec)
+        n = len(invalid)
+        used = threads.for_rows(n) if self.runtime == RUNTIME else 1
         classes = tuple(self.classes.tolist()) if self.classes is not None else None
-        if invalid.all():
+        if n and invalid.all():
             width = len(classes) if self.with_proba and classes else 0
             empty = np.empty(0, dtype=object)
-            return Scored(empty, np.empty((0, width)) if width else None, invalid, reasons, classes, threads=used)
-        valid = features if not invalid.any() else features[~invalid]
-        prediction, proba = self.predictor.predict(valid)
-        return Scored(prediction, proba, invalid, reasons, classes, threads=used)
+            return Scored(empty, np.empty((0, width)) if width else None, invalid, reasons, classes, self.runtime, used)
+        if invalid.any():
+            features = (
+                features[~invalid] if not isinstance(features, dict) else {k: v[~invalid] for k, v in features.items()}
+            )
+        prediction, proba = self.predictor.predict(features)
+        return Scored(prediction, proba, invalid, reasons, classes, self.runtime, used)
 
-    def _frame(self, data: Any) -> pd.DataFrame:
+    def _columns(self, data: Any) -> Any:
         import pandas as pd
 
-        if isinstance(data, pd.DataFrame):
+        if isinstance(data, pd.DataFrame) or isinstance(data, Mapping):
             return data
         from mlops_cli import io
 
-        names = data.schema.names
-        self.spec.require_features(names, where="the data")
+        self.spec.require_features(data.schema.names, where="the data")
         batch = contract.prepare_arrow(data.select(self.spec.feature_names), self.spec)
         return io.to_pandas(batch)
 
     def as_estimator(self) -> Any:
         """A scikit-learn-style view whose predict/predict_proba go through `score` (for permutation importance,
         which calls the estimator itself)."""
-        return _AsEstimator(self)
+        return _as_estimator(self)
 
 
-class _AsEstimator:
-    """Answers `predict` and `predict_proba` through the runtime, for scikit-learn utilities that take an estimator.
-    Every row must fit the contract (the reference sample does)."""
+def _check_libraries(version: Version, strict: bool) -> None:
+    from mlops_cli.registry import _library_versions
 
-    def __init__(self, model: LoadedModel) -> None:
-        self._model = model
-        self.classes_ = model.classes
-        self._estimator_type = "classifier" if model.spec.task == "classifier" else "regressor"
+    recorded = version.manifest["libraries"].get("scikit-learn")
+    running = _library_versions()["scikit-learn"]
+    if recorded != running:
+        message = (
+            f"{version.ref} was registered under scikit-learn {recorded}, "
+            f"this is scikit-learn {running}; predictions may differ"
+        )
+        if strict:
+            raise VersionMismatch(message, "run under the recorded version, or drop --strict")
+        warnings.warn(message, MlopsWarning, stacklevel=3)
 
-    def fit(self, *args: Any, **kwargs: Any) -> _AsEstimator:
-        return self
 
-    def __sklearn_tags__(self) -> Any:
-        return self._model.estimator.__sklearn_tags__()
+def _probe(version: Version, spec: ModelSpec) -> pd.DataFrame | None:
+    """Rows from across the training distribution (the stored sample), to check that argmax(predict_proba) is
+    predict before any row is scored."""
+    from mlops_cli import io
+    from mlops_cli.registry import SAMPLE
 
-    def predict(self, X: Any) -> np.ndarray:
-        scored = self._model.score(X)
-        scored.require_all("the permuted reference sample")
-        return scored.prediction
+    if spec.task != "classifier" or SAMPLE not in version.manifest["files"] or not spec.feature_names:
+        return None
+    sample = io.read_table(version.file(SAMPLE), columns=spec.feature_names).head(CHECK_ROWS)
+    return contract.validate(sample, spec)[0]  # type: ignore[no-any-return]
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        scored = self._model.score(X)
-        scored.require_all("the permuted reference sample")
-        return scored.proba  # type: ignore[return-value]
+
+def _as_estimator(model: LoadedModel) -> Any:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+    class Runtime(BaseEstimator):
+        """Answers `predict` and `predict_proba` through the runtime, for scikit-learn utilities that take an
+        estimator. Every row must fit the contract (callers pass rows that do)."""
+
+        def __init__(self, model: LoadedModel | None = None) -> None:
+            self.model = model
+
+        def fit(self, *args: Any, **kwargs: Any) -> Runtime:
+            return self
+
+        def _scored(self, X: Any) -> Scored:  # noqa: N803
+            scored = self.model.score(X)  # type: ignore[union-attr]
+            scored.require_all("the rows")
+            return scored
+
+        def predict(self, X: Any) -> np.ndarray:  # noqa: N803
+            return self._scored(X).prediction
+
+        def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
+            return self._scored(X).proba  # type: ignore[return-value]
+
+    mixin = ClassifierMixin if model.spec.task == "classifier" else RegressorMixin
+    adapter = type("RuntimeEstimator", (mixin, Runtime), {})(model)
+    if model.classes is not None:
+        adapter.classes_ = model.classes
+    return adapter

@@ -19,7 +19,6 @@ from mlops_cli.runtime.predictor import short
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
 
     from mlops_cli.runtime.spec import ModelSpec
 
@@ -120,26 +119,21 @@ class OnnxPredictor:
         self.classes: np.ndarray | None = np.asarray(spec.classes) if spec.task == "classifier" else None
         self.with_proba = self.classes is not None and len(self.outputs) > 1
 
-    def feed(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+    def feed(self, features: Any) -> dict[str, np.ndarray]:
+        """The graph's inputs from validated features (a DataFrame, or a mapping of column name to array)."""
         import numpy as np
 
         if len(self.inputs) == 1 and self.inputs[0][0] == "X":
+            if isinstance(features, dict):
+                return {"X": np.column_stack([_numbers(features[n]) for n in self.spec.feature_names])}
             return {"X": features.to_numpy(dtype=np.float32, na_value=np.nan)}
         out = {}
         for name, type_ in self.inputs:
             column = features[name]
-            if type_ == "tensor(string)":
-                values = column.to_numpy(dtype=object)
-                missing = column.isna().to_numpy()
-                if missing.any():
-                    values = values.copy()
-                    values[missing] = MISSING_TEXT
-                out[name] = values.astype(str).reshape(-1, 1)
-            else:
-                out[name] = column.to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1)
+            out[name] = (_text(column) if type_ == "tensor(string)" else _numbers(column)).reshape(-1, 1)
         return out
 
-    def predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
         import numpy as np
 
         try:
@@ -155,3 +149,23 @@ class OnnxPredictor:
         prediction = labels.astype(self.classes.dtype) if self.classes.dtype.kind in "iub" else labels
         proba = np.asarray(results[1], dtype=np.float64) if self.with_proba else None
         return prediction, proba
+
+
+def _numbers(column: Any) -> np.ndarray:
+    import numpy as np
+
+    if hasattr(column, "to_numpy"):
+        return column.to_numpy(dtype=np.float32, na_value=np.nan)  # type: ignore[no-any-return]
+    return np.asarray(column, dtype=np.float32)
+
+
+def _text(column: Any) -> np.ndarray:
+    import numpy as np
+    import pandas as pd
+
+    values = column.to_numpy(dtype=object) if hasattr(column, "to_numpy") else np.asarray(column, dtype=object)
+    missing = pd.isna(values)
+    if missing.any():
+        values = values.copy()
+        values[missing] = MISSING_TEXT
+    return values.astype(str)

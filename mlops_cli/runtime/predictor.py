@@ -48,7 +48,11 @@ class Predictor:
             except (ValueError, TypeError, KeyError):
                 pass  # rows it cannot take: the scored batches decide
 
-    def _data(self, features: pd.DataFrame) -> Any:
+    def _data(self, features: Any) -> Any:
+        if isinstance(features, dict):  # validated columns (a server's rows): scikit-learn takes a DataFrame
+            import pandas as pd
+
+            features = pd.DataFrame(features)
         return features.to_numpy() if self._as_array else features
 
     def _agrees(self, data: Any, proba: np.ndarray) -> bool:
@@ -56,8 +60,9 @@ class Predictor:
 
         return bool(np.array_equal(np.asarray(self.estimator.predict(data)), self._argmax(proba)))
 
-    def predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
-        """(prediction, probabilities in the order of `classes` or None) for the rows of `features`."""
+    def predict(self, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(prediction, probabilities in the order of `classes` or None) for the rows of `features` (a DataFrame,
+        or a mapping of column name to values)."""
         import numpy as np
 
         data = self._data(features)
@@ -66,7 +71,7 @@ class Predictor:
                 return _one_dimensional(np.asarray(self.estimator.predict(data))), None
             proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
             if self._checking:
-                self._check(data, proba, len(features))
+                self._check(data, proba, len(proba))
             if self._argmax_is_predict:
                 prediction = self._argmax(proba)
             else:

@@ -1,0 +1,228 @@
+"""The files a version's model is stored in, and which of them a load reads.
+
+    model.joblib   the artifact as registered. A pickle: loading it runs whatever code it carries.
+    model.skops    optional (--formats skops): loaded with exactly the types reviewed at registration and recorded
+                   in the (hash-sealed) manifest; a file that needs any other type is refused.
+    model.onnx     optional (--formats onnx): a computation graph, run by onnxruntime; stored only when it agreed
+                   with the artifact on the reference sample (and eval data) within the tolerance.
+
+Every file is hash-verified before it is read. `allow_pickle=False` (mlops --no-pickle, MLOPS_NO_PICKLE=1, or the
+registry's settings.toml) refuses the pickle: a serving host can then run without ever unpickling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_cli.errors import InputError, IntegrityError, ModelNotFound, UnreadableFile
+from mlops_cli.runtime.onnx import ONNX_FILE, NotConvertible, OnnxPredictor, convert
+from mlops_cli.runtime.predictor import short
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops_cli.registry import Version
+    from mlops_cli.runtime.spec import ModelSpec
+
+SKOPS_FILE = "model.skops"
+FORMATS = ("onnx", "skops")
+# skops types from these packages are trusted without asking: scikit-learn's own estimators and the arrays they hold.
+TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+
+
+class MissingExtra(InputError):
+    """An optional dependency the command needs is not installed."""
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    formats: tuple[str, ...] = ()
+    trust: tuple[str, ...] = ()  # skops types accepted beyond TRUSTED_PACKAGES
+    label_agreement: float = 1.0  # share of sample rows whose ONNX label must equal scikit-learn's
+    tolerance: float = 1e-5  # largest difference allowed in a probability (or a regressor's value, relative)
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def has_onnx(version: Version) -> bool:
+    return ONNX_FILE in version.manifest["files"]
+
+
+def onnx_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_onnx(version: Version, spec: ModelSpec) -> OnnxPredictor:
+    if not has_onnx(version):
+        why = (version.manifest.get("formats") or {}).get("onnx", {}).get("reason")
+        raise ModelNotFound(
+            f"{version.ref} has no ONNX file{f' ({why})' if why else ''}",
+            "register it with --formats onnx, or use --runtime sklearn",
+        )
+    if not onnx_installed():
+        raise MissingExtra("onnxruntime is not installed", "pip install 'mlops-cli[onnx]', or use --runtime sklearn")
+    return OnnxPredictor(version.file(ONNX_FILE).read_bytes(), spec)
+
+
+def load_estimator(version: Version, *, allow_pickle: bool) -> Any:
+    """The scikit-learn estimator: from the pickle when allowed, else from the skops file with its recorded types."""
+    from mlops_cli.registry import ARTIFACT
+    from mlops_cli.runtime.artifacts import load_file
+
+    if allow_pickle:
+        return load_file(version.file(ARTIFACT))[0]
+    if SKOPS_FILE not in version.manifest["files"]:
+        raise IntegrityError(
+            f"{version.ref} has only a pickle file, and pickle files are refused on this host (--no-pickle)",
+            "register it with --formats skops or onnx, or allow pickle here",
+        )
+    trusted = version.manifest["formats"]["skops"]["trusted_types"]
+    return load_skops(version.file(SKOPS_FILE), trusted)
+
+
+def load_skops(path: Path, trusted: list[str]) -> Any:
+    try:
+        import skops.io as sio
+    except ImportError as exc:
+        raise MissingExtra("skops is not installed", "pip install 'mlops-cli[onnx]'") from exc
+    try:
+        return sio.load(path, trusted=list(trusted))
+    except sio.exceptions.UntrustedTypesFoundException as exc:
+        raise IntegrityError(
+            f"{path} needs types its manifest does not trust ({short(exc)})",
+            "it was not written by this registration: restore it from a backup",
+        ) from exc
+    except Exception as exc:  # skops raises whatever the objects it rebuilds raise
+        raise UnreadableFile(f"{path}: cannot be loaded ({type(exc).__name__}: {short(exc)})") from exc
+
+
+# --- storing, at registration ----------------------------------------------------------------------------------
+
+
+def store(
+    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
+) -> tuple[dict[str, Any], list[str]]:
+    """Write the extra formats asked for into `folder`. Returns the manifest's `formats` block and the messages to
+    show (one line per format not stored, and why). A format that cannot be stored never fails the register."""
+    out: dict[str, Any] = {}
+    messages: list[str] = []
+    if "skops" in options.formats:
+        out["skops"] = _store_skops(estimator, spec, folder, checks, options)
+    if "onnx" in options.formats:
+        out["onnx"] = _store_onnx(estimator, spec, folder, checks, options)
+    for name, block in out.items():
+        if not block["stored"]:
+            messages.append(f"no {name} file stored: {block['reason']}")
+    return out, messages
+
+
+def _store_skops(
+    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
+) -> dict[str, Any]:
+    try:
+        import skops.io as sio
+    except ImportError:
+        return {"stored": False, "reason": "skops is not installed (pip install 'mlops-cli[onnx]')"}
+    path = folder / SKOPS_FILE
+    try:
+        sio.dump(estimator, path)
+    except Exception as exc:  # an object skops cannot serialise
+        path.unlink(missing_ok=True)
+        return {"stored": False, "reason": f"skops cannot write it ({type(exc).__name__}: {short(exc)})"}
+    needed = sorted(sio.get_untrusted_types(file=path))
+    untrusted = [t for t in needed if t.split(".")[0] not in TRUSTED_PACKAGES and t not in options.trust]
+    if untrusted:
+        path.unlink()
+        return {
+            "stored": False,
+            "reason": f"it needs types nobody trusted: {untrusted} (review them, then pass --trust TYPE for each)",
+            "untrusted_types": untrusted,
+        }
+    # Read it back with exactly the list the manifest will hold, and check it answers as the artifact does.
+    reloaded = load_skops(path, needed)
+    difference = _difference(estimator, reloaded, spec, checks)
+    if difference["max_abs_difference"] != 0 or difference["label_agreement"] != 1:
+        path.unlink()
+        return {"stored": False, "reason": "the reloaded skops model answers differently", "agreement": difference}
+    return {"stored": True, "file": SKOPS_FILE, "trusted_types": needed, "agreement": difference}
+
+
+def _store_onnx(
+    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
+) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        graph = convert(estimator, spec)
+    except NotConvertible as exc:
+        return {"stored": False, "reason": f"cannot convert it to ONNX ({exc.one_line()})"}
+    try:
+        predictor = OnnxPredictor(graph, spec)
+    except Exception as exc:  # onnxruntime refuses the graph
+        return {"stored": False, "reason": f"onnxruntime cannot load the converted graph ({short(exc)})"}
+    agreement = _difference(estimator, predictor, spec, checks)
+    tolerance = {"label_agreement": options.label_agreement, "max_abs_difference": options.tolerance}
+    libraries: dict[str, str | None] = {}
+    for dist in ("skl2onnx", "onnxruntime", "onnx"):
+        try:
+            libraries[dist] = version(dist)
+        except PackageNotFoundError:
+            libraries[dist] = None
+    block = {"agreement": agreement, "tolerance": tolerance, "libraries": libraries}
+    if agreement["rows"] == 0:
+        return {**block, "stored": False, "reason": "no reference rows to check the conversion on (pass --train-data)"}
+    if agreement["label_agreement"] < options.label_agreement or agreement["max_abs_difference"] > options.tolerance:
+        return {
+            **block,
+            "stored": False,
+            "reason": (
+                f"the ONNX model disagrees with the artifact beyond the tolerance: labels agree on "
+                f"{agreement['label_agreement']:.4%} of {agreement['rows']:,} rows, largest difference "
+                f"{agreement['max_abs_difference']:.3g} (allowed: {options.label_agreement:.4%}, {options.tolerance:g})"
+            ),
+        }
+    (folder / ONNX_FILE).write_bytes(graph)
+    return {**block, "stored": True, "file": ONNX_FILE}
+
+
+def _difference(estimator: Any, other: Any, spec: ModelSpec, checks: list[tuple[str, pd.DataFrame]]) -> dict[str, Any]:
+    """How `other` (an ONNX predictor or a reloaded estimator) answers the check rows, against the artifact: the share
+    of equal labels and the largest difference in probabilities (or a regressor's values, relative to max(1, |v|))."""
+    import numpy as np
+
+    from mlops_cli.runtime.model import LoadedModel
+
+    original = LoadedModel.of(estimator, spec)
+    challenger = (
+        LoadedModel.of(other, spec)
+        if not isinstance(other, OnnxPredictor)
+        else LoadedModel(spec, other, runtime="onnx")
+    )
+    rows = agree = 0
+    largest = 0.0
+    for _, frame in checks:
+        a, b = original.score(frame), challenger.score(frame)
+        if a.rows == 0 or len(a.prediction) == 0:
+            continue
+        rows += len(a.prediction)
+        agree += int((a.prediction.astype(str) == b.prediction.astype(str)).sum())
+        if a.proba is not None and b.proba is not None:
+            gap = np.abs(a.proba - b.proba)
+        else:
+            x, y = a.prediction.astype(float), b.prediction.astype(float)
+            gap = np.abs(x - y) / np.maximum(1.0, np.abs(x))
+        gap = np.where(np.isnan(gap), np.inf, gap)
+        largest = max(largest, float(gap.max()) if gap.size else 0.0)
+    return {
+        "rows": rows,
+        "data": [label for label, _ in checks],
+        "label_agreement": agree / rows if rows else 0.0,
+        "max_abs_difference": largest,
+    }
