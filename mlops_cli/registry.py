@@ -6,12 +6,13 @@
         profile.json                    reference profile of the training data (with --train-data)
         sample.parquet                  capped sample of training rows with the model's predictions
     <root>/<name>/aliases.json          {"production": "3", ...}
-    <root>/<name>/events.jsonl          append-only log: registered, alias_moved, rolled_back, ...
+    <root>/<name>/events.jsonl          append-only, hash-chained log: registered, alias_moved, rolled_back, ...
     <root>/<name>/.lock                 flock'd for every write (version numbers, aliases, events)
     <root>/<name>/.staging/             versions being written; never visible as versions
 
 A version becomes visible by one atomic rename of a complete folder, under the lock, so concurrent registers never
-share a number and a killed register leaves nothing half-written. Anything loaded is hash-verified first.
+share a number and a killed register leaves nothing half-written. Anything loaded is hash-verified first: its files
+against its manifest, the manifest against the sha256 its `registered` event recorded, and the event log's chain.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import getpass
+import hashlib
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlops_cli import io
+from mlops_cli import eventlog, io
 from mlops_cli.errors import (
     AliasMoved,
     IntegrityError,
@@ -47,6 +49,7 @@ from mlops_cli.errors import (
     VersionExists,
     VersionMismatch,
 )
+from mlops_cli.eventlog import EventLog
 from mlops_cli.refs import LATEST, ModelRef, parse_ref, validate_label, validate_name
 from mlops_cli.report import utc_now
 
@@ -54,6 +57,8 @@ ARTIFACT = "model.joblib"
 MANIFEST = "manifest.json"
 PROFILE = "profile.json"
 SAMPLE = "sample.parquet"
+EVENTS = "events.jsonl"
+ALIASES = "aliases.json"
 MANIFEST_VERSION = 1
 LOCK_TIMEOUT_S = 60.0
 STALE_STAGING_S = 24 * 3600
@@ -73,7 +78,7 @@ class Version:
         return f"{self.name}:{self.version}"
 
     def file(self, name: str) -> Path:
-        """A stored file, hash-verified against the manifest before anyone reads it."""
+        """A stored file, hash-verified against the manifest (itself verified when the version was resolved)."""
         _verify_file(self, name)
         return self.path / name
 
@@ -85,17 +90,48 @@ class Version:
 _MANIFEST_KEYS = ("files", "sequence", "task", "libraries", "created_at", "estimator_class")
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> tuple[dict[str, Any], str]:
+    """The manifest and the sha256 of the bytes it was parsed from."""
     try:
-        manifest = json.loads(path.read_text())
+        data = path.read_bytes()
+        manifest = json.loads(data)
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path} is unreadable ({exc})", "restore the registry from a backup") from exc
     missing = [k for k in _MANIFEST_KEYS if k not in manifest] if isinstance(manifest, dict) else list(_MANIFEST_KEYS)
-    if missing or not isinstance(manifest["files"], dict) or ARTIFACT not in manifest["files"]:
-        raise IntegrityError(
-            f"{path} is damaged (lacks {missing or ['files.' + ARTIFACT]})", "restore the registry from a backup"
-        )
-    return manifest
+    files = {} if missing else manifest["files"]
+    if missing or not isinstance(files, dict) or not all(isinstance(f, dict) and "sha256" in f for f in files.values()):
+        raise IntegrityError(f"{path} is damaged (lacks {missing or ['files']})", "restore the registry from a backup")
+    if ARTIFACT not in files:
+        raise IntegrityError(f"{path} is damaged (lacks ['files.{ARTIFACT}'])", "restore the registry from a backup")
+    return manifest, hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Seals:
+    """The manifest sha256 each version's `registered` event recorded (a retried label's last event counts)."""
+
+    registered: dict[str, dict[str, Any]]
+    chained: bool
+
+    @classmethod
+    def of(cls, log: EventLog) -> Seals:
+        registered = {str(e.get("version")): e for e in log.events if e.get("event") == "registered"}
+        return cls(registered, log.chained)
+
+    def problem(self, version: str, manifest_sha256: str, manifest: dict[str, Any]) -> str | None:
+        """Why a version's manifest is not the one registered, or None. Versions registered before the seals (their
+        event has no `prev`, or the whole log has none) pass on their artifact's hash alone, the one thing recorded."""
+        event = self.registered.get(version)
+        if event is None:
+            return "has no `registered` event in events.jsonl" if self.chained else None
+        recorded = event.get("manifest_sha256")
+        if recorded is None and "prev" in event:
+            return "its `registered` event records no manifest sha256"
+        if recorded is not None and recorded != manifest_sha256:
+            return "was altered after registration (sha256 differs from its `registered` event in events.jsonl)"
+        if event.get("sha256", manifest["files"][ARTIFACT]["sha256"]) != manifest["files"][ARTIFACT]["sha256"]:
+            return f"was altered after registration (its {ARTIFACT} sha256 differs from its `registered` event)"
+        return None
 
 
 def _read_aliases(path: Path) -> dict[str, str]:
@@ -145,23 +181,52 @@ class Registry:
             raise ModelNotFound(f"no model named {name!r} in {self.root}", f"registered models: {known}")
         return path
 
+    def model_path(self, name: str) -> Path:
+        """The folder of a registered model (ModelNotFound if there is none)."""
+        return self._require_model(name)
+
     def versions(self, name: str) -> list[Version]:
-        """Every registered version of `name`, in registration order."""
+        """Every registered version of `name`, in registration order, each manifest verified against its event."""
+        return self._versions(name, Seals.of(self.event_log(name)))
+
+    def _versions(self, name: str, seals: Seals) -> list[Version]:
         versions_dir = self._require_model(name) / "versions"
-        found = [
-            Version(name, p.name, p, _read_manifest(p / MANIFEST))
-            for p in versions_dir.iterdir()
-            if (p / MANIFEST).is_file()
-        ]
+        found = [self._version(name, p.name, seals) for p in versions_dir.iterdir() if (p / MANIFEST).is_file()]
         return sorted(found, key=lambda v: v.manifest["sequence"])
 
+    def _version(self, name: str, label: str, seals: Seals) -> Version:
+        path = self._model_dir(name) / "versions" / label
+        manifest, sha = read_manifest(path / MANIFEST)
+        problem = seals.problem(label, sha, manifest)
+        if problem is not None:
+            raise IntegrityError(
+                f"{path / MANIFEST} {problem}",
+                f"restore it from a backup or register the model again; `mlops verify {name}` lists every problem",
+            )
+        return Version(name, label, path, manifest)
+
+    def event_log(self, name: str) -> EventLog:
+        """The model's event log, its chain checked (IntegrityError if broken). Read once per resolve."""
+        path = self._require_model(name) / EVENTS
+        try:
+            log = eventlog.read(path)
+        except OSError as exc:
+            raise IntegrityError(f"{path} is unreadable ({exc})", "restore it from a backup") from exc
+        if log.problems:
+            raise IntegrityError(
+                f"{path} was altered: {log.problems[0]}",
+                f"restore it from a backup; `mlops verify {name}` lists every problem",
+            )
+        return log
+
     def aliases(self, name: str) -> dict[str, str]:
-        return _read_aliases(self._require_model(name) / "aliases.json")
+        return _read_aliases(self._require_model(name) / ALIASES)
 
     def resolve(self, ref: str | ModelRef) -> Version:
         """The version a reference names: NAME (latest), NAME:VERSION or NAME@ALIAS."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         model_dir = self._require_model(ref.name)
+        seals = Seals.of(self.event_log(ref.name))
         version = None if ref.version == LATEST else ref.version
         if ref.alias is not None:
             version = self.aliases(ref.name).get(ref.alias)
@@ -171,14 +236,14 @@ class Registry:
                     f"set it with: mlops models promote {ref.name}:VERSION {ref.alias}",
                 )
         if version is None:
-            versions = self.versions(ref.name)
+            versions = self._versions(ref.name, seals)
             if not versions:
                 raise ModelNotFound(f"{ref.name} has no versions", "register one first")
             return versions[-1]
         manifest_path = model_dir / "versions" / version / MANIFEST
         if not manifest_path.is_file():
             raise ModelNotFound(f"{ref.name} has no version {version!r}", f"see: mlops models list {ref.name}")
-        return Version(ref.name, version, manifest_path.parent, _read_manifest(manifest_path))
+        return self._version(ref.name, version, seals)
 
     def verify(self, version: Version) -> None:
         """Check every stored file of a version against its manifest hashes."""
@@ -205,15 +270,9 @@ class Registry:
         return estimator, version
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        path = self._require_model(name) / "events.jsonl"
-        if not path.exists():
-            return []
-        # A torn last line (a crash mid-append) is skipped, not fatal.
-        events = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                events.append(json.loads(line))
-        return events
+        """The model's events, oldest first. A torn line (a crash mid-append) is skipped, not fatal; the chain is
+        not checked here (`event_log` does, for loading; `mlops verify` reports it)."""
+        return eventlog.read(self._require_model(name) / EVENTS).events
 
     # --- writing ---------------------------------------------------------------------------------------------
 
@@ -242,20 +301,9 @@ class Registry:
             os.close(fd)  # closing releases the lock
 
     def _append_event(self, model_dir: Path, event: dict[str, Any]) -> None:
-        """Append one event line; caller holds the lock."""
+        """Append one event line, chained to the last; caller holds the lock."""
         record = {"time": utc_now(), "user": _user(), "host": socket.gethostname(), **event}
-        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-        path = model_dir / "events.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a crash tore the last line: end it, so this event stands on a line of its own
-            while line:
-                line = line[os.write(fd, line) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        eventlog.append(model_dir / EVENTS, record)
 
     def find_artifact(self, name: str, sha256: str) -> Version | None:
         if not (self._model_dir(name) / "versions").is_dir():
@@ -287,10 +335,12 @@ class Registry:
                     # a retry after a crash between publishing and aliasing; an old job re-run moves nothing back
                     self._move_alias(model_dir, name, alias, existing.version, event="alias_moved", reason=reason)
                 return existing, False
-            versions = self.versions(name)
+            seals = Seals.of(self.event_log(name))
+            versions = self._versions(name, seals)
             if version is None:
-                numbers = [int(v.version) for v in versions if v.version.isdigit()]
-                version = str(max(numbers, default=0) + 1)
+                # A number a crashed register logged but never published is not handed out again.
+                labels = [v.version for v in versions] + list(seals.registered)
+                version = str(max((int(v) for v in labels if v.isdigit()), default=0) + 1)
             elif (model_dir / "versions" / version).exists():
                 shutil.rmtree(staging, ignore_errors=True)
                 raise VersionExists(f"{name}:{version} already exists", "versions are immutable; pick a new label")
@@ -302,10 +352,13 @@ class Registry:
             }
             io.write_json(staging / MANIFEST, manifest)
             io.fsync_dir(staging)
+            # Logged before it appears, so no version is ever visible without the event that seals its manifest
+            # (a crash in between leaves an event for a version that never appeared; `mlops verify` warns of it).
+            registered = {"event": "registered", "version": version, "sha256": sha, "reason": reason}
+            self._append_event(model_dir, {**registered, "manifest_sha256": io.sha256_file(staging / MANIFEST)})
             target = model_dir / "versions" / version
             os.rename(staging, target)  # the moment the version appears: whole, with its manifest
             io.fsync_dir(target.parent)
-            self._append_event(model_dir, {"event": "registered", "version": version, "sha256": sha, "reason": reason})
             if alias is not None:
                 self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
             self._clean_staging(model_dir)
@@ -327,11 +380,13 @@ class Registry:
     def _move_alias(
         self, model_dir: Path, name: str, alias: str, version: str, *, event: str, reason: str | None
     ) -> str | None:
-        aliases_path = model_dir / "aliases.json"
+        aliases_path = model_dir / ALIASES
         aliases = _read_aliases(aliases_path)
         previous = aliases.get(alias)
-        if previous == version and event == "alias_moved":
-            return previous  # already there (a retried release step): no event, so rollback still goes back a step
+        if previous == version and event == "alias_moved" and _logged_target(self.events(name), alias) == version:
+            # Already there (a retried release step): no event, so rollback still goes back a step. Unless the log
+            # disagrees (a crash lost the move's event, or a hand edit): then this records it.
+            return previous
         aliases[alias] = version
         io.write_json(aliases_path, aliases)
         self._append_event(
@@ -351,7 +406,7 @@ class Registry:
         version = self.resolve(ref)
         self.verify(version)
         with self.lock(version.name) as model_dir:
-            if expected is not None and _read_aliases(model_dir / "aliases.json").get(alias) != expected:
+            if expected is not None and _read_aliases(model_dir / ALIASES).get(alias) != expected:
                 raise AliasMoved(
                     f"{version.name}@{alias} no longer points at {expected} (moved while this run compared)",
                     "nothing was promoted; run again against the new champion",
@@ -400,6 +455,11 @@ class Registry:
     def record_event(self, name: str, event: dict[str, Any]) -> None:
         with self.lock(name) as model_dir:
             self._append_event(model_dir, event)
+
+
+def _logged_target(events: list[dict[str, Any]], alias: str) -> str | None:
+    stack = alias_stack(events, alias)
+    return stack[-1] if stack else None
 
 
 def alias_stack(events: list[dict[str, Any]], alias: str) -> list[str]:

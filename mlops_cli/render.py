@@ -195,6 +195,39 @@ def render_history(report: Report, console: Console) -> None:
     console.print(table)
 
 
+def render_verify(report: Report, console: Console) -> None:
+    r = report.results
+    table = Table(title=f"verify {r['registry']}", title_justify="left")
+    for column in ("model", "versions", "events", "chain head", "problems", "warnings", ""):
+        table.add_column(column)
+    for m in r["models"]:
+        head = (m["head"] or "")[:12] if m["chained"] else "unchained"
+        mark = f"[red]{BAD}[/]" if m["problems"] else f"[green]{OK}[/]"
+        table.add_row(
+            m["name"],
+            str(m["versions"]),
+            str(m["events"]),
+            head,
+            str(len(m["problems"])),
+            str(len(m["warnings"])),
+            mark,
+        )
+    if r["models"]:
+        console.print(table)
+    # Paths are relative to the registry, so they start with the model's name.
+    findings = [("problem", f) for m in r["models"] for f in m["problems"]]
+    findings += [("warning", f) for m in r["models"] for f in m["warnings"]]
+    for kind, f in findings:
+        mark = f"[red]{BAD}[/]" if kind == "problem" else f"[yellow]{WARN}[/]"
+        hint = f" ({f['hint']})" if f["hint"] else ""
+        console.print(f"{mark} {f['path']}: {f['message']}{hint}", markup=True, highlight=False)
+    _messages(report, console)
+    if r["problems"]:
+        console.print(f"[red]{r['problems']} problem(s) found[/]: the registry is damaged or was changed by hand")
+    elif r["models"]:
+        console.print(f"[green]{OK}[/] every file, manifest, alias and event verified")
+
+
 # --- smoke-test and checklist ---------------------------------------------------------------------------------
 
 _MARK = {"pass": f"[green]{OK}[/]", "fail": f"[red]{BAD}[/]", "warn": f"[yellow]{WARN}[/]", "skip": f"[dim]{SKIP}[/]"}

@@ -19,7 +19,8 @@ def utc_now() -> str:
 class Report:
     """What a command found. `results` is the command's own; everything else is the shared envelope.
 
-    `passed` is the verdict: False means exit 1 (the command ran, its answer is negative).
+    `passed` is the verdict: False means exit `failure_code`, 1 (the command ran, its answer is negative) unless the
+    answer is itself a registry error (4: `verify` found the registry damaged).
     """
 
     command: str
@@ -29,10 +30,11 @@ class Report:
     model: dict[str, Any] | None = None
     messages: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=utc_now)
+    failure_code: int = 1
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        return 0 if self.passed else self.failure_code
 
     def envelope(self) -> dict[str, Any]:
         return envelope(

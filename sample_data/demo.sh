@@ -73,5 +73,6 @@ step mlops retrain flights --data sample_data/current.parquet --target delayed -
     --max-recall-drop 0.15 --reason "nightly check" || [ $? -eq 1 ]
 step mlops retrain history flights
 step mlops models list flights
+step mlops verify
 
 printf '\nDemo finished. Registry: %s\n' "$MLOPS_REGISTRY"

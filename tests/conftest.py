@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,24 @@ def run_mlops(*args: Any, registry: Path | None = None, timeout: float = 300, **
     return subprocess.run(
         argv + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env, **kwargs
     )
+
+
+def edit_manifest_as_registered(model_dir: Path, version: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a version's manifest into one a registration could have written (under another scikit-learn, say): the
+    `registered` event's sha256 and the event chain after it are recomputed, so the registry accepts it as genuine.
+    Tests of tampering edit the manifest alone, and expect it refused."""
+    from mlops_cli import eventlog, io
+
+    path = model_dir / "versions" / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    lines, prev = [], None
+    for line in (model_dir / "events.jsonl").read_bytes().splitlines():
+        event = json.loads(line)
+        if event["event"] == "registered" and event["version"] == version:
+            event["manifest_sha256"] = io.sha256_file(path)
+        line = json.dumps({**event, "prev": prev}, sort_keys=True).encode()
+        lines.append(line + b"\n")
+        prev = eventlog.line_hash(line)
+    (model_dir / "events.jsonl").write_bytes(b"".join(lines))

@@ -6,7 +6,7 @@ import json
 import broken_models
 import joblib
 import pytest
-from conftest import CURRENT, sample_train
+from conftest import CURRENT, edit_manifest_as_registered, sample_train
 from rich.console import Console
 
 from mlops_cli import gates, io, render
@@ -154,10 +154,7 @@ def test_altered_artifact_is_exit_4(cli, model_file, small_data, registry_dir):
 
 def test_other_scikit_learn_version_warns_and_strict_fails(cli, model_file, small_data, registry_dir):
     _register(cli, model_file, "m", small_data)
-    path = registry_dir / "m" / "versions" / "1" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["libraries"]["scikit-learn"] = "1.2.0"
-    path.write_text(json.dumps(manifest))
+    edit_manifest_as_registered(registry_dir / "m", "1", lambda m: m["libraries"].update({"scikit-learn": "1.2.0"}))
     report = cli.json("smoke-test", "m", "--iterations", "20", "--max-latency-ms", "2000")
     assert any("scikit-learn 1.2.0" in m for m in report["messages"])
     assert _steps(report)["load"]["evidence"]["library_differences"]["scikit-learn"]["recorded"] == "1.2.0"

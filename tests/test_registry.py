@@ -6,7 +6,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CURRENT, REFERENCE
+from conftest import CURRENT, REFERENCE, edit_manifest_as_registered
 from sklearn import metrics as skm
 
 from mlops_cli import io
@@ -252,10 +252,9 @@ def test_load_model_verifies_then_unpickles(registered, registry_dir, model_file
 
 
 def test_other_scikit_learn_version_warns_or_fails_when_strict(registered, registry_dir):
-    manifest_path = registry_dir / "flights" / "versions" / "1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["libraries"]["scikit-learn"] = "1.0.2"
-    manifest_path.write_text(json.dumps(manifest))
+    edit_manifest_as_registered(
+        registry_dir / "flights", "1", lambda m: m["libraries"].update({"scikit-learn": "1.0.2"})
+    )
     registry = Registry(registry_dir)
     with pytest.warns(MlopsWarning, match=r"scikit-learn 1\.0\.2.*this is scikit-learn"):
         registry.load_model("flights")
@@ -490,10 +489,9 @@ def test_a_failed_command_leaves_its_error_report_in_the_output_file(cli, tmp_pa
     ],
 )
 def test_every_command_that_loads_a_model_has_strict(cli, registered, registry_dir, command):
-    manifest_path = registry_dir / "flights" / "versions" / "1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["libraries"]["scikit-learn"] = "1.0.2"
-    manifest_path.write_text(json.dumps(manifest))
+    edit_manifest_as_registered(
+        registry_dir / "flights", "1", lambda m: m["libraries"].update({"scikit-learn": "1.0.2"})
+    )
     if command[0] == "retrain":
         cli.json("models", "promote", "flights:1", "production")
     result = cli(*command, "--strict")

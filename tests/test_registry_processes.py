@@ -57,6 +57,11 @@ def test_eight_processes_registering_25_versions_each(tmp_path):
         Registry(registry).verify(version)
     events = Registry(registry).events("shared")
     assert sorted(int(e["version"]) for e in events if e["event"] == "registered") == list(range(1, 201))
+    # Appends from eight processes still form one unbroken chain, and every manifest matches its event.
+    result = run_mlops("verify", "shared", "--json", registry=registry)
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout)["results"]["models"][0]
+    assert (report["problems"], report["warnings"], report["chained"], report["events"]) == ([], [], True, 200)
 
 
 def _assert_registry_consistent(registry_dir):

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain, score_batch
+from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain, score_batch, verify
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -56,6 +56,7 @@ app.command("score-batch")(score_batch.run)
 app.command("drift-report")(drift.run)
 app.command("abtest")(abtest.run)
 app.add_typer(retrain.app, name="retrain")
+app.command("verify")(verify.run)
 
 
 def main() -> None:
