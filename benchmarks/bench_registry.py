@@ -89,7 +89,8 @@ def main() -> None:
         import sys, tempfile, joblib
         from pathlib import Path
         from sklearn.dummy import DummyRegressor
-        from mlops_cli.registry import Registry, RegisterOptions, register
+        from mlops_cli.register import RegisterOptions, register
+        from mlops_cli.registry import Registry
         registry, w = Registry(Path(sys.argv[1])), int(sys.argv[2])
         tmp = Path(tempfile.mkdtemp())
         for i in range(25):

@@ -242,7 +242,7 @@ def _smoke_steps(
     import joblib
     import pandas as pd
 
-    from mlops_cli.registry import _library_versions
+    from mlops_cli.registry import library_versions
 
     steps = _Steps()
     messages: list[str] = []
@@ -253,7 +253,7 @@ def _smoke_steps(
         estimator, version = registry.load_model(version, strict=strict)  # hash first; raises IntegrityError
         needed = ["predict"] + (["predict_proba"] if task == "classifier" else [])
         missing = [m for m in needed if not hasattr(estimator, m)]
-        running = _library_versions()
+        running = library_versions()
         differs = {
             k: {"recorded": v, "running": running.get(k)}
             for k, v in manifest["libraries"].items()

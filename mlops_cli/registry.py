@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 import warnings
@@ -44,8 +43,6 @@ from mlops_cli.errors import (
     MlopsWarning,
     ModelNotFound,
     NothingToRollBack,
-    RegistryError,
-    SchemaMismatch,
     VersionExists,
     VersionMismatch,
 )
@@ -257,7 +254,7 @@ class Registry:
         version = ref if isinstance(ref, Version) else self.resolve(ref)
         artifact = version.file(ARTIFACT)  # integrity first: an altered file is never unpickled
         recorded = version.manifest["libraries"].get("scikit-learn")
-        running = _library_versions()["scikit-learn"]
+        running = library_versions()["scikit-learn"]
         if recorded != running:
             message = (
                 f"{version.ref} was registered under scikit-learn {recorded}, "
@@ -302,7 +299,7 @@ class Registry:
 
     def _append_event(self, model_dir: Path, event: dict[str, Any]) -> None:
         """Append one event line, chained to the last; caller holds the lock."""
-        record = {"time": utc_now(), "user": _user(), "host": socket.gethostname(), **event}
+        record = {"time": utc_now(), "user": user(), "host": socket.gethostname(), **event}
         eventlog.append(model_dir / EVENTS, record)
 
     def find_artifact(self, name: str, sha256: str) -> Version | None:
@@ -475,167 +472,7 @@ def alias_stack(events: list[dict[str, Any]], alias: str) -> list[str]:
     return stack
 
 
-# --- registering ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RegisterOptions:
-    train_data: Path | None = None
-    target: str | None = None
-    eval_data: Path | None = None
-    metrics: dict[str, float] | None = None
-    params: dict[str, str] | None = None
-    tags: dict[str, str] | None = None
-    description: str | None = None
-    version: str | None = None
-    alias: str | None = None
-    allow_duplicate: bool = False
-    sample_size: int = 100_000
-    accepts_missing: bool = True
-    accepts_unseen: bool = True
-    lineage: dict[str, Any] | None = None
-    reason: str | None = None
-    n_boot: int = 1000
-    seed: int = 0
-    # What to record as the data's path when the files are temporary (retrain's training window and holdout).
-    train_data_label: str | None = None
-    eval_data_label: str | None = None
-
-
-def register(registry: Registry, model_file: Path, name: str, options: RegisterOptions) -> tuple[Version, bool]:
-    """Register `model_file` under `name`: inspect it, profile its data, evaluate it, publish atomically."""
-    validate_name(name)
-    if options.version is not None:
-        validate_label(options.version, "version")
-    if options.alias is not None:
-        validate_label(options.alias, "alias")
-    sha = io.sha256_file(model_file) if model_file.is_file() else None
-    if sha is not None and not options.allow_duplicate:
-        existing = registry.find_artifact(name, sha)
-        if existing is not None:  # a CI retry: same bytes, same name
-            if options.alias is not None and not registry.alias_ever_named(name, options.alias, existing.version):
-                # a retry after a crash between publishing and aliasing; an old job re-run moves nothing back
-                registry.promote(existing.ref, options.alias, reason=options.reason)
-            return existing, False
-    from mlops_cli import model as model_lib
-
-    estimator, _ = model_lib.load_file(model_file)
-    info = model_lib.describe(estimator)
-    if options.eval_data is not None and not (options.train_data is not None or options.target):
-        raise SchemaMismatch("--eval-data needs --target", "name the label column with --target")
-    staging = registry.staging_dir(name)
-    try:
-        shutil.copyfile(model_file, staging / ARTIFACT)
-        with (staging / ARTIFACT).open("rb+") as fh:
-            os.fsync(fh.fileno())  # durable before the rename that makes the version visible
-        files = {ARTIFACT: _file_entry(staging / ARTIFACT)}
-        if files[ARTIFACT]["sha256"] != sha:
-            raise RegistryError(f"{model_file} changed while it was being registered", "register it again")
-        manifest = _manifest(info, options)
-        if options.train_data is not None:
-            manifest.update(_with_training_data(estimator, info, options, staging))
-            files.update({f: _file_entry(staging / f) for f in (PROFILE, SAMPLE)})
-        if options.eval_data is not None:
-            manifest["eval_metrics"], manifest["eval_data"] = _evaluate(estimator, info, manifest, options)
-        manifest["files"] = files
-        return registry.add_version(
-            name,
-            staging,
-            manifest,
-            version=options.version,
-            allow_duplicate=options.allow_duplicate,
-            alias=options.alias,
-            reason=options.reason,
-        )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"sha256": io.sha256_file(path), "bytes": path.stat().st_size}
-
-
-def _manifest(info: dict[str, Any], options: RegisterOptions) -> dict[str, Any]:
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "created_at": utc_now(),
-        **{k: info[k] for k in ("estimator_class", "task", "classes")},
-        "features": [{"name": n} for n in info["feature_names"] or []],
-        "target": options.target,
-        "input_contract": {"accepts_missing": options.accepts_missing, "accepts_unseen": options.accepts_unseen},
-        "metrics": options.metrics or {},
-        "params": options.params or {},
-        "tags": options.tags or {},
-        "description": options.description,
-        "training_data": None,
-        "eval_metrics": None,
-        "lineage": {**(options.lineage or {}), "git": _git_state()},
-        "libraries": _library_versions(),
-        "registered_by": {"user": _user(), "host": socket.gethostname()},
-    }
-
-
-def _model_features(info: dict[str, Any], frame: Any, target: str | None) -> list[str]:
-    if info["feature_names"] is not None:
-        return list(info["feature_names"])
-    columns = [c for c in frame.columns if c != target]
-    if info["n_features"] is not None and len(columns) != info["n_features"]:
-        raise SchemaMismatch(
-            f"the model takes {info['n_features']} unnamed features but the data has {len(columns)} columns"
-            f"{' besides the target' if target else ''}",
-            "fit the model on a DataFrame so it records its features",
-        )
-    return columns
-
-
-def _with_training_data(estimator: Any, info: dict[str, Any], options: RegisterOptions, staging: Path) -> dict:
-    from mlops_cli import model as model_lib
-    from mlops_cli import profile, schema
-
-    frame = io.read_table(options.train_data)  # type: ignore[arg-type]
-    if options.target is not None and options.target not in frame.columns:
-        raise SchemaMismatch(
-            f"{options.train_data}: no target column {options.target!r}", f"columns are {list(frame.columns)[:20]}"
-        )
-    features = _model_features(info, frame, options.target)
-    feature_schema = schema.infer(frame, features)
-    io.write_json(staging / PROFILE, profile.build(frame[features]))
-    sample = frame.sample(n=min(options.sample_size, len(frame)), random_state=options.seed).sort_index()
-    keep = features + ([options.target] if options.target else [])
-    predictions = model_lib.predict_frame(estimator, sample[features], task=info["task"], classes=info["classes"])
-    io.write_table(staging / SAMPLE, sample[keep].join(predictions).reset_index(drop=True))
-    return {
-        "features": feature_schema,
-        "training_data": {
-            **io.fingerprint(options.train_data, rows=len(frame)),  # type: ignore[arg-type]
-            **({"path": options.train_data_label} if options.train_data_label else {}),
-            "columns": {str(c): str(t) for c, t in frame.dtypes.items()},
-            "sample_rows": len(sample),
-        },
-    }
-
-
-def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], options: RegisterOptions) -> tuple:
-    from mlops_cli import metrics
-    from mlops_cli import model as model_lib
-
-    frame = io.read_table(options.eval_data)  # type: ignore[arg-type]
-    target = options.target
-    if target is None or target not in frame.columns:
-        raise SchemaMismatch(f"{options.eval_data}: no target column {target!r}", "pass --target")
-    frame = frame[frame[target].notna()]
-    if not manifest["features"]:
-        manifest = {**manifest, "features": [{"name": n} for n in _model_features(info, frame, target)]}
-    scorer = model_lib.scorer_for(estimator, manifest, frame, target)
-    results = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)
-    recorded = {**io.fingerprint(options.eval_data, rows=len(frame)), "n_boot": options.n_boot}  # type: ignore
-    if options.eval_data_label:
-        recorded["path"] = options.eval_data_label
-    return results, recorded
-
-
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -647,22 +484,8 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-def _user() -> str:
+def user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def _git_state() -> dict[str, Any] | None:
-    """The commit of the current directory (and whether the tree is dirty), when it is a git checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
-        )
-        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return None

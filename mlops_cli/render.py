@@ -73,6 +73,16 @@ def render_register(report: Report, console: Console) -> None:
         console.print(f"alias {r['alias']} → {r['version']}")
     if r.get("eval_metrics"):
         _metrics_table(r["eval_metrics"], console, title="test metrics (95% bootstrap CI)")
+    for name, block in (r.get("formats") or {}).items():
+        if not block["stored"]:
+            continue  # said in the messages, with the reason
+        agreement = block["agreement"]
+        console.print(
+            f"{name}: {block['file']} stored; on {agreement['rows']:,} rows ({', '.join(agreement['data'])}) labels "
+            f"agree {agreement['label_agreement']:.2%}, largest difference {agreement['max_abs_difference']:.2g}"
+        )
+        if name == "skops":
+            console.print(f"  trusted types (the only ones it will load): {', '.join(block['trusted_types'])}")
     _messages(report, console)
 
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from mlops_cli import io
 from mlops_cli.errors import AliasMoved, InputError, LockTimeout, RegistryError, SchemaMismatch
-from mlops_cli.registry import RegisterOptions, Registry, Version, register
+from mlops_cli.register import RegisterOptions, register
+from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report, utc_now
 
 TRIGGERS = ("auto", "drift", "performance", "schedule", "manual")

@@ -18,7 +18,8 @@ WORKER = textwrap.dedent("""
     import sys, tempfile, joblib
     from pathlib import Path
     from sklearn.dummy import DummyRegressor
-    from mlops_cli.registry import Registry, RegisterOptions, register
+    from mlops_cli.register import RegisterOptions, register
+    from mlops_cli.registry import Registry
 
     registry, worker, count = Registry(Path(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
     tmp = Path(tempfile.mkdtemp())

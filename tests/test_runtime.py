@@ -17,7 +17,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlops_cli.errors import InvalidData, SchemaMismatch
-from mlops_cli.registry import RegisterOptions, Registry, register
+from mlops_cli.register import RegisterOptions, register
+from mlops_cli.registry import Registry
 from mlops_cli.runtime import LoadedModel, ModelSpec, latency, threads
 from mlops_cli.runtime.predictor import CHECK_ROWS
 from mlops_cli.schema import infer

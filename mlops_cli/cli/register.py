@@ -44,6 +44,27 @@ def run(
         ),
     ] = True,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the event log.")] = None,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            "--formats",
+            metavar="onnx,skops",
+            help="Also store the model as ONNX (checked against the artifact on the sample and eval data) and/or "
+            "skops (loads only the types reviewed here). A format that cannot be stored is skipped with a reason.",
+        ),
+    ] = None,
+    trust: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A type the skops file may load beyond scikit-learn/numpy/scipy's (repeatable).", metavar="TYPE"
+        ),
+    ] = None,
+    onnx_tolerance: Annotated[
+        float, typer.Option(min=0.0, help="Largest ONNX difference in a probability (a regressor's value: relative).")
+    ] = 1e-5,
+    onnx_label_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of rows whose ONNX label must equal the artifact's.")
+    ] = 1.0,
     bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for the metrics' CIs.")] = 1000,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
@@ -52,8 +73,9 @@ def run(
 ) -> None:
     """Put a model into the registry with its schema, metrics, lineage and a reference profile."""
     from mlops_cli.errors import InvalidData, UnreadableFile
-    from mlops_cli.registry import RegisterOptions
-    from mlops_cli.registry import register as register_model
+    from mlops_cli.register import RegisterOptions
+    from mlops_cli.register import register as register_model
+    from mlops_cli.runtime.formats import FORMATS, FormatOptions, not_stored
 
     if eval_data is not None and target is None:
         raise typer.BadParameter("needs --target, the label column", param_hint="--eval-data")
@@ -75,6 +97,10 @@ def run(
                 'e.g. {"auc": 0.8}',
             )
         recorded = {**loaded, **recorded}
+    asked = tuple(dict.fromkeys(f.strip() for f in (formats or "").split(",") if f.strip()))
+    unknown = [f for f in asked if f not in FORMATS]
+    if unknown:
+        raise typer.BadParameter(f"unknown format(s) {unknown}; use {', '.join(FORMATS)}", param_hint="--formats")
     options = RegisterOptions(
         train_data=train_data,
         target=target,
@@ -91,6 +117,7 @@ def run(
         accepts_unseen=accepts_unseen,
         reason=reason,
         n_boot=bootstrap,
+        formats=FormatOptions(asked, tuple(trust or ()), onnx_label_agreement, onnx_tolerance),
     )
     version_, created = register_model(registry(), model_file, name, options)
     m = version_.manifest
@@ -106,11 +133,13 @@ def run(
             "estimator_class": m["estimator_class"],
             "alias": alias if created else None,
             "eval_metrics": m.get("eval_metrics"),
+            "formats": m.get("formats") or {},
             "path": str(version_.path),
         },
         model=version_.summary(),
         inputs=[x for x in (m.get("training_data"), m.get("eval_data")) if x],
     )
+    report.messages += not_stored(m) if created else []
     if not created:
         report.messages.append(
             f"{model_file} is already registered as {version_.ref} (same sha256); "

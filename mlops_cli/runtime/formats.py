@@ -108,19 +108,20 @@ def load_skops(path: Path, trusted: list[str]) -> Any:
 
 def store(
     estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
-) -> tuple[dict[str, Any], list[str]]:
-    """Write the extra formats asked for into `folder`. Returns the manifest's `formats` block and the messages to
-    show (one line per format not stored, and why). A format that cannot be stored never fails the register."""
+) -> dict[str, Any]:
+    """Write the extra formats asked for into `folder`; return the manifest's `formats` block, which says for each
+    whether it was stored and, if not, why. A format that cannot be stored never fails the register."""
     out: dict[str, Any] = {}
-    messages: list[str] = []
     if "skops" in options.formats:
         out["skops"] = _store_skops(estimator, spec, folder, checks, options)
     if "onnx" in options.formats:
         out["onnx"] = _store_onnx(estimator, spec, folder, checks, options)
-    for name, block in out.items():
-        if not block["stored"]:
-            messages.append(f"no {name} file stored: {block['reason']}")
-    return out, messages
+    return out
+
+
+def not_stored(manifest: dict[str, Any]) -> list[str]:
+    """One line per format asked for but not stored, and why."""
+    return [f"no {n} file stored: {b['reason']}" for n, b in (manifest.get("formats") or {}).items() if not b["stored"]]
 
 
 def _store_skops(

@@ -195,10 +195,10 @@ class LoadedModel:
 
 
 def _check_libraries(version: Version, strict: bool) -> None:
-    from mlops_cli.registry import _library_versions
+    from mlops_cli.registry import library_versions
 
     recorded = version.manifest["libraries"].get("scikit-learn")
-    running = _library_versions()["scikit-learn"]
+    running = library_versions()["scikit-learn"]
     if recorded != running:
         message = (
             f"{version.ref} was registered under scikit-learn {recorded}, "
