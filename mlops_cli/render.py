@@ -77,9 +77,11 @@ def render_register(report: Report, console: Console) -> None:
         if not block["stored"]:
             continue  # said in the messages, with the reason
         agreement = block["agreement"]
+        labels = agreement["label_agreement"]
         console.print(
-            f"{name}: {block['file']} stored; on {agreement['rows']:,} rows ({', '.join(agreement['data'])}) labels "
-            f"agree {agreement['label_agreement']:.2%}, largest difference {agreement['max_abs_difference']:.2g}"
+            f"{name}: {block['file']} stored; on {agreement['rows']:,} rows ({', '.join(agreement['data'])})"
+            + (f" labels agree {labels:.2%}," if labels is not None else "")
+            + f" largest difference {agreement['max_abs_difference']:.2g}"
         )
         if name == "skops":
             console.print(f"  trusted types (the only ones it will load): {', '.join(block['trusted_types'])}")

@@ -43,7 +43,7 @@ TARGET = "delayed"
 def build(max_iter: int = 200, seed: int = 0) -> Pipeline:
     categorical = make_pipeline(
         SimpleImputer(strategy="constant", fill_value="missing"),
-        OneHotEncoder(handle_unknown="ignore", min_frequency=20, sparse_output=False),
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False),
     )
     columns = ColumnTransformer([("cat", categorical, CATEGORICAL), ("num", "passthrough", NUMERIC)])
     model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.08, random_state=seed)

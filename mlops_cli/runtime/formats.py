@@ -149,7 +149,7 @@ def _store_skops(
     # Read it back with exactly the list the manifest will hold, and check it answers as the artifact does.
     reloaded = load_skops(path, needed)
     difference = _difference(estimator, reloaded, spec, checks)
-    if difference["max_abs_difference"] != 0 or difference["label_agreement"] != 1:
+    if difference["max_abs_difference"] != 0 or difference["label_agreement"] not in (1, None):
         path.unlink()
         return {"stored": False, "reason": "the reloaded skops model answers differently", "agreement": difference}
     return {"stored": True, "file": SKOPS_FILE, "trusted_types": needed, "agreement": difference}
@@ -179,14 +179,16 @@ def _store_onnx(
     block = {"agreement": agreement, "tolerance": tolerance, "libraries": libraries}
     if agreement["rows"] == 0:
         return {**block, "stored": False, "reason": "no reference rows to check the conversion on (pass --train-data)"}
-    if agreement["label_agreement"] < options.label_agreement or agreement["max_abs_difference"] > options.tolerance:
+    labels = agreement["label_agreement"]
+    if (labels is not None and labels < options.label_agreement) or agreement["max_abs_difference"] > options.tolerance:
+        said = f"labels agree on {labels:.4%} of {agreement['rows']:,} rows, " if labels is not None else ""
         return {
             **block,
             "stored": False,
             "reason": (
-                f"the ONNX model disagrees with the artifact beyond the tolerance: labels agree on "
-                f"{agreement['label_agreement']:.4%} of {agreement['rows']:,} rows, largest difference "
-                f"{agreement['max_abs_difference']:.3g} (allowed: {options.label_agreement:.4%}, {options.tolerance:g})"
+                f"the ONNX model disagrees with the artifact beyond the tolerance: {said}largest difference "
+                f"{agreement['max_abs_difference']:.3g} (allowed: {options.label_agreement:.4%} of labels, "
+                f"{options.tolerance:g})"
             ),
         }
     (folder / ONNX_FILE).write_bytes(graph)
@@ -201,29 +203,30 @@ def _difference(estimator: Any, other: Any, spec: ModelSpec, checks: list[tuple[
     from mlops_cli.runtime.model import LoadedModel
 
     original = LoadedModel.of(estimator, spec)
-    challenger = (
-        LoadedModel.of(other, spec)
-        if not isinstance(other, OnnxPredictor)
-        else LoadedModel(spec, other, runtime="onnx")
-    )
+    if isinstance(other, OnnxPredictor):
+        challenger = LoadedModel(spec, other, runtime="onnx")
+    else:
+        challenger = LoadedModel.of(other, spec)
+    classifier = spec.task == "classifier"
     rows = agree = 0
     largest = 0.0
     for _, frame in checks:
         a, b = original.score(frame), challenger.score(frame)
-        if a.rows == 0 or len(a.prediction) == 0:
+        if len(a.prediction) == 0:
             continue
         rows += len(a.prediction)
-        agree += int((a.prediction.astype(str) == b.prediction.astype(str)).sum())
+        if classifier:
+            agree += int((a.prediction.astype(str) == b.prediction.astype(str)).sum())
         if a.proba is not None and b.proba is not None:
             gap = np.abs(a.proba - b.proba)
-        else:
+        else:  # a regressor: float32 errors scale with the values, so relative to their typical size
             x, y = a.prediction.astype(float), b.prediction.astype(float)
-            gap = np.abs(x - y) / np.maximum(1.0, np.abs(x))
+            gap = np.abs(x - y) / max(1.0, float(np.nanmean(np.abs(x))))
         gap = np.where(np.isnan(gap), np.inf, gap)
         largest = max(largest, float(gap.max()) if gap.size else 0.0)
     return {
         "rows": rows,
         "data": [label for label, _ in checks],
-        "label_agreement": agree / rows if rows else 0.0,
+        "label_agreement": (agree / rows if rows else 0.0) if classifier else None,
         "max_abs_difference": largest,
     }

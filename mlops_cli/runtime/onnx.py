@@ -12,6 +12,7 @@ and probabilities stay within a tolerance, or no ONNX file is stored. Optional: 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from mlops_cli.errors import InvalidData, MlopsError
@@ -50,8 +51,8 @@ def convert(estimator: Any, spec: ModelSpec) -> bytes:
         raise NotConvertible("skl2onnx is not installed", "pip install 'mlops-cli[onnx]'") from exc
     if spec.task not in ("classifier", "regressor"):
         raise NotConvertible(f"a {spec.task} model", "only classifiers and regressors are converted")
-    if _named(estimator):
-        kinds = {f.name: f.kind for f in spec.features}
+    kinds = {f.name: f.kind for f in spec.features}
+    if _selects_columns(estimator):
         unsupported = [n for n, k in kinds.items() if k not in ("numeric", "boolean", "categorical")]
         if unsupported:
             raise NotConvertible(f"features {unsupported} have no ONNX input type (dates, or no recorded type)")
@@ -59,19 +60,33 @@ def convert(estimator: Any, spec: ModelSpec) -> bytes:
             (n, StringTensorType([None, 1]) if k == "categorical" else FloatTensorType([None, 1]))
             for n, k in kinds.items()
         ]
-    else:
+    else:  # the model reads one matrix: every feature must be a number
+        text = [n for n, k in kinds.items() if k not in ("numeric", "boolean", None)]
+        if text:
+            raise NotConvertible(
+                f"features {text} are not numbers, and the model has no ColumnTransformer to select them"
+            )
         types = [("X", FloatTensorType([None, len(spec.features)]))]
     # zipmap off: probabilities as one matrix, not a list of dicts
     options = {"zipmap": False} if spec.task == "classifier" else None
     try:
-        graph = to_onnx(_for_conversion(estimator), initial_types=types, options=options, target_opset=OPSET)
+        with warnings.catch_warnings():
+            # protobuf 6 warns that skl2onnx hands it numpy booleans for ints (protobuf 7 refuses them, hence the
+            # pin in the extra); the graph is checked against the artifact before it is stored.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            graph = to_onnx(_for_conversion(estimator), initial_types=types, options=options, target_opset=OPSET)
     except Exception as exc:  # skl2onnx raises whatever its converters raise
         raise NotConvertible(f"{type(exc).__name__}: {short(exc)}") from exc
     return bytes(graph.SerializeToString())
 
 
-def _named(estimator: Any) -> bool:
-    return hasattr(estimator, "feature_names_in_")
+def _selects_columns(estimator: Any) -> bool:
+    """A Pipeline that starts with a ColumnTransformer picks its columns by name: one graph input per feature.
+    Anything else reads one matrix, `X`, of the features in order."""
+    from sklearn.compose import ColumnTransformer
+
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    return isinstance(first, ColumnTransformer)
 
 
 def _for_conversion(estimator: Any) -> Any:
@@ -123,7 +138,7 @@ class OnnxPredictor:
         """The graph's inputs from validated features (a DataFrame, or a mapping of column name to array)."""
         import numpy as np
 
-        if len(self.inputs) == 1 and self.inputs[0][0] == "X":
+        if [name for name, _ in self.inputs] == ["X"]:
             if isinstance(features, dict):
                 return {"X": np.column_stack([_numbers(features[n]) for n in self.spec.feature_names])}
             return {"X": features.to_numpy(dtype=np.float32, na_value=np.nan)}
