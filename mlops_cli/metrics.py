@@ -1,4 +1,4 @@
-"""Model metrics with bootstrap confidence intervals.
+"""Model metrics with bootstrap confidence intervals, and the names users give them (`metric_name`).
 
 `Scorer` precomputes per-row quantities once (correctness, log loss, a sort of the scores for ROC AUC), so every
 metric under a set of resampling weights costs O(n) and no re-sort. A bootstrap replicate is a weight vector
@@ -13,13 +13,45 @@ from typing import Any
 
 import numpy as np
 
+from mlops_cli.errors import SchemaMismatch
+
 CLASSIFIER_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss")
 REGRESSOR_METRICS = ("mae", "rmse", "r2")
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse"}
 
 
+# The names a user may give a metric to compare models by (--metric, a policy's baseline.metric, retrain's gate).
+METRIC_ALIASES = {
+    "auc": "roc_auc",
+    "roc_auc": "roc_auc",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced_accuracy",
+    "log_loss": "log_loss",
+    "f1": "f1",
+    "mae": "mae",
+    "rmse": "rmse",
+    "r2": "r2",
+}
+CLASSIFIER_CHOICES = ("roc_auc", "accuracy", "balanced_accuracy", "log_loss", "f1")
+REGRESSOR_CHOICES = ("mae", "rmse", "r2")
+
+
 def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
+
+
+def metric_name(metric: str | None, task: str) -> str:
+    """The canonical metric name (`auc` → `roc_auc`); defaults to roc_auc for classifiers, rmse for regressors."""
+    if metric is None:
+        return "roc_auc" if task == "classifier" else "rmse"
+    name = METRIC_ALIASES.get(metric, "")
+    choices = CLASSIFIER_CHOICES if task == "classifier" else REGRESSOR_CHOICES
+    if name not in choices:
+        raise SchemaMismatch(
+            f"metric {metric!r} does not apply to a {task}",
+            f"use one of {', '.join('auc' if c == 'roc_auc' else c for c in choices)}",
+        )
+    return name
 
 
 def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:

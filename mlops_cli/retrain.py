@@ -7,7 +7,7 @@ every phase, so a crashed or killed run shows as such and never as a success:
       ─▶ guardrails ─▶ smoke-test + checklist ─▶ move the alias ─▶ verify through the alias (else roll back)
 
 It builds on the other commands' library functions instead of repeating them: `drift.drift_for_model` for the
-drift trigger, `abtest.compare_models` for the gate, `gates.checklist` (smoke test included) before promotion.
+drift trigger, `comparison.compare_models` for the gate, `gates.checklist` (smoke test included) before promotion.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _recover_unfinished_promotions(registry: Registry, name: str, alias: str) ->
 
 
 def _metric_key(metric: str | None, task: str) -> str:
-    from mlops_cli.abtest import metric_name
+    from mlops_cli.metrics import metric_name
 
     return metric_name(metric, task)
 
@@ -437,9 +437,11 @@ def retrain(registry: Registry, name: str, options: RetrainOptions) -> Report:
     """One retraining job for `name`. Raises MlopsError for errors; the Report's verdict covers the rest."""
     if options.trigger not in TRIGGERS:
         raise InputError(f"unknown trigger {options.trigger!r}", f"use one of {', '.join(TRIGGERS)}")
-    from mlops_cli import gates
+    from mlops_cli import comparison, gates
 
     gates.load_policy(options.policy)  # a bad policy is an error now, not after an hour of training
+    # and so is a negative --min-improvement (the comparison after training would refuse it)
+    comparison.check_thresholds(min_improvement=options.min_improvement, alpha=options.alpha)
     if options.train_fn:
         load_train_fn(options.train_fn)  # and so is a --train-fn that does not import
     registry.resolve(f"{name}@{options.champion_alias}")  # ModelNotFound before the lock creates any folder
@@ -493,7 +495,8 @@ def _job(registry: Registry, name: str, options: RetrainOptions) -> Report:
 
 
 def _run(registry: Registry, champion: Version, job: Job, options: RetrainOptions, report: Report) -> None:
-    from mlops_cli import abtest, gates
+    from mlops_cli import gates
+    from mlops_cli.comparison import compare_models
     from mlops_cli.model import stdout_to_stderr
 
     started = time.perf_counter()
@@ -579,7 +582,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         _save(registry, job)
 
         job.phase = "comparing"
-        comparison = abtest.compare_models(
+        comparison = compare_models(
             registry,
             champion,
             challenger,

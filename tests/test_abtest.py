@@ -21,7 +21,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from mlops_cli import abtest, render, stats
+from mlops_cli import comparison, experiment, render, stats
 from mlops_cli.registry import Registry
 from mlops_cli.report import Report
 
@@ -295,11 +295,11 @@ def _units(n=4000, rates=None, seed=0, split=None):
 
 
 def _options(**kwargs):
-    return abtest.ExperimentOptions(**{"variant_column": "variant", "metrics": ["converted"], **kwargs})
+    return experiment.ExperimentOptions(**{"variant_column": "variant", "metrics": ["converted"], **kwargs})
 
 
 def test_experiment_treatment_wins_and_results_are_complete():
-    report = abtest.experiment(_units(), _options(metrics=["converted", "revenue"], mde={"*": (0.1, True)}))
+    report = experiment.experiment(_units(), _options(metrics=["converted", "revenue"], mde={"*": (0.1, True)}))
     r = report.results
     assert report.passed and r["verdict"] == "treatment_better" and r["winner"] == "treatment" and r["valid"]
     first = r["metrics"][0]
@@ -316,27 +316,27 @@ def test_experiment_treatment_wins_and_results_are_complete():
 
 def test_no_difference_is_exit_1():
     data = _units(rates={"control": 0.10, "treatment": 0.10}, seed=1)
-    report = abtest.experiment(data, _options())
+    report = experiment.experiment(data, _options())
     assert not report.passed and report.results["verdict"] == "no_significant_difference"
     assert report.results["winner"] is None
 
 
 def test_sample_ratio_mismatch_invalidates_even_a_winner():
     data = _units(n=6000, split=[0.45, 0.55], seed=2)
-    report = abtest.experiment(data, _options())
+    report = experiment.experiment(data, _options())
     r = report.results
     assert r["srm"]["mismatch"] and r["srm"]["p_value"] < 0.001 and not r["valid"]
     assert r["verdict"] == "inconclusive" and not report.passed
     assert all(c["reason"] == "sample ratio mismatch" for c in r["metrics"])
     # declared as intended, the same split is valid
-    fine = abtest.experiment(data, _options(expected_split="45/55"))
+    fine = experiment.experiment(data, _options(expected_split="45/55"))
     assert fine.results["valid"]
-    named = abtest.experiment(data, _options(expected_split="treatment=55/control=45"))
+    named = experiment.experiment(data, _options(expected_split="treatment=55/control=45"))
     assert named.results["srm"]["p_value"] == pytest.approx(fine.results["srm"]["p_value"])
 
 
 def test_below_min_samples_is_inconclusive():
-    report = abtest.experiment(_units(n=150), _options(min_samples=100))
+    report = experiment.experiment(_units(n=150), _options(min_samples=100))
     assert report.results["verdict"] == "inconclusive" and not report.passed
     assert report.results["metrics"][0]["reason"].startswith("insufficient data")
 
@@ -356,7 +356,7 @@ def test_aggregated_input_gives_the_same_answer_as_units():
         )
     aggregated = pd.DataFrame(rows).assign(note="daily export")  # three rows per variant (days) that add up
     options = _options(metrics=["converted", "revenue"])
-    a, b = abtest.experiment(units, options).results, abtest.experiment(aggregated, options).results
+    a, b = experiment.experiment(units, options).results, experiment.experiment(aggregated, options).results
     assert b["input_format"] == "aggregated" and a["input_format"] == "units"
     for x, y in zip(a["metrics"], b["metrics"], strict=True):
         assert y["type"] == x["type"]
@@ -368,7 +368,7 @@ def test_aggregated_input_gives_the_same_answer_as_units():
 def test_several_treatments_are_corrected_together():
     data = _units(n=6000, rates={"control": 0.10, "b": 0.125, "c": 0.10, "d": 0.11}, seed=5)
     for correction, sm_method in (("holm", "holm"), ("bh", "fdr_bh"), ("none", None)):
-        r = abtest.experiment(data, _options(metrics=["converted", "revenue"], correction=correction)).results
+        r = experiment.experiment(data, _options(metrics=["converted", "revenue"], correction=correction)).results
         raw = [c["p_value"] for c in r["metrics"]]
         adjusted = [c["p_value_adjusted"] for c in r["metrics"]]
         if sm_method is None:
@@ -383,9 +383,9 @@ def test_several_treatments_are_corrected_together():
 def test_lower_is_better_flips_the_verdict():
     data = _units(seed=6)
     data.loc[data["variant"] == "treatment", "latency"] -= 10
-    r = abtest.experiment(data, _options(metrics=["latency"], lower_is_better=["latency"])).results
+    r = experiment.experiment(data, _options(metrics=["latency"], lower_is_better=["latency"])).results
     assert r["verdict"] == "treatment_better" and r["metrics"][0]["difference"] < 0
-    r = abtest.experiment(data, _options(metrics=["latency"])).results
+    r = experiment.experiment(data, _options(metrics=["latency"])).results
     assert r["verdict"] == "treatment_worse"
 
 
@@ -398,20 +398,20 @@ def _fixed(control: tuple[int, int], treatment: tuple[int, int]) -> pd.DataFrame
 
 def test_non_inferiority_margin():
     data = _fixed((4000, 400), (4000, 390))  # -0.25 points, standard error about 0.67 points
-    shown = abtest.experiment(data, _options(margins={"*": (0.02, False)}))
+    shown = experiment.experiment(data, _options(margins={"*": (0.02, False)}))
     assert shown.passed and shown.results["verdict"] == "non_inferior"
     ni = shown.results["metrics"][0]["non_inferiority"]
     assert -0.02 < ni["lower_bound"] < 0 and ni["p_value_adjusted"] < 0.05
-    not_shown = abtest.experiment(data, _options(margins={"*": (0.001, False)}))
+    not_shown = experiment.experiment(data, _options(margins={"*": (0.001, False)}))
     assert not not_shown.passed and not_shown.results["verdict"] == "non_inferiority_not_shown"
-    relative = abtest.experiment(data, _options(margins={"converted": (0.2, True)}))  # 20% of 0.10 = 0.02
+    relative = experiment.experiment(data, _options(margins={"converted": (0.2, True)}))  # 20% of 0.10 = 0.02
     assert relative.results["metrics"][0]["non_inferiority"]["margin"] == pytest.approx(0.02)
-    inferior = abtest.experiment(_fixed((4000, 600), (4000, 400)), _options(margins={"*": (0.01, False)}))
+    inferior = experiment.experiment(_fixed((4000, 600), (4000, 400)), _options(margins={"*": (0.01, False)}))
     assert inferior.results["verdict"] == "inferior" and not inferior.passed
 
 
 def test_mann_whitney_beside_welch():
-    r = abtest.experiment(_units(), _options(metrics=["revenue"], mann_whitney=True)).results
+    r = experiment.experiment(_units(), _options(metrics=["revenue"], mann_whitney=True)).results
     c = r["metrics"][0]
     assert c["test"] == "welch_t" and set(c["mann_whitney"]) == {"statistic", "p_value", "prob_superiority"}
 
@@ -421,27 +421,60 @@ def test_bad_experiment_inputs_are_input_errors():
 
     data = _units(n=400)
     with pytest.raises(SchemaMismatch):
-        abtest.experiment(data, _options(metrics=["nope"]))
+        experiment.experiment(data, _options(metrics=["nope"]))
     with pytest.raises(InvalidData):
-        abtest.experiment(data, _options(metrics=["revenue"], metric_type="binary"))
+        experiment.experiment(data, _options(metrics=["revenue"], metric_type="binary"))
     with pytest.raises(InvalidData):
-        abtest.experiment(data, _options(control="missing"))
+        experiment.experiment(data, _options(control="missing"))
     with pytest.raises(InvalidData):
-        abtest.experiment(data, _options(expected_split="30/30/40"))
+        experiment.experiment(data, _options(expected_split="30/30/40"))
     with pytest.raises(InvalidData):
-        abtest.experiment(data[data["variant"] == "control"], _options())
+        experiment.experiment(data[data["variant"] == "control"], _options())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"alpha": 0.0},
+        {"alpha": math.nan},
+        {"power": 1.0},
+        {"power": math.nan},
+        {"alternative": "bigger"},
+        {"correction": "bonferroni"},
+        {"metric_type": "ordinal"},
+        {"metrics": []},
+        {"expected_split": "fifty/fifty"},
+    ],
+)
+def test_bad_experiment_options_are_input_errors_with_a_hint(bad):
+    """Options are user input: exit 3 with what to do, never a ValueError (exit 5, "a bug")."""
+    from mlops_cli.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        experiment.experiment(_units(n=400), _options(**bad))
+    assert caught.value.exit_code == 3 and caught.value.hint
+
+
+@pytest.mark.parametrize("bad", [{"min_improvement": -0.01}, {"min_improvement": math.nan}, {"alpha": 1.5}])
+def test_bad_comparison_thresholds_are_input_errors_with_a_hint(tmp_path, labelled_rows, bad):
+    """Checked before any model is loaded, so the refs need not exist."""
+    from mlops_cli.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        comparison.compare_models(Registry(tmp_path / "registry"), "a:1", "b:1", labelled_rows, "delayed", **bad)
+    assert caught.value.exit_code == 3 and caught.value.hint
 
 
 def test_parsers():
-    assert abtest.parse_amounts(["0.01", "rev=2%"]) == {"*": (0.01, False), "rev": (0.02, True)}
-    assert abtest.parse_split("20/80") == [20.0, 80.0]
-    assert abtest.parse_split("a=1/b=3") == {"a": 1.0, "b": 3.0}
+    assert experiment.parse_amounts(["0.01", "rev=2%"]) == {"*": (0.01, False), "rev": (0.02, True)}
+    assert experiment.parse_split("20/80") == [20.0, 80.0]
+    assert experiment.parse_split("a=1/b=3") == {"a": 1.0, "b": 3.0}
     for bad in ("50", "a=50/50", "x/y", "0/100"):
         with pytest.raises(ValueError):
-            abtest.parse_split(bad)
+            experiment.parse_split(bad)
     for bad in (["-1"], ["abc"], ["x=0"]):
         with pytest.raises(ValueError):
-            abtest.parse_amounts(bad)
+            experiment.parse_amounts(bad)
 
 
 # --- A. CLI ----------------------------------------------------------------------------------------------------
@@ -570,7 +603,7 @@ def two_models(cli, registered, weak_model_file):
 
 
 def test_compare_models_the_better_model_wins(two_models, labelled_rows):
-    report = abtest.compare_models(two_models, "flights:2", "flights:1", labelled_rows, "delayed", n_boot=200)
+    report = comparison.compare_models(two_models, "flights:2", "flights:1", labelled_rows, "delayed", n_boot=200)
     r = report.results
     assert report.passed and r["challenger_wins"] and r["verdict"] == "challenger_better"
     assert r["metric"] == "roc_auc" and r["test"] == "delong"
@@ -591,16 +624,16 @@ def test_compare_models_the_better_model_wins(two_models, labelled_rows):
     assert r["paired_t"] is None and r["wilcoxon"] is None
     assert report.model["version"] == "1"
 
-    reverse = abtest.compare_models(two_models, "flights:1", "flights:2", labelled_rows, "delayed", n_boot=200)
+    reverse = comparison.compare_models(two_models, "flights:1", "flights:2", labelled_rows, "delayed", n_boot=200)
     assert not reverse.passed and reverse.results["verdict"] == "champion_better"
 
 
 def test_compare_models_accepts_versions_and_min_improvement(two_models, labelled_rows):
     champion, challenger = two_models.resolve("flights:2"), two_models.resolve("flights:1")
-    base = abtest.compare_models(two_models, champion, challenger, labelled_rows, n_boot=100)
+    base = comparison.compare_models(two_models, champion, challenger, labelled_rows, n_boot=100)
     gain = base.results["improvement"]
     assert base.results["target"] == "delayed"  # from the champion's manifest
-    too_small = abtest.compare_models(
+    too_small = comparison.compare_models(
         two_models, champion, challenger, labelled_rows, n_boot=100, min_improvement=gain * 1.01
     )
     assert too_small.results["verdict"] == "improvement_too_small" and not too_small.results["challenger_wins"]
@@ -616,7 +649,7 @@ def test_compare_models_accepts_versions_and_min_improvement(two_models, labelle
     ],
 )
 def test_compare_models_primary_test_per_metric(two_models, labelled_rows, metric, test):
-    r = abtest.compare_models(
+    r = comparison.compare_models(
         two_models, "flights:2", "flights:1", labelled_rows, "delayed", metric=metric, n_boot=100
     ).results
     assert r["test"] == test and r["metric"] == metric
@@ -727,22 +760,22 @@ def test_altered_artifact_is_exit_4(cli, two_models):
 
 def test_tables_render(two_models, labelled_rows):
     console = Console(file=stdio.StringIO(), width=100)
-    models = abtest.compare_models(two_models, "flights:2", "flights:1", labelled_rows, n_boot=50)
+    models = comparison.compare_models(two_models, "flights:2", "flights:1", labelled_rows, n_boot=50)
     render.render_abtest(models, console)
-    experiment = abtest.experiment(
+    online = experiment.experiment(
         _units(),
         _options(
             metrics=["converted", "revenue"], mann_whitney=True, margins={"revenue": (0.1, True)}, alternative="greater"
         ),
     )
-    render.render_abtest(experiment, console)
+    render.render_abtest(online, console)
     text = console.file.getvalue()
     assert "DeLong" in text and "treatment better" in text and "+∞" in text
 
 
 def test_treatment_without_control_picks_control_from_the_rest():
     data = _units(rates={"a": 0.1, "b": 0.15, "c": 0.1}, seed=8)
-    r = abtest.experiment(data, _options(treatments=["a"])).results
+    r = experiment.experiment(data, _options(treatments=["a"])).results
     assert r["control"] == "b" and r["treatments"] == ["a"] and len(r["metrics"]) == 1
 
 
@@ -786,7 +819,7 @@ def test_experiment_power_block_matches_statsmodels():
 
     n, sd_c, sd_t, diff = 800, 2.0, 3.0, 0.3
     data = _aggregated({"control": {"m": (n, 10.0, sd_c**2)}, "treatment": {"m": (n, 10.0 + diff, sd_t**2)}})
-    r = abtest.experiment(data, _options(metrics=["m"], mde={"*": (0.5, False)})).results["metrics"][0]
+    r = experiment.experiment(data, _options(metrics=["m"], mde={"*": (0.5, False)})).results["metrics"][0]
     # equal groups: Welch's standard error is that of two groups with the average variance
     sigma = math.sqrt((sd_c**2 + sd_t**2) / 2)
     power = NormalIndPower()
@@ -804,8 +837,8 @@ def test_holm_correction_changes_the_verdict():
             "treatment": {"a": (1000, 0.0971, 1.0), "b": (1000, 0.0919, 1.0)},
         }
     )
-    plain = abtest.experiment(data, _options(metrics=["a", "b"], correction="none"))
-    held = abtest.experiment(data, _options(metrics=["a", "b"], correction="holm"))
+    plain = experiment.experiment(data, _options(metrics=["a", "b"], correction="none"))
+    held = experiment.experiment(data, _options(metrics=["a", "b"], correction="holm"))
     raw = [m["p_value"] for m in plain.results["metrics"]]
     assert 0.025 < raw[0] < 0.035 and 0.035 < raw[1] < 0.045
     assert plain.passed and [m["verdict"] for m in plain.results["metrics"]] == ["treatment_better"] * 2
@@ -816,18 +849,18 @@ def test_holm_correction_changes_the_verdict():
 
 def test_min_samples_applies_to_the_smaller_group():
     data = _aggregated({"control": {"m": (5000, 1.0, 1.0)}, "treatment": {"m": (90, 2.0, 1.0)}})
-    report = abtest.experiment(data, _options(metrics=["m"], min_samples=100, expected_split="5000/90"))
+    report = experiment.experiment(data, _options(metrics=["m"], min_samples=100, expected_split="5000/90"))
     assert report.results["valid"]
     assert report.results["metrics"][0]["verdict"] == "inconclusive" and not report.passed
     assert report.results["metrics"][0]["reason"].startswith("insufficient data")
-    enough = abtest.experiment(data, _options(metrics=["m"], min_samples=90, expected_split="5000/90"))
+    enough = experiment.experiment(data, _options(metrics=["m"], min_samples=90, expected_split="5000/90"))
     assert enough.passed and enough.results["metrics"][0]["verdict"] == "treatment_better"
 
 
 def test_relative_interval_of_a_negative_control_mean_points_the_right_way():
     # control -10, treatment -8: the difference is +2 but the ratio - 1 is -0.2, so "greater" bounds it from above
     data = _aggregated({"control": {"m": (400, -10.0, 4.0)}, "treatment": {"m": (400, -8.0, 4.0)}})
-    r = abtest.experiment(data, _options(metrics=["m"], alternative="greater")).results["metrics"][0]
+    r = experiment.experiment(data, _options(metrics=["m"], alternative="greater")).results["metrics"][0]
     assert r["difference"] == pytest.approx(2.0) and r["relative_lift"] == pytest.approx(-0.2)
     assert r["ci_high"] == math.inf and r["ci_low"] < 2.0
     assert r["relative_ci_low"] == -math.inf and r["relative_ci_high"] > -0.2
@@ -838,10 +871,10 @@ def test_aggregated_fractional_sums_without_sum_of_squares_are_not_taken_for_a_r
 
     data = pd.DataFrame({"variant": ["control", "treatment"], "n": [500, 500], "score_sum": [211.3, 240.9]})
     with pytest.raises(SchemaMismatch, match="score_sum_sq"):
-        abtest.experiment(data, _options(metrics=["score"]))
+        experiment.experiment(data, _options(metrics=["score"]))
     counts = data.assign(score_sum=[211, 241])  # whole counts of 0/1 values: a rate
-    assert abtest.experiment(counts, _options(metrics=["score"])).results["metrics"][0]["type"] == "binary"
-    declared = abtest.experiment(data, _options(metrics=["score"], metric_type="binary"))
+    assert experiment.experiment(counts, _options(metrics=["score"])).results["metrics"][0]["type"] == "binary"
+    declared = experiment.experiment(data, _options(metrics=["score"], metric_type="binary"))
     assert declared.results["metrics"][0]["type"] == "binary"
 
 
@@ -851,12 +884,12 @@ def test_odd_metric_and_variant_columns_are_input_errors():
     units = _units(n=400)
     dated = units.assign(when=pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(400), unit="h"))
     with pytest.raises(InvalidData, match="dates"):
-        abtest.experiment(dated, _options(metrics=["when"]))
+        experiment.experiment(dated, _options(metrics=["when"]))
     nested = units.assign(variant=[[v] for v in units["variant"]])
     with pytest.raises(InvalidData, match="nested"):
-        abtest.experiment(nested, _options())
+        experiment.experiment(nested, _options())
     empty = units.assign(converted=np.nan)
-    r = abtest.experiment(empty, _options(min_samples=1)).results["metrics"][0]
+    r = experiment.experiment(empty, _options(min_samples=1)).results["metrics"][0]
     assert r["type"] == "continuous" and r["verdict"] == "inconclusive"
 
 
@@ -865,18 +898,18 @@ def test_compare_models_refuses_labels_the_models_do_not_know(two_models, labell
 
     relabelled = labelled_rows.assign(delayed=labelled_rows["delayed"].replace({1.0: 7.0}))
     with pytest.raises(SchemaMismatch, match="not trained on"):
-        abtest.compare_models(two_models, "flights:2", "flights:1", relabelled, "delayed", n_boot=50)
+        comparison.compare_models(two_models, "flights:2", "flights:1", relabelled, "delayed", n_boot=50)
     some = labelled_rows.copy()
     some.loc[some.index[:5], "delayed"] = 2.0
     with pytest.raises(SchemaMismatch, match="5 labelled rows"):
-        abtest.compare_models(two_models, "flights:2", "flights:1", some, "delayed", n_boot=50)
+        comparison.compare_models(two_models, "flights:2", "flights:1", some, "delayed", n_boot=50)
     fractional = labelled_rows.assign(delayed=labelled_rows["delayed"] * 0.7)
     with pytest.raises(SchemaMismatch, match="fractions"):
-        abtest.compare_models(two_models, "flights:2", "flights:1", fractional, "delayed", n_boot=50)
+        comparison.compare_models(two_models, "flights:2", "flights:1", fractional, "delayed", n_boot=50)
 
 
 def test_compare_models_says_why_it_is_inconclusive(two_models, labelled_rows):
     one_class = labelled_rows[labelled_rows["delayed"] == 0]
-    report = abtest.compare_models(two_models, "flights:2", "flights:1", one_class, "delayed", n_boot=50)
+    report = comparison.compare_models(two_models, "flights:2", "flights:1", one_class, "delayed", n_boot=50)
     assert report.results["verdict"] == "inconclusive" and not report.passed
     assert any("one class only" in m for m in report.messages)

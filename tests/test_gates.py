@@ -9,7 +9,8 @@ import pytest
 from conftest import CURRENT, edit_manifest_as_registered, sample_train
 from rich.console import Console
 
-from mlops_cli import gates, io, render
+from mlops_cli import io, render
+from mlops_cli.gates import smoke
 from mlops_cli.report import Report
 
 
@@ -190,7 +191,7 @@ def test_a_model_that_always_raises_fails_with_a_report(cli, tmp_path, model_fil
     data = _bare(cli, tmp_path, model_file, broken_models.RaisesAlways, "raises")
     report = cli.json("smoke-test", "raises", *data, expect=1)
     steps = _steps(report)
-    assert list(steps) == list(gates.STEPS)
+    assert list(steps) == list(smoke.STEPS)
     for step in ("single_row", "output_validity", "latency"):
         assert steps[step]["status"] == "fail" and "model server unreachable" in steps[step]["evidence"]["error"]
     for step in ("batch_consistency", "determinism", "serialization"):
@@ -228,7 +229,7 @@ def test_a_classifier_without_predict_proba_fails_load_and_skips_the_rest(
     report = cli.json("smoke-test", "noproba", "--iterations", "10", expect=1)
     steps = _steps(report)
     assert report["results"]["failed"] == ["load"] and steps["load"]["evidence"]["missing_methods"] == ["predict_proba"]
-    assert list(steps) == list(gates.STEPS)
+    assert list(steps) == list(smoke.STEPS)
     assert all(s["status"] == "skip" and s["evidence"]["reason"] == "load failed" for s in list(steps.values())[1:])
     items = _items(cli.json("checklist", "noproba", "--iterations", "10", "--policy", relaxed, expect=1))
     for item in ("edge_cases", "latency", "serialization"):
@@ -392,7 +393,7 @@ def test_checklist_checks_its_inputs_before_the_smoke_test(cli, model_file, smal
     def no_smoke_test(*args, **kwargs):
         raise AssertionError("the smoke test ran before the inputs were checked")
 
-    monkeypatch.setattr(gates, "smoke_test", no_smoke_test)
+    monkeypatch.setattr(smoke, "smoke_test", no_smoke_test)
     (tmp_path / "empty.csv").write_text("carrier,delayed\n")
     (tmp_path / "corrupt.parquet").write_bytes(b"not parquet")
     (tmp_path / "rmse.toml").write_text('[baseline]\nmetric = "rmse"\n')  # a regressor's metric

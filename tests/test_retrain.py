@@ -114,6 +114,15 @@ def test_a_bad_policy_fails_before_any_work_even_with_check_only(cli, champion, 
     assert retrain_lib.history(champion, "flights") == []  # no job was started
 
 
+@pytest.mark.parametrize("value", ["-0.01", "nan"])
+def test_a_bad_min_improvement_fails_before_any_work(cli, champion, value):
+    """The comparison would refuse it after the training (was exit 5, "a bug"): exit 3 before anything runs."""
+    result = cli(*RETRAIN_ON_CURRENT, "--trigger", "manual", "--reason", "test", "--min-improvement", value)
+    assert result.exit_code == 3 and "--min-improvement" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert retrain_lib.history(champion, "flights") == []  # no job was started
+    assert [v.version for v in champion.versions("flights")] == ["1"]
+
+
 def test_failing_train_function_leaves_registry_unchanged_but_a_failed_job(cli, champion):
     before = _state(champion)
     result = cli(

@@ -235,13 +235,13 @@ def _models(
         raise typer.BadParameter("a model comparison needs labelled rows to score", param_hint="--data")
     if metric and len(metric) > 1:
         raise typer.BadParameter("a model comparison takes one --metric", param_hint="--metric")
-    from mlops_cli import abtest
+    from mlops_cli import comparison, metrics
 
-    if metric and metric[0] not in abtest.METRIC_ALIASES:
+    if metric and metric[0] not in metrics.METRIC_ALIASES:
         raise typer.BadParameter(
-            f"{metric[0]!r} is not one of {', '.join(abtest.METRIC_ALIASES)}", param_hint="--metric"
+            f"{metric[0]!r} is not one of {', '.join(metrics.METRIC_ALIASES)}", param_hint="--metric"
         )
-    return abtest.compare_models_file(
+    return comparison.compare_models_file(
         registry(),
         champion,
         challenger,
@@ -290,16 +290,16 @@ def _experiment(
         raise typer.BadParameter("name the column that holds each row's variant", param_hint="--variant-column")
     if not metric:
         raise typer.BadParameter("name at least one metric column", param_hint="--metric")
-    from mlops_cli import abtest
+    from mlops_cli import experiment
 
     try:
-        parsed_margins = abtest.parse_amounts(margins)
-        parsed_mde = abtest.parse_amounts(mde)
+        parsed_margins = experiment.parse_amounts(margins)
+        parsed_mde = experiment.parse_amounts(mde)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--non-inferiority-margin/--mde") from exc
     if expected_split is not None:
         try:
-            abtest.parse_split(expected_split)
+            experiment.parse_split(expected_split)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--expected-split") from exc
     unknown = sorted((set(parsed_margins) | set(parsed_mde) | set(lower_is_better or [])) - set(metric) - {"*"})
@@ -308,7 +308,7 @@ def _experiment(
             f"{', '.join(unknown)} is not among the --metric columns",
             param_hint="--non-inferiority-margin/--mde/--lower-is-better",
         )
-    options = abtest.ExperimentOptions(
+    options = experiment.ExperimentOptions(
         variant_column=variant_column,
         metrics=metric,
         control=control,
@@ -325,4 +325,4 @@ def _experiment(
         mann_whitney=mann_whitney,
         lower_is_better=lower_is_better or [],
     )
-    return abtest.experiment_file(results, options, fmt=fmt)
+    return experiment.experiment_file(results, options, fmt=fmt)

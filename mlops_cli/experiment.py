@@ -1,13 +1,9 @@
-"""Is the challenger really better? Two questions, both with honest statistics and an exit code.
-
-A. `experiment`: the results of an online experiment (one row per unit, or n / sum / sum of squares per variant):
-   every treatment against control on every metric, with a sample ratio mismatch check, power, and a correction
-   for the number of comparisons.
-B. `compare_models`: two registered models score the same labelled rows, and paired tests decide whether the
-   challenger beats the champion. `checklist` and `retrain` call it too.
+"""Online experiments: did the treatment win? One row per unit, or n / sum / sum of squares per variant, in; every
+treatment against control on every metric out, with a sample ratio mismatch check, power, and a correction for the
+number of comparisons.
 
 The statistics themselves live in `mlops_cli.stats`; this module turns data into their inputs and their outputs
-into verdicts.
+into verdicts. Comparing two registered models is `mlops_cli.comparison`.
 """
 
 from __future__ import annotations
@@ -21,32 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlops_cli import io, metrics, stats
-from mlops_cli import model as model_lib
-from mlops_cli.errors import EmptyInput, InvalidData, SchemaMismatch
+from mlops_cli import io, stats
+from mlops_cli.errors import EmptyInput, InputError, InvalidData, SchemaMismatch
 from mlops_cli.report import Report
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlops_cli.registry import Registry, Version
-
 SRM_THRESHOLD = 0.001
 METRIC_TYPES = ("auto", "binary", "continuous")
 
-# Verdicts of one comparison (mode A). A treatment "wins" with the first two.
+# Verdicts of one comparison. A treatment "wins" with the first two.
 BETTER, NON_INFERIOR = "treatment_better", "non_inferior"
 NO_DIFFERENCE, NOT_SHOWN = "no_significant_difference", "non_inferiority_not_shown"
 INCONCLUSIVE, INFERIOR, WORSE = "inconclusive", "inferior", "treatment_worse"
 VERDICT_ORDER = (BETTER, NON_INFERIOR, NO_DIFFERENCE, NOT_SHOWN, INCONCLUSIVE, INFERIOR, WORSE)
 WINNING = (BETTER, NON_INFERIOR)
-
-# Verdicts of a model comparison (mode B). Only the first is a win.
-CHALLENGER_BETTER, TOO_SMALL = "challenger_better", "improvement_too_small"
-CHAMPION_BETTER = "champion_better"
-
-
-# --- A. online experiments -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -71,16 +57,26 @@ class ExperimentOptions:
     lower_is_better: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not 0 < self.alpha < 1 or not 0 < self.power < 1:
-            raise ValueError("alpha and power must lie strictly between 0 and 1")
-        if self.alternative not in stats.ALTERNATIVES:
-            raise ValueError(f"alternative must be one of {stats.ALTERNATIVES}")
-        if self.correction not in stats.CORRECTIONS:
-            raise ValueError(f"correction must be one of {stats.CORRECTIONS}")
-        if self.metric_type not in METRIC_TYPES:
-            raise ValueError(f"metric type must be one of {METRIC_TYPES}")
+        # Options are user input (a CLI flag, a script's argument): a bad one is exit 3, never a bug.
+        for name, value, usual in (("alpha", self.alpha, 0.05), ("power", self.power, 0.8)):
+            if not 0 < value < 1:  # NaN fails this too
+                raise InputError(
+                    f"{name} must lie strictly between 0 and 1, got {value}", f"the usual {name} is {usual}"
+                )
+        for name, given, choices in (
+            ("alternative", self.alternative, stats.ALTERNATIVES),
+            ("correction", self.correction, stats.CORRECTIONS),
+            ("metric type", self.metric_type, METRIC_TYPES),
+        ):
+            if given not in choices:
+                raise InputError(f"unknown {name} {given!r}", f"use one of {', '.join(choices)}")
         if not self.metrics:
-            raise ValueError("name at least one metric column")
+            raise InputError("no metric column named", "name at least one metric column")
+        if self.expected_split is not None:
+            try:
+                parse_split(self.expected_split)  # read again in `_srm`; checked here, before the data is read
+            except ValueError as exc:
+                raise InputError(f"expected split: {exc}", "give shares like 50/50 or control=50/treatment=50") from exc
         self.metrics = list(dict.fromkeys(self.metrics))
 
 
@@ -614,222 +610,3 @@ def _decide(comparisons: list[dict[str, Any]], options: ExperimentOptions, valid
             c["verdict"] = NO_DIFFERENCE
         for key in ("_tested", "_ni", "_inferior"):
             del c[key]
-
-
-# --- B. paired comparison of two registered models -----------------------------------------------------------
-
-METRIC_ALIASES = {
-    "auc": "roc_auc",
-    "roc_auc": "roc_auc",
-    "accuracy": "accuracy",
-    "balanced_accuracy": "balanced_accuracy",
-    "log_loss": "log_loss",
-    "f1": "f1",
-    "mae": "mae",
-    "rmse": "rmse",
-    "r2": "r2",
-}
-CLASSIFIER_CHOICES = ("roc_auc", "accuracy", "balanced_accuracy", "log_loss", "f1")
-REGRESSOR_CHOICES = ("mae", "rmse", "r2")
-_NEEDS_PROBA = ("roc_auc", "log_loss")
-
-
-def compare_models_file(
-    registry: Registry,
-    champion_ref: Any,
-    challenger_ref: Any,
-    path: Path,
-    target: str | None = None,
-    *,
-    fmt: str | None = None,
-    **options: Any,
-) -> Report:
-    """Read the labelled data, then `compare_models`."""
-    frame = io.read_table(path, fmt=fmt)
-    report = compare_models(registry, champion_ref, challenger_ref, frame, target, **options)
-    report.inputs = [io.fingerprint(path, rows=len(frame))]
-    return report
-
-
-def compare_models(
-    registry: Registry,
-    champion_ref: str | Version,
-    challenger_ref: str | Version,
-    data: pd.DataFrame,
-    target: str | None = None,
-    *,
-    metric: str | None = None,
-    min_improvement: float = 0.0,
-    alpha: float = 0.05,
-    n_boot: int = 1000,
-    seed: int = 0,
-    strict: bool = False,
-) -> Report:
-    """Both models score the same labelled rows; paired tests decide whether the challenger is better.
-
-    The challenger wins when it is better in `metric` by at least `min_improvement` (in the metric's units,
-    a reduction for log_loss / mae / rmse) and the difference is significant at `alpha`. `target` defaults to
-    the champion's recorded target. Refs may be strings or already-resolved `Version` objects.
-    """
-    if min_improvement < 0 or not 0 < alpha < 1:
-        raise ValueError("min_improvement must be >= 0 and alpha in (0, 1)")
-    champion_est, champion = registry.load_model(champion_ref, strict=strict)
-    challenger_est, challenger = registry.load_model(challenger_ref, strict=strict)
-    task = champion.manifest["task"]
-    if task not in ("classifier", "regressor"):
-        raise SchemaMismatch(f"{champion.ref} is neither a classifier nor a regressor", "compare scikit-learn models")
-    if challenger.manifest["task"] != task:
-        raise SchemaMismatch(
-            f"{champion.ref} is a {task} but {challenger.ref} is a {challenger.manifest['task']}",
-            "compare two models of the same task",
-        )
-    classes: list[Any] = champion.manifest.get("classes") or []
-    if task == "classifier" and sorted(map(str, classes)) != sorted(map(str, challenger.manifest.get("classes") or [])):
-        raise SchemaMismatch(
-            f"{champion.ref} predicts classes {classes} but {challenger.ref} predicts "
-            f"{challenger.manifest.get('classes')}",
-            "compare models trained for the same labels",
-        )
-
-    target = target or champion.manifest.get("target")
-    if not target:
-        raise SchemaMismatch(f"{champion.ref} has no recorded target column", "name the label column with --target")
-    if target not in data.columns:
-        raise SchemaMismatch(f"the data has no target column {target!r}", f"columns are {list(data.columns)[:20]}")
-    labelled = data[data[target].notna()]
-    messages = []
-    if len(labelled) < len(data):
-        messages.append(f"{len(data) - len(labelled):,} rows without a label in {target!r} were left out")
-    if labelled.empty:
-        raise EmptyInput(f"no row has a label in {target!r}", "pass labelled data")
-
-    metric = metric_name(metric, task)
-    champion_scorer = _scorer(champion_est, champion, labelled, target, metric)
-    challenger_scorer = _scorer(challenger_est, challenger, labelled, target, metric)
-    higher = metrics.higher_is_better(metric)
-
-    results: dict[str, Any] = {
-        "mode": "models",
-        "task": task,
-        "metric": metric,
-        "target": target,
-        "higher_is_better": higher,
-        "n": len(labelled),
-        "alpha": alpha,
-        "min_improvement": min_improvement,
-        "champion": _model_block(champion, champion_scorer, metric),
-        "challenger": _model_block(challenger, challenger_scorer, metric),
-    }
-    tests = _paired_tests(champion_scorer, challenger_scorer, metric, alpha=alpha, n_boot=n_boot, seed=seed)
-    results.update(tests)
-    results["difference"] = results["challenger"]["value"] - results["champion"]["value"]
-    improvement = results["difference"] if higher else -results["difference"]
-    significant = results["p_value"] < alpha
-    if math.isnan(results["p_value"]):
-        verdict = INCONCLUSIVE
-        present = len(set(champion_scorer.true_idx.tolist())) if task == "classifier" else None
-        messages.append(
-            f"inconclusive: the labelled rows hold one class only, so {results['test']} gives no p-value"
-            if present == 1
-            else f"inconclusive: {results['test']} gives no p-value on these {len(labelled):,} rows "
-            "(too few, or no variation)"
-        )
-    elif significant and improvement > 0:
-        verdict = CHALLENGER_BETTER if improvement >= min_improvement else TOO_SMALL
-    elif significant and improvement < 0:
-        verdict = CHAMPION_BETTER
-    else:
-        verdict = NO_DIFFERENCE
-    results.update(improvement=improvement, verdict=verdict, challenger_wins=verdict == CHALLENGER_BETTER)
-    if champion.ref == challenger.ref:
-        messages.append(f"champion and challenger are the same version ({champion.ref})")
-    return Report(
-        "abtest", results=results, passed=verdict == CHALLENGER_BETTER, model=challenger.summary(), messages=messages
-    )
-
-
-def metric_name(metric: str | None, task: str) -> str:
-    """The canonical metric name (`auc` → `roc_auc`); defaults to roc_auc for classifiers, rmse for regressors."""
-    if metric is None:
-        return "roc_auc" if task == "classifier" else "rmse"
-    name = METRIC_ALIASES.get(metric, "")
-    choices = CLASSIFIER_CHOICES if task == "classifier" else REGRESSOR_CHOICES
-    if name not in choices:
-        raise SchemaMismatch(
-            f"metric {metric!r} does not apply to a {task}",
-            f"use one of {', '.join('auc' if c == 'roc_auc' else c for c in choices)}",
-        )
-    return name
-
-
-def _scorer(estimator: Any, version: Version, data: pd.DataFrame, target: str, metric: str) -> metrics.Scorer:
-    scorer = model_lib.scorer_for(estimator, version.manifest, data, target)
-    if metric in _NEEDS_PROBA and scorer.task == "classifier" and scorer.proba is None:
-        raise SchemaMismatch(
-            f"{version.ref} has no predict_proba, so {metric} cannot be computed", "use --metric accuracy or f1"
-        )
-    return scorer
-
-
-def _model_block(version: Version, scorer: metrics.Scorer, metric: str) -> dict[str, Any]:
-    computed = scorer.compute()
-    return {
-        "ref": version.ref,
-        "name": version.name,
-        "version": version.version,
-        "sha256": version.summary()["sha256"],
-        "value": computed[metric],
-        **computed,
-        "metrics": computed,
-    }
-
-
-def _paired_tests(
-    champion: metrics.Scorer, challenger: metrics.Scorer, metric: str, *, alpha: float, n_boot: int, seed: int
-) -> dict[str, Any]:
-    """Every paired test that applies to `metric`; the primary one gives p_value, ci_low, ci_high and `test`."""
-    out: dict[str, Any] = {"mcnemar": None, "delong": None, "paired_t": None, "wilcoxon": None}
-    out["bootstrap"] = metrics.paired_bootstrap(
-        champion, challenger, metric, n_boot=n_boot, seed=seed, confidence=1 - alpha
-    )
-    primary = out["bootstrap"]
-    out["test"] = "paired_bootstrap"
-    if champion.task == "classifier":
-        # b: only the champion is right; c: only the challenger is right.
-        b = int(((champion.correct == 1) & (challenger.correct == 0)).sum())
-        c = int(((champion.correct == 0) & (challenger.correct == 1)).sum())
-        out["mcnemar"] = stats.mcnemar(b, c)
-        if metric == "accuracy":
-            _, low, high = stats.paired_proportion_interval(b, c, champion.n, alpha=alpha)
-            primary = {"ci_low": low, "ci_high": high, "p_value": out["mcnemar"]["p_value"]}
-            out["test"] = "mcnemar"
-        if metric == "roc_auc" and champion.k == 2:
-            positive = champion.true_idx == 1
-            if 2 <= positive.sum() <= champion.n - 2 and champion.proba is not None and challenger.proba is not None:
-                out["delong"] = stats.delong(positive, champion.proba[:, 1], challenger.proba[:, 1], alpha=alpha)
-                primary = out["delong"]
-                out["test"] = "delong"
-    losses = _row_losses(champion, challenger, metric)
-    if losses is not None:
-        d = losses[1] - losses[0]
-        out["paired_t"] = {**stats.paired_t(d, alpha=alpha), "loss": losses[2]}
-        out["wilcoxon"] = {**stats.wilcoxon(d), "loss": losses[2]}
-        if metric in ("mae", "log_loss"):  # the metric is the mean per-row loss: the t-test is exact for it
-            primary = out["paired_t"]
-            out["test"] = "paired_t"
-    out.update(p_value=primary["p_value"], ci_low=primary["ci_low"], ci_high=primary["ci_high"])
-    return out
-
-
-def _row_losses(
-    champion: metrics.Scorer, challenger: metrics.Scorer, metric: str
-) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Per-row losses of both models for the metrics that are averages of one: |error| for mae, squared error
-    for rmse and r2 (both move with the mean squared error), log loss for log_loss."""
-    if metric == "mae":
-        return np.abs(champion.err), np.abs(challenger.err), "absolute_error"
-    if metric in ("rmse", "r2"):
-        return champion.row_losses(), challenger.row_losses(), "squared_error"
-    if metric == "log_loss" and champion.proba is not None:
-        return champion.row_losses(), challenger.row_losses(), "log_loss"
-    return None
