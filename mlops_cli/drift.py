@@ -576,11 +576,10 @@ def _importance(registry: Registry, version: Version, estimator: Any, sample: pd
         return {}
     rows = sample[sample[target].notna()].head(5000)
     y = rows[target].to_numpy()
-    from mlops_cli.model import align_labels, stdout_to_stderr
+    from mlops_cli.model import align_labels
 
     y = align_labels(y, version.manifest.get("classes"))
-    with stdout_to_stderr():  # a model that prints must not corrupt the --json report
-        result = permutation_importance(estimator, rows[features], y, n_repeats=3, random_state=0)
+    result = permutation_importance(estimator, rows[features], y, n_repeats=3, random_state=0)
     importance = {f: max(float(v), 0.0) for f, v in zip(features, result.importances_mean, strict=True)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import getpass
 import json
 import os
-import platform
 import shutil
-import socket
-import subprocess
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +42,7 @@ from mlops_cli.errors import (
     VersionExists,
     VersionMismatch,
 )
+from mlops_cli.interrupts import commit_window
 from mlops_cli.refs import LATEST, ModelRef, parse_ref, validate_label, validate_name
 from mlops_cli.report import utc_now
 
@@ -243,19 +239,20 @@ class Registry:
 
     def _append_event(self, model_dir: Path, event: dict[str, Any]) -> None:
         """Append one event line; caller holds the lock."""
-        record = {"time": utc_now(), "user": _user(), "host": socket.gethostname(), **event}
+        record = {"time": utc_now(), "user": _user(), "host": _host(), **event}
         line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
         path = model_dir / "events.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a crash tore the last line: end it, so this event stands on a line of its own
-            while line:
-                line = line[os.write(fd, line) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with commit_window():  # a signal between two writes would tear the line
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a crash tore the last line: end it, so this event stands on a line of its own
+                while line:
+                    line = line[os.write(fd, line) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def find_artifact(self, name: str, sha256: str) -> Version | None:
         if not (self._model_dir(name) / "versions").is_dir():
@@ -303,15 +300,21 @@ class Registry:
             io.write_json(staging / MANIFEST, manifest)
             io.fsync_dir(staging)
             target = model_dir / "versions" / version
-            os.rename(staging, target)  # the moment the version appears: whole, with its manifest
-            io.fsync_dir(target.parent)
-            self._append_event(model_dir, {"event": "registered", "version": version, "sha256": sha, "reason": reason})
-            if alias is not None:
-                self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
+            # Publishing is one step: a signal waits until the version, its event and its alias are all recorded.
+            with commit_window():
+                os.rename(staging, target)  # the moment the version appears: whole, with its manifest
+                io.fsync_dir(target.parent)
+                self._append_event(
+                    model_dir, {"event": "registered", "version": version, "sha256": sha, "reason": reason}
+                )
+                if alias is not None:
+                    self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
             self._clean_staging(model_dir)
         return Version(name, version, target, manifest), True
 
     def staging_dir(self, name: str) -> Path:
+        import uuid
+
         path = self._model_dir(name) / ".staging" / f"{os.getpid()}-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
         return path
@@ -333,10 +336,11 @@ class Registry:
         if previous == version and event == "alias_moved":
             return previous  # already there (a retried release step): no event, so rollback still goes back a step
         aliases[alias] = version
-        io.write_json(aliases_path, aliases)
-        self._append_event(
-            model_dir, {"event": event, "alias": alias, "from": previous, "to": version, "reason": reason}
-        )
+        with commit_window():  # the move and its event: a signal waits for both
+            io.write_json(aliases_path, aliases)
+            self._append_event(
+                model_dir, {"event": event, "alias": alias, "from": previous, "to": version, "reason": reason}
+            )
         return previous
 
     def promote(
@@ -512,7 +516,7 @@ def _manifest(info: dict[str, Any], options: RegisterOptions) -> dict[str, Any]:
         "eval_metrics": None,
         "lineage": {**(options.lineage or {}), "git": _git_state()},
         "libraries": _library_versions(),
-        "registered_by": {"user": _user(), "host": socket.gethostname()},
+        "registered_by": {"user": _user(), "host": _host()},
     }
 
 
@@ -576,6 +580,7 @@ def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], op
 
 
 def _library_versions() -> dict[str, str]:
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -588,14 +593,24 @@ def _library_versions() -> dict[str, str]:
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
 
 
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
 def _git_state() -> dict[str, Any] | None:
     """The commit of the current directory (and whether the tree is dirty), when it is a git checkout."""
+    import subprocess
+
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
