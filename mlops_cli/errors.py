@@ -100,7 +100,8 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, hint: str | None = None) -> None:
         import signal
 
-        self.message = f"interrupted by {signal.Signals(signum).name}"
+        self.signal_name = signal.Signals(signum).name
+        self.message = f"interrupted by {self.signal_name}"
         super().__init__(self.message)
         self.hint = hint
         self.signum = signum

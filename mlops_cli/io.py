@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mlops_cli.errors import EmptyInput, MissingFile, OutputExists, SchemaMismatch, UnreadableFile
+from mlops_cli.interrupts import commit_window
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,25 +272,35 @@ def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
     With overwrite=False the commit is a hard link, which fails if `path` appeared meanwhile (two cron runs writing
     one output): the later run gets OutputExists instead of silently replacing the earlier run's file.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: Path | None = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the mode `open` would give it
-    finally:
-        os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+        with commit_window():  # a signal now would leave a temporary file no one removes: wait until `tmp` is set
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = Path(tmp_name)
+            try:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the mode `open` would give
+            finally:
+                os.close(fd)
         yield tmp
-        with tmp.open("rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-        fsync_dir(path.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with commit_window():
+                tmp.unlink(missing_ok=True)
         raise
+    # The commit is one step: a signal arriving now waits for the rename (or the clean-up) to finish.
+    with commit_window():
+        try:
+            with tmp.open("rb+") as fh:
+                fh.flush()
+                os.fsync(fh.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _link_new(tmp: Path, path: Path) -> None:
@@ -380,6 +391,7 @@ class TableWriter:
         self._atomic = atomic_path(path, overwrite=overwrite)
         self._writer: Any = None
         self._stream: Any = None
+        self.committed = False  # True once `path` holds the finished table
 
     def __enter__(self) -> TableWriter:
         import pyarrow as pa
@@ -406,14 +418,17 @@ class TableWriter:
             self._writer.write_table(data)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            self._writer.close()
-            if self._stream is not None:
-                self._stream.close()
-        except BaseException as close_error:
-            # A file that failed to close is incomplete: discard it like any other failure.
-            if exc is None:
-                exc_type, exc, tb = type(close_error), close_error, close_error.__traceback__
+        # Closing (the Parquet footer) and the rename are one step, and so is discarding: a signal waits for it.
+        with commit_window():
+            try:
+                self._writer.close()
+                if self._stream is not None:
+                    self._stream.close()
+            except BaseException as close_error:
+                # A file that failed to close is incomplete: discard it like any other failure.
+                if exc is None:
+                    exc_type, exc, tb = type(close_error), close_error, close_error.__traceback__
+                self._atomic.__exit__(exc_type, exc, tb)
+                raise
             self._atomic.__exit__(exc_type, exc, tb)
-            raise
-        self._atomic.__exit__(exc_type, exc, tb)
+            self.committed = exc is None

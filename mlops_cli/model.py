@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,19 +14,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def stdout_to_stderr() -> contextlib.AbstractContextManager[Any]:
-    """Where model code runs (unpickling, predict): whatever it prints goes to stderr, since stdout carries the
-    --json report. Model calls run in one thread, so swapping sys.stdout is safe, and it costs a few microseconds."""
-    return contextlib.redirect_stdout(sys.stderr)
-
-
 def load_file(path: Path) -> tuple[Any, list[str]]:
     """Unpickle a joblib/pickle file; return the estimator and the warnings unpickling raised."""
     import joblib
 
     if not path.is_file():
         raise MissingFile(f"{path}: no such model file", "check the path")
-    with warnings.catch_warnings(record=True) as caught, stdout_to_stderr():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             estimator = joblib.load(path)
@@ -82,13 +75,12 @@ def predict_frame(estimator: Any, features: pd.DataFrame, *, task: str, classes:
     import pandas as pd
 
     try:
-        with stdout_to_stderr():
-            prediction = np.asarray(estimator.predict(features))
-            proba = (
-                np.asarray(estimator.predict_proba(features), dtype=float)
-                if task == "classifier" and hasattr(estimator, "predict_proba")
-                else None
-            )
+        prediction = np.asarray(estimator.predict(features))
+        proba = (
+            np.asarray(estimator.predict_proba(features), dtype=float)
+            if task == "classifier" and hasattr(estimator, "predict_proba")
+            else None
+        )
         out = {"prediction": prediction}
         if proba is not None:
             for i, label in enumerate(classes or range(proba.shape[1])):
@@ -135,9 +127,8 @@ class Predictor:
     def _compare(self, data: Any, proba: np.ndarray | None = None) -> None:
         import numpy as np
 
-        with stdout_to_stderr():
-            own = np.asarray(self.estimator.predict(data))
-            proba = np.asarray(self.estimator.predict_proba(data), dtype=float) if proba is None else proba
+        own = np.asarray(self.estimator.predict(data))
+        proba = np.asarray(self.estimator.predict_proba(data), dtype=float) if proba is None else proba
         self._argmax_is_predict = bool(np.array_equal(own, self._argmax(proba)))
 
     def predict(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
@@ -146,17 +137,14 @@ class Predictor:
 
         data = self._data(features)
         try:
-            with stdout_to_stderr():
-                if not self.with_proba:
-                    return self._checked(np.asarray(self.estimator.predict(data))), None
-                proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
-                if self._argmax_is_predict and self._checked_rows < self.CHECK_ROWS:
-                    n = min(len(features), self.CHECK_ROWS - self._checked_rows)
-                    self._compare(data[:n] if self._as_array else data.iloc[:n], proba[:n])
-                    self._checked_rows += n
-                prediction = (
-                    self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
-                )
+            if not self.with_proba:
+                return self._checked(np.asarray(self.estimator.predict(data))), None
+            proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
+            if self._argmax_is_predict and self._checked_rows < self.CHECK_ROWS:
+                n = min(len(features), self.CHECK_ROWS - self._checked_rows)
+                self._compare(data[:n] if self._as_array else data.iloc[:n], proba[:n])
+                self._checked_rows += n
+            prediction = self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidData(
                 f"the model cannot score this data ({type(exc).__name__}: {_short(exc)})",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from mlops_cli.registry import (
     SAMPLE,
     Registry,
     Version,
+    host,
     library_versions,
     user,
 )
@@ -136,7 +136,7 @@ def _manifest(info: dict[str, Any], options: RegisterOptions) -> dict[str, Any]:
         "eval_metrics": None,
         "lineage": {**(options.lineage or {}), "git": _git_state()},
         "libraries": library_versions(),
-        "registered_by": {"user": user(), "host": socket.gethostname()},
+        "registered_by": {"user": user(), "host": host()},
     }
 
 

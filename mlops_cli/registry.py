@@ -20,15 +20,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import getpass
 import hashlib
 import json
 import os
-import platform
 import shutil
-import socket
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +43,7 @@ from mlops_cli.errors import (
     VersionMismatch,
 )
 from mlops_cli.eventlog import EventLog
+from mlops_cli.interrupts import commit_window
 from mlops_cli.refs import LATEST, ModelRef, parse_ref, validate_label, validate_name
 from mlops_cli.report import utc_now
 
@@ -299,8 +296,9 @@ class Registry:
 
     def _append_event(self, model_dir: Path, event: dict[str, Any]) -> None:
         """Append one event line, chained to the last; caller holds the lock."""
-        record = {"time": utc_now(), "user": user(), "host": socket.gethostname(), **event}
-        eventlog.append(model_dir / EVENTS, record)
+        record = {"time": utc_now(), "user": user(), "host": host(), **event}
+        with commit_window():  # a signal between two writes would tear the line
+            eventlog.append(model_dir / EVENTS, record)
 
     def find_artifact(self, name: str, sha256: str) -> Version | None:
         if not (self._model_dir(name) / "versions").is_dir():
@@ -352,16 +350,20 @@ class Registry:
             # Logged before it appears, so no version is ever visible without the event that seals its manifest
             # (a crash in between leaves an event for a version that never appeared; `mlops verify` warns of it).
             registered = {"event": "registered", "version": version, "sha256": sha, "reason": reason}
-            self._append_event(model_dir, {**registered, "manifest_sha256": io.sha256_file(staging / MANIFEST)})
             target = model_dir / "versions" / version
-            os.rename(staging, target)  # the moment the version appears: whole, with its manifest
-            io.fsync_dir(target.parent)
-            if alias is not None:
-                self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
+            # Publishing is one step: a signal waits until the event, the version and its alias are all recorded.
+            with commit_window():
+                self._append_event(model_dir, {**registered, "manifest_sha256": io.sha256_file(staging / MANIFEST)})
+                os.rename(staging, target)  # the moment the version appears: whole, with its manifest
+                io.fsync_dir(target.parent)
+                if alias is not None:
+                    self._move_alias(model_dir, name, alias, version, event="alias_moved", reason=reason)
             self._clean_staging(model_dir)
         return Version(name, version, target, manifest), True
 
     def staging_dir(self, name: str) -> Path:
+        import uuid
+
         path = self._model_dir(name) / ".staging" / f"{os.getpid()}-{uuid.uuid4().hex}"
         path.mkdir(parents=True)
         return path
@@ -385,10 +387,11 @@ class Registry:
             # disagrees (a crash lost the move's event, or a hand edit): then this records it.
             return previous
         aliases[alias] = version
-        io.write_json(aliases_path, aliases)
-        self._append_event(
-            model_dir, {"event": event, "alias": alias, "from": previous, "to": version, "reason": reason}
-        )
+        with commit_window():  # the move and its event: a signal waits for both
+            io.write_json(aliases_path, aliases)
+            self._append_event(
+                model_dir, {"event": event, "alias": alias, "from": previous, "to": version, "reason": reason}
+            )
         return previous
 
     def promote(
@@ -473,6 +476,7 @@ def alias_stack(events: list[dict[str, Any]], alias: str) -> list[str]:
 
 
 def library_versions() -> dict[str, str]:
+    import platform
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -485,7 +489,15 @@ def library_versions() -> dict[str, str]:
 
 
 def user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+def host() -> str:
+    import socket
+
+    return socket.gethostname()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
@@ -20,12 +20,14 @@ OK, BAD, WARN, SKIP = "✓", "✗", "!", "–"
 STATUS_STYLE = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "dim", "error": "red"}
 
 
-def stdout_console() -> Console:
-    """Colour only on a terminal (rich also honours NO_COLOR); a wide fixed width for logs and pipes."""
-    terminal = sys.stdout.isatty()
+def stdout_console(file: TextIO | None = None) -> Console:
+    """A console on `file` (stdout by default). Colour only on a terminal (rich also honours NO_COLOR); a wide
+    fixed width for logs and pipes."""
+    file = file or sys.stdout
+    terminal = file.isatty()
     columns = os.environ.get("COLUMNS", "")
     return Console(
-        file=sys.stdout,
+        file=file,
         width=None if terminal else (int(columns) if columns.isdigit() and int(columns) >= 40 else 120),
         no_color=not terminal or "NO_COLOR" in os.environ,
         highlight=False,

@@ -497,7 +497,6 @@ def _job(registry: Registry, name: str, options: RetrainOptions) -> Report:
 def _run(registry: Registry, champion: Version, job: Job, options: RetrainOptions, report: Report) -> None:
     from mlops_cli import gates
     from mlops_cli.comparison import compare_models
-    from mlops_cli.model import stdout_to_stderr
 
     started = time.perf_counter()
     estimator, champion = registry.load_model(champion, strict=options.strict)
@@ -532,8 +531,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         )
         split["reference_rows"] = len(reference)
     _save(registry, job)
-    with stdout_to_stderr():  # training code that prints must not corrupt the --json report
-        challenger_estimator = _train(estimator, train, features, options)
+    challenger_estimator = _train(estimator, train, features, options)
     _same_job(champion, challenger_estimator, options)
 
     job.phase = "registering"
@@ -699,8 +697,6 @@ def _guardrails(
     options: RetrainOptions,
 ) -> dict[str, Any]:
     """The challenger must not be worse where the primary metric does not look: per-class recall, p99 latency."""
-    from mlops_cli.model import stdout_to_stderr
-
     checks = []
     ours, theirs = comparison["challenger"]["metrics"], comparison["champion"]["metrics"]
     for key in sorted(k for k in theirs if k.startswith("recall[")):
@@ -715,8 +711,7 @@ def _guardrails(
                 "limit": options.max_recall_drop,
             }
         )
-    with stdout_to_stderr():
-        p99 = _interleaved_p99_ms(champion_estimator, challenger_estimator, holdout[features].head(200))
+    p99 = _interleaved_p99_ms(champion_estimator, challenger_estimator, holdout[features].head(200))
     # 5 ms of slack: on a busy machine two sub-millisecond models differ by scheduling noise, not by design.
     limit = options.max_latency_ratio * p99["champion"] + 5.0
     checks.append(

@@ -10,14 +10,12 @@ goes to the same model in every run, on every machine (see `split_hash`).
 
 from __future__ import annotations
 
-import contextlib
 import resource
-import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,43 +61,47 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     """Score every row of `input_path` with `ref` (and the challenger) and write the predictions to `output_path`."""
     started = time.perf_counter()
     split_key = _check_options(options)
-    guard = _SignalGuard(output_path)
-    with guard.installed():
-        _check_paths(input_path, output_path, options.overwrite)
-        output_format = io.detect_format(output_path)
-        input_format = io.detect_format(input_path, options.input_format)
-        parts = io.parts(input_path)  # a missing or empty input fails here, before the models are unpickled
-        models = [_Model.load(registry, ref, "champion", options)]
-        if options.challenger is not None:
-            models.append(_Model.load(registry, options.challenger, "challenger", options))
-        plan = _plan(input_path, parts, input_format, output_format, models, options, split_key)
-        # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
-        # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
-        # imports for the GIL and slow the start by more than the whole hash costs.)
-        fingerprint = _Background(io.fingerprint, input_path, 0)
-        run = _Run(models, plan, options, input_path)
-        # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
-        # the write: keep it for the columns where it pays (labels, ids, model names).
-        dictionary = [f.name for f in plan.schema if not pa.types.is_floating(f.type)]
-        with io.TableWriter(
-            output_path, plan.schema, parquet_options={"use_dictionary": dictionary}, overwrite=options.overwrite
-        ) as writer:
-            try:
-                for batch in io.iter_batches(
-                    input_path,
-                    batch_size=options.batch_size,
-                    columns=plan.read,
-                    column_types=plan.column_types,
-                    fmt=input_format,
-                ):
-                    writer.write(run.score(batch))
-                    if options.on_progress is not None:
-                        options.on_progress(run.rows_read, plan.total_rows)
-                if run.rows_read == 0:
-                    raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
-            finally:
-                guard.hold()  # from here on the output is being committed or discarded: let that finish
-        inputs = [{**fingerprint.result(), "rows": run.rows_read}]
+    _check_paths(input_path, output_path, options.overwrite)
+    output_format = io.detect_format(output_path)
+    input_format = io.detect_format(input_path, options.input_format)
+    parts = io.parts(input_path)  # a missing or empty input fails here, before the models are unpickled
+    models = [_Model.load(registry, ref, "champion", options)]
+    if options.challenger is not None:
+        models.append(_Model.load(registry, options.challenger, "challenger", options))
+    plan = _plan(input_path, parts, input_format, output_format, models, options, split_key)
+    # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
+    # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
+    # imports for the GIL and slow the start by more than the whole hash costs.)
+    fingerprint = _Background(io.fingerprint, input_path, 0)
+    run = _Run(models, plan, options, input_path)
+    # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
+    # the write: keep it for the columns where it pays (labels, ids, model names).
+    dictionary = [f.name for f in plan.schema if not pa.types.is_floating(f.type)]
+    writer = io.TableWriter(
+        output_path, plan.schema, parquet_options={"use_dictionary": dictionary}, overwrite=options.overwrite
+    )
+    interrupted: Interrupted | None = None
+    try:
+        with writer:
+            for batch in io.iter_batches(
+                input_path,
+                batch_size=options.batch_size,
+                columns=plan.read,
+                column_types=plan.column_types,
+                fmt=input_format,
+            ):
+                writer.write(run.score(batch))
+                if options.on_progress is not None:
+                    options.on_progress(run.rows_read, plan.total_rows)
+            if run.rows_read == 0:
+                raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
+    except Interrupted as exc:
+        if not writer.committed:
+            raise Interrupted(exc.signum, f"nothing was written; {output_path} is as it was") from None
+        # The signal arrived while the finished output was being committed (a commit window): the output is
+        # whole and the rest is a report, so the run completes and says so.
+        interrupted = exc
+    inputs = [{**fingerprint.result(), "rows": run.rows_read}]
     seconds = time.perf_counter() - started
     report = Report(
         "score-batch",
@@ -112,10 +114,9 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
             f"{run.rows_rejected:,} of {run.rows_read:,} rows were not scored "
             f"(--on-invalid {options.on_invalid}); see rejected_by_reason"
         )
-    if guard.received is not None:
+    if interrupted is not None:
         report.messages.append(
-            f"{signal.Signals(guard.received).name} arrived while the finished output was "
-            "being committed; it was completed"
+            f"{interrupted.signal_name} arrived while the finished output was being committed; it was completed"
         )
     return report
 
@@ -659,41 +660,7 @@ def challenger_rows(columns: list[pa.Array], share: float) -> tuple[np.ndarray, 
     return (split_hash(text) < share) & has_key, has_key
 
 
-# --- signals and background work ------------------------------------------------------------------------------
-
-
-class _SignalGuard:
-    """SIGTERM and SIGINT become `Interrupted`, raised in the main thread, so every `with` on the way out (above all
-    the atomic writer's) removes what it made. Once a signal arrived, or once `hold()` marks the commit, further
-    signals are only recorded: nothing may cut the clean-up or the final rename short. SIGKILL cannot be caught: it
-    can leave a hidden `.OUTPUT.<random>.tmp` beside OUTPUT (never OUTPUT itself)."""
-
-    def __init__(self, output_path: Path) -> None:
-        self.output_path = output_path
-        self.received: int | None = None
-        self._held = False
-
-    def hold(self) -> None:
-        self._held = True
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None or self._held:
-            self.received = self.received or signum
-            return
-        self.received = signum
-        raise Interrupted(signum, f"nothing was written; {self.output_path} is as it was")
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be set from the main thread
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+# --- background work ------------------------------------------------------------------------------------
 
 
 class _Background:

@@ -1,5 +1,6 @@
 """Deliberately broken classifiers for the gate tests. Each wraps a real fitted model and breaks one promise."""
 
+import os
 import sys
 import time
 
@@ -104,6 +105,15 @@ class Exits(Wrapped):
 class Prints(Wrapped):
     def predict_proba(self, X):  # noqa: N803
         print("scoring", len(X), "rows")
+        return super().predict_proba(X)
+
+
+class WritesToFd1(Wrapped):
+    """Output that bypasses sys.stdout, as a C library's printf does."""
+
+    def predict_proba(self, X):  # noqa: N803
+        print("printed by the model")
+        os.write(1, b"written to fd 1\n")
         return super().predict_proba(X)
 
 

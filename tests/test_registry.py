@@ -362,7 +362,7 @@ def test_unexpected_exception_is_exit_5_with_traceback_file(cli, model_file, mon
     import tempfile
     from pathlib import Path
 
-    from mlops_cli import registry as registry_module
+    from mlops_cli import register as registry_module  # registering moved out of registry.py
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 

@@ -19,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich costs more than the rest of `mlops --help`
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -31,6 +32,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     registry: Annotated[Path, typer.Option("--registry", envvar="MLOPS_REGISTRY", help="Registry directory.")] = Path(
         "registry"
     ),
@@ -43,21 +45,23 @@ def _root(
 
     Exit codes: 0 success, 1 negative verdict, 2 usage error, 3 input error, 4 registry error, 5 internal error.
     """
-    _common.session.registry = registry
-    _common.session.debug = debug
+    state = ctx.ensure_object(_common.Invocation)
+    state.registry, state.debug = registry, debug
 
 
-# The command table: one module per command (group) in this package.
-app.command("register")(register.run)
+# The command table: one module per command (group) in this package. Every command is an MlopsCommand.
+command = _common.MlopsCommand
+app.command("register", cls=command)(register.run)
 app.add_typer(models.app, name="models")
-app.command("smoke-test")(gates.smoke_test)
-app.command("checklist")(gates.checklist)
-app.command("score-batch")(score_batch.run)
-app.command("drift-report")(drift.run)
-app.command("abtest")(abtest.run)
+app.command("smoke-test", cls=command)(gates.smoke_test)
+app.command("checklist", cls=command)(gates.checklist)
+app.command("score-batch", cls=command)(score_batch.run)
+app.command("drift-report", cls=command)(drift.run)
+app.command("abtest", cls=command)(abtest.run)
 app.add_typer(retrain.app, name="retrain")
 app.command("verify")(verify.run)
 
 
 def main() -> None:
-    app(prog_name="mlops")
+    """The console script: this process is one invocation (tests call `app` in-process instead)."""
+    app(prog_name="mlops", obj=_common.Invocation(owns_process=True))

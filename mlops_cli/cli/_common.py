@@ -1,4 +1,5 @@
-"""What every command shares: options, the one error-to-exit-code path, and the one report writer."""
+"""What every command shares: options, the one error-to-exit-code path, the one report writer, and the process
+edge (the one signal handler, stdout kept for the report). Per-invocation state lives on the click context."""
 
 from __future__ import annotations
 
@@ -9,47 +10,48 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TextIO
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click; not re-exported
-from typer.core import TyperGroup
+from typer._click.globals import get_current_context
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import Abort, TyperException
 
+from mlops_cli import interrupts
 from mlops_cli.errors import InputError, Interrupted, MlopsError, MlopsWarning
+from mlops_cli.interrupts import commit_window
 from mlops_cli.report import Report, envelope
 
 
 @dataclass
-class Session:
-    """Per-invocation state the error path needs: how to report, and the warnings raised so far."""
+class Invocation:
+    """Per-invocation state, on the root click context's `obj` (a test runs many invocations in one process): the
+    root options, how to report, the warnings raised so far, and where the report goes."""
 
     registry: Path = Path("registry")
     debug: bool = False
+    command: str = "mlops"
     as_json: bool = False
     quiet: bool = False
     output: Path | None = None
     overwrite: bool = False
-    command: str = "mlops"
     warnings: list[str] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    stdout: TextIO | None = None  # the real stdout while the command runs (model code's prints go to stderr)
+    owns_process: bool = False  # the console script, not an in-process runner: see `_interruptible`
+    reported: bool = False  # the report went out: an error after that must not print a second one
 
 
-session = Session()
+def _state() -> Invocation:
+    return get_current_context().ensure_object(Invocation)
 
 
-def _remember(attribute: str) -> Callable[[Any], Any]:
-    def callback(value: Any) -> Any:
-        setattr(session, attribute, value)
-        session.seen.add(attribute)
-        if attribute in ("output", "overwrite") and {"output", "overwrite"} <= session.seen and session.output:
-            # Typer runs every option's callback before the command: refuse an existing -o FILE before any work.
-            from mlops_cli import io
-
-            io.check_output(session.output, session.overwrite)
+def _report_option(attribute: str) -> Callable[..., Any]:
+    def callback(ctx: typer.Context, value: Any) -> Any:
+        setattr(ctx.ensure_object(Invocation), attribute, value)
         return value
 
     return callback
@@ -57,17 +59,22 @@ def _remember(attribute: str) -> Callable[[Any], Any]:
 
 JsonOpt = Annotated[
     bool,
-    typer.Option("--json", help="Print the JSON report on stdout instead of tables.", callback=_remember("as_json")),
+    typer.Option(
+        "--json", help="Print the JSON report on stdout instead of tables.", callback=_report_option("as_json")
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
     typer.Option(
-        "--output", "-o", help="Also write the JSON report to FILE.", metavar="FILE", callback=_remember("output")
+        "--output", "-o", help="Also write the JSON report to FILE.", metavar="FILE", callback=_report_option("output")
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", callback=_remember("quiet"))]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing but errors.", callback=_report_option("quiet"))
+]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace output files that already exist.", callback=_remember("overwrite"))
+    bool,
+    typer.Option("--overwrite", help="Replace output files that already exist.", callback=_report_option("overwrite")),
 ]
 StrictOpt = Annotated[
     bool,
@@ -85,7 +92,7 @@ FormatOpt = Annotated[
 def registry() -> Any:
     from mlops_cli.registry import Registry
 
-    return Registry(session.registry)
+    return Registry(_state().registry)
 
 
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
@@ -102,25 +109,33 @@ def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = s
     return out
 
 
-def emit(report: Report, render: Callable[[Report, Any], None] | None) -> None:
-    """The one report writer: -o FILE (atomic), --json on stdout, or tables; then exit with the verdict."""
+def emit(report: Report, render: str | None) -> None:
+    """The one report writer: -o FILE (atomic), --json on stdout, or tables; then exit with the verdict.
+
+    `render` names the table function in `mlops_cli.render`, imported only to print tables (so --json and -q never
+    import rich)."""
     from mlops_cli import io
 
-    report.messages.extend(m for m in session.warnings if m not in report.messages)
+    state = _state()
+    report.messages.extend(m for m in state.warnings if m not in report.messages)
     data = report.envelope()
-    if session.output is not None:
-        try:
-            io.write_json(session.output, data, overwrite=session.overwrite)
-        except OSError as exc:  # a full disk or a folder made read-only: the user's to fix, not a bug
-            raise InputError(
-                f"{session.output}: cannot write the report ({exc.strerror or exc})", "check the folder"
-            ) from exc
-    if session.as_json:
-        sys.stdout.write(io.dumps_json(data))
-    elif not session.quiet and render is not None:
-        from mlops_cli import render as render_lib
+    stdout = state.stdout or sys.stdout
+    with commit_window():  # the report goes out whole: a signal now waits until it is written everywhere
+        if state.output is not None:
+            try:
+                io.write_json(state.output, data, overwrite=state.overwrite)
+            except OSError as exc:  # a full disk or a folder made read-only: the user's to fix, not a bug
+                raise InputError(
+                    f"{state.output}: cannot write the report ({exc.strerror or exc})", "check the folder"
+                ) from exc
+        if state.as_json:
+            stdout.write(io.dumps_json(data))
+            stdout.flush()
+        elif not state.quiet and render is not None:
+            from mlops_cli import render as render_lib
 
-        render(report, render_lib.stdout_console())
+            getattr(render_lib, render)(report, render_lib.stdout_console(stdout))
+        state.reported = True
     raise typer.Exit(report.exit_code)
 
 
@@ -128,35 +143,43 @@ def _print_error(line: str) -> None:
     sys.stderr.write(f"error: {line}\n")
 
 
-def _error_report(code: int, message: str) -> None:
+def _error_report(state: Invocation, code: int, message: str) -> None:
     """Scripts still get an envelope (status error, the exit code, the message): on stdout with --json, and in the
     -o file, so a cron job's log holds a record of the night that failed. An existing -o file is kept unless
-    --overwrite was given (the error may be that it exists)."""
+    --overwrite was given (the error may be that it exists), and so is a report already written (a signal that
+    arrived while it was)."""
     from mlops_cli import io
 
-    data = envelope(session.command, status="error", exit_code=code, messages=[*session.warnings, message])
-    if session.output is not None and (session.overwrite or not session.output.exists()):
+    if state.reported:
+        return
+    data = envelope(state.command, status="error", exit_code=code, messages=[*state.warnings, message])
+    if state.output is not None and (state.overwrite or not state.output.exists()):
         with contextlib.suppress(Exception):  # the error being reported wins over a failure to record it
-            io.write_json(session.output, data, overwrite=session.overwrite)
-    if session.as_json:
+            io.write_json(state.output, data, overwrite=state.overwrite)
+    if state.as_json:
         sys.stdout.write(io.dumps_json(data))
 
 
-def _save_traceback() -> Path:
+def _save_traceback(state: Invocation) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"mlops-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"mlops {session.command}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+        fh.write(f"mlops {state.command}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     return Path(name)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    text = " ".join(str(message).split())
-    if text in session.warnings:
-        return
-    session.warnings.append(text)
-    if not session.quiet:
-        sys.stderr.write(f"warning: {text}\n")
+def _warning_printer(state: Invocation) -> Callable[..., None]:
+    """`warnings.showwarning` for one invocation: each warning once on stderr, and kept for the report."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        text = " ".join(str(message).split())
+        if text in state.warnings:
+            return
+        state.warnings.append(text)
+        if not state.quiet:
+            sys.stderr.write(f"warning: {text}\n")
+
+    return show
 
 
 def _command_path(group: TyperGroup, ctx: Any) -> str:
@@ -170,32 +193,121 @@ def _command_path(group: TyperGroup, ctx: Any) -> str:
     return f"{name} {rest[0]}" if rest and rest[0] in commands else name
 
 
-_signals: list[int] = []
+# --- the process edge: signals and stdout -----------------------------------------------------------------------
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    if _signals:
-        return  # already stopping: a second Ctrl-C must not cut the clean-up short
-    _signals.append(signum)
-    raise Interrupted(signum, "stopped; every file is written whole or not at all")
+class _Stop:
+    """The CLI's one handler for SIGTERM (a cron timeout, systemd) and Ctrl-C: they raise `Interrupted` in the main
+    thread, so `with` and `finally` blocks remove temporary files and the exit code is 143 or 130, never 1, which
+    scripts read as a verdict. Inside a commit window (`mlops_cli.interrupts`) the signal waits until the window
+    closes; once stopping, further signals are ignored, so nothing cuts the clean-up short."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            return  # already stopping: a second Ctrl-C must not cut the clean-up short
+        if interrupts.defer(signum):
+            return  # a commit is under way: `deliver` acts on it when the last window closes
+        self._raise(signum, "stopped; every file is written whole or not at all")
+
+    def deliver(self, signum: int) -> None:
+        """The last commit window closed on a signal that waited for it."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            import _thread
+            import signal
+
+            _thread.interrupt_main(
+                signal.Signals(signum)
+            )  # the main thread stops (through `handle`); this one finished its step
+            return
+        self._raise(signum, "stopped once the write under way was complete; every file is whole or absent")
+
+    def _raise(self, signum: int, hint: str) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        raise Interrupted(signum, hint)
 
 
-def _interruptible() -> Callable[[], None]:
-    """SIGTERM (a cron timeout, systemd) and Ctrl-C raise `Interrupted` for every command, so `with` and `finally`
-    blocks remove temporary files and the exit code is 143 or 130, never 1, which scripts read as a verdict."""
+def _interruptible(owns_process: bool = False) -> Callable[[], None]:
+    """Install the one signal handler for a command; returns what puts the previous handlers back. A process that
+    is stopping ignores further signals instead, until it has exited: a second Ctrl-C during the interpreter's
+    shutdown (which resets Python-level handlers) would otherwise kill it and change the exit code."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
-    _signals.clear()
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = _Stop()
+    interrupts.install(stop.deliver)
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def restore() -> None:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if owns_process and stop.signum is not None else handler)
+        interrupts.uninstall()
 
     return restore
+
+
+@contextlib.contextmanager
+def _model_output_to_stderr() -> Iterator[TextIO]:
+    """Send whatever the command's code prints to stderr, and yield the stream the report goes to (the real stdout).
+
+    Model code (unpickling, predict, a training function) may print, and stdout carries the --json report. In a
+    real process fd 1 itself is pointed at stderr, so C extensions and child processes are caught too; under an
+    in-process runner (tests), where fd 1 is not the runner's stream, only `sys.stdout` is swapped.
+    """
+    stdout = sys.stdout
+    try:
+        is_fd_1 = stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a runner's stream has no file descriptor
+        is_fd_1 = False
+    if not is_fd_1:
+        sys.stdout = sys.stderr
+        try:
+            yield stdout
+        finally:
+            sys.stdout = stdout
+        return
+    stdout.flush()
+    saved = os.dup(1)
+    report = open(saved, "w", encoding=stdout.encoding, errors=stdout.errors)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield report
+    finally:
+        sys.stdout = stdout
+        try:
+            report.flush()
+        finally:
+            os.dup2(saved, 1)
+            with contextlib.suppress(OSError):  # a broken pipe: flush has raised it already
+                report.close()
+
+
+class MlopsCommand(TyperCommand):
+    """Every command (the meta-tests check): refuses an existing -o FILE before any work, then runs with whatever
+    model code prints sent to stderr, since stdout carries the report."""
+
+    def invoke(self, ctx: Any) -> Any:
+        state = ctx.ensure_object(Invocation)
+        if state.output is not None:
+            # Typer has run every option's callback by now: refuse an existing -o FILE before any work.
+            from mlops_cli import io
+
+            io.check_output(state.output, state.overwrite)
+        with _model_output_to_stderr() as stdout:
+            state.stdout = stdout
+            try:
+                return super().invoke(ctx)
+            finally:
+                state.stdout = None
 
 
 class MlopsGroup(TyperGroup):
@@ -211,6 +323,7 @@ class MlopsGroup(TyperGroup):
     ) -> Any:
         """Usage errors (exit 2) keep the conventions too: one line on stderr and, with --json, an envelope."""
         argv = list(sys.argv[1:] if args is None else args)
+        state = extra.setdefault("obj", Invocation())  # fresh for each invocation (tests run many in one process)
         try:
             code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as exc:  # bare `mlops` or `mlops models`: Typer has printed the help
@@ -221,10 +334,10 @@ class MlopsGroup(TyperGroup):
             if not standalone_mode:
                 raise
             path = exc.ctx.command_path if exc.ctx else "mlops"
-            session.command = path.partition(" ")[2] or "mlops"
-            session.as_json = "--json" in argv
+            state.command = path.partition(" ")[2] or "mlops"
+            state.as_json = "--json" in argv
             line = f"{' '.join(exc.format_message().split())} (see '{path} --help')"
-            _error_report(exc.exit_code, line)
+            _error_report(state, exc.exit_code, line)
             _print_error(line)
             code = exc.exit_code
         except Abort:
@@ -239,20 +352,20 @@ class MlopsGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         if ctx.parent is not None:  # a nested group (`models`): the root already handles everything
             return super().invoke(ctx)
-        session.__dict__.update(vars(Session()))  # fresh state for each invocation (tests run many in-process)
-        session.command = _command_path(self, ctx)
+        state = ctx.ensure_object(Invocation)
+        state.command = _command_path(self, ctx)
         showwarning = warnings.showwarning
-        warnings.showwarning = _show_warning  # type: ignore[assignment]
-        restore = _interruptible()
+        warnings.showwarning = _warning_printer(state)  # type: ignore[assignment]
+        restore = _interruptible(state.owns_process)
         try:
             with warnings.catch_warnings():
                 # Our own warnings are messages for the user, shown and reported, even under `-W error`.
                 warnings.simplefilter("always", MlopsWarning)
                 return super().invoke(ctx)
         except (MlopsError, Interrupted) as exc:
-            if session.debug:
+            if state.debug:
                 traceback.print_exc()
-            _error_report(exc.exit_code, exc.one_line())
+            _error_report(state, exc.exit_code, exc.one_line())
             _print_error(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort, TyperException):
@@ -260,11 +373,11 @@ class MlopsGroup(TyperGroup):
         except (Exception, SystemExit) as exc:
             # SystemExit here is not the CLI's (Typer exits with its own exception): code the command ran, a model's
             # predict say, called sys.exit(). Exit 0 with nothing written would read as success to a cron job.
-            if session.debug:
+            if state.debug:
                 traceback.print_exc()
-            path = _save_traceback()
+            path = _save_traceback(state)
             message = f"internal error: {type(exc).__name__}: {exc} (a bug; traceback saved to {path})"
-            _error_report(5, message)
+            _error_report(state, 5, message)
             _print_error(message)
             raise typer.Exit(5) from None
         finally:

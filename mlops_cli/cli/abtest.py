@@ -150,7 +150,6 @@ def run(
 
     --champion/--challenger: two registered models score the same labelled rows; paired tests (McNemar, DeLong, paired bootstrap, paired t and Wilcoxon) decide.
     """
-    from mlops_cli import render
 
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
     given = {
@@ -193,7 +192,7 @@ def run(
             lower_is_better,
             fmt,
         )
-    emit(report, render.render_abtest)
+    emit(report, "render_abtest")
 
 
 def _verb(names: set[str]) -> str:

@@ -14,7 +14,6 @@ from mlops_cli.cli._common import (
     StrictOpt,
     emit,
     registry,
-    session,
 )
 
 
@@ -79,13 +78,13 @@ def run(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """What changed between reference and current data, per feature and in the predictions."""
-    from mlops_cli import drift, io, render
+    from mlops_cli import drift, io
     from mlops_cli import html as html_lib
 
     if len(paths) > 2:
         raise typer.BadParameter("give at most two paths: [REFERENCE] CURRENT", param_hint="paths")
     if html is not None:
-        io.check_output(html, session.overwrite)
+        io.check_output(html, overwrite)
     options = drift.DriftOptions(
         features=_columns(features) or None,
         categorical=_columns(categorical),
@@ -105,8 +104,8 @@ def run(
     )
     if html is not None:
         page = html_lib.drift_page(report).encode()
-        io.write_atomic(html, lambda fh: fh.write(page), overwrite=session.overwrite)
+        io.write_atomic(html, lambda fh: fh.write(page), overwrite=overwrite)
         report.results["html"] = str(html)
     if not fail_on_drift:
         report.passed = True  # drift is reported, not a failure, unless the caller asked for that
-    emit(report, render.render_drift)
+    emit(report, "render_drift")

@@ -30,7 +30,7 @@ def smoke_test(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Release gate: load, infer, validate outputs, consistency, determinism, round-trip, latency, edge cases."""
-    from mlops_cli import gates, render
+    from mlops_cli import gates
 
     if not 0 < max_latency_ms < math.inf:  # typer's min= cannot exclude 0 itself
         raise typer.BadParameter(f"{max_latency_ms} is not a positive number of ms", param_hint="--max-latency-ms")
@@ -56,7 +56,7 @@ def smoke_test(
             strict=strict,
             output_range=output_range,
         ),
-        render.render_steps,
+        "render_steps",
     )
 
 
@@ -77,11 +77,11 @@ def checklist(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Release gate: the pre-deployment checklist; exit 0 only when every required item passes."""
-    from mlops_cli import gates, render
+    from mlops_cli import gates
 
     emit(
         gates.checklist(
             registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict, iterations=iterations
         ),
-        render.render_steps,
+        "render_steps",
     )

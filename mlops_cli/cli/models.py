@@ -4,17 +4,19 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, emit, registry
+from mlops_cli.cli._common import JsonOpt, MlopsCommand, OutputOpt, OverwriteOpt, QuietOpt, emit, registry
 from mlops_cli.report import Report
 
-app = typer.Typer(help="List, inspect, promote and roll back registered models.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, inspect, promote and roll back registered models.", no_args_is_help=True, rich_markup_mode=None
+)
 
 RefArg = Annotated[str, typer.Argument(help="NAME (latest), NAME:VERSION or NAME@ALIAS.", metavar="REF")]
 NameArg = Annotated[str, typer.Argument(help="Model name.", metavar="NAME")]
 ReasonOpt = Annotated[str | None, typer.Option(help="Why; recorded in the event log.")]
 
 
-@app.command("list")
+@app.command("list", cls=MlopsCommand)
 def list_(
     name: Annotated[str | None, typer.Argument(help="List this model's versions.", metavar="[NAME]")] = None,
     as_json: JsonOpt = False,
@@ -23,7 +25,6 @@ def list_(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """List registered models, or one model's versions."""
-    from mlops_cli import render
     from mlops_cli.errors import RegistryError
 
     reg = registry()
@@ -65,10 +66,10 @@ def list_(
                 for v in reg.versions(name)
             ],
         }
-    emit(Report("models list", results=results, messages=messages), render.render_models_list)
+    emit(Report("models list", results=results, messages=messages), "render_models_list")
 
 
-@app.command("show")
+@app.command("show", cls=MlopsCommand)
 def show(
     ref: RefArg,
     as_json: JsonOpt = False,
@@ -77,8 +78,6 @@ def show(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Show a version's manifest, aliases and metrics, after verifying its files' hashes (exit 4 if altered)."""
-    from mlops_cli import render
-
     reg = registry()
     version = reg.resolve(ref)
     reg.verify(version)
@@ -88,10 +87,10 @@ def show(
         results={"manifest": version.manifest, "aliases": aliases, "verified": True, "path": str(version.path)},
         model=version.summary(),
     )
-    emit(report, render.render_manifest)
+    emit(report, "render_manifest")
 
 
-@app.command("promote")
+@app.command("promote", cls=MlopsCommand)
 def promote(
     ref: RefArg,
     alias: Annotated[str, typer.Argument(help="Alias to set or move, e.g. production.")],
@@ -102,18 +101,16 @@ def promote(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Point ALIAS at the version REF names (after verifying it)."""
-    from mlops_cli import render
-
     version, previous = registry().promote(ref, alias, reason=reason)
     report = Report(
         "models promote",
         results={"name": version.name, "alias": alias, "from": previous, "to": version.version},
         model=version.summary(),
     )
-    emit(report, render.render_alias_move)
+    emit(report, "render_alias_move")
 
 
-@app.command("rollback")
+@app.command("rollback", cls=MlopsCommand)
 def rollback(
     name: NameArg,
     alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production",
@@ -124,8 +121,6 @@ def rollback(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Move ALIAS back to the version it pointed at before its last move (from the event log)."""
-    from mlops_cli import render
-
     reg = registry()
     moved_from, moved_to = reg.rollback(name, alias, reason=reason)
     report = Report(
@@ -133,10 +128,10 @@ def rollback(
         results={"name": name, "alias": alias, "from": moved_from, "to": moved_to},
         model=reg.resolve(f"{name}:{moved_to}").summary(),
     )
-    emit(report, render.render_alias_move)
+    emit(report, "render_alias_move")
 
 
-@app.command("history")
+@app.command("history", cls=MlopsCommand)
 def history(
     name: NameArg,
     as_json: JsonOpt = False,
@@ -145,6 +140,4 @@ def history(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """The model's append-only event log: registrations, alias moves, rollbacks, with time, user and reason."""
-    from mlops_cli import render
-
-    emit(Report("models history", results={"name": name, "events": registry().events(name)}), render.render_history)
+    emit(Report("models history", results={"name": name, "events": registry().events(name)}), "render_history")

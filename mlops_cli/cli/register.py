@@ -145,6 +145,4 @@ def run(
             f"{model_file} is already registered as {version_.ref} (same sha256); "
             "nothing written (pass --allow-duplicate to register it again)"
         )
-    from mlops_cli.render import render_register
-
-    emit(report, render_register)
+    emit(report, "render_register")

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
+from mlops_cli.cli._common import JsonOpt, MlopsCommand, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
 from mlops_cli.report import Report
 
 
@@ -22,13 +22,14 @@ class _DefaultToRun(TyperGroup):
 app = typer.Typer(
     cls=_DefaultToRun,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Retrain when a trigger fires, promote only a proven winner, roll back on failure. "
     "`mlops retrain NAME --data ... --target ...` runs a job (same as `mlops retrain run`); "
     "`mlops retrain history NAME` lists past jobs.",
 )
 
 
-@app.command("run")
+@app.command("run", cls=MlopsCommand)
 def run(
     name: Annotated[str, typer.Argument(help="Model name; its champion is NAME@--champion-alias.")],
     data: Annotated[Path, typer.Option(help="New labelled data (Parquet/CSV).")],
@@ -95,7 +96,6 @@ def run(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Check the champion, retrain on new data when a trigger fires, promote only a proven winner."""
-    from mlops_cli import render
     from mlops_cli import retrain as retrain_lib
 
     if holdout is None and time_column is None and not check_only:
@@ -134,10 +134,10 @@ def run(
         n_boot=bootstrap,
         strict=strict,
     )
-    emit(retrain_lib.retrain(registry(), name, options), render.render_retrain)
+    emit(retrain_lib.retrain(registry(), name, options), "render_retrain")
 
 
-@app.command("history")
+@app.command("history", cls=MlopsCommand)
 def history(
     name: Annotated[str, typer.Argument(help="Model name.")],
     as_json: JsonOpt = False,
@@ -146,10 +146,9 @@ def history(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """List past retrain jobs of NAME: times, triggers, decision, versions, outcome (killed runs show as such)."""
-    from mlops_cli import render
     from mlops_cli import retrain as retrain_lib
 
     emit(
         Report("retrain history", results={"name": name, "jobs": retrain_lib.history(registry(), name)}),
-        render.render_retrain_history,
+        "render_retrain_history",
     )

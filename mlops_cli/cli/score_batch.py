@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 
@@ -16,7 +16,6 @@ from mlops_cli.cli._common import (
     emit,
     registry,
 )
-from mlops_cli.report import Report
 
 
 def _columns(values: list[str] | None) -> list[str]:
@@ -126,10 +125,4 @@ def run(
             task = bar.add_task("scoring", total=None)
             options.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
             report = score_batch(registry(), ref, data, predictions, options=options)
-    emit(report, _render)
-
-
-def _render(report: Report, console: Any) -> None:
-    from mlops_cli import render
-
-    render.render_score_batch(report, console)
+    emit(report, "render_score_batch")

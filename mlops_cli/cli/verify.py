@@ -16,7 +16,6 @@ def run(
 ) -> None:
     """Check the registry, or one model: every file against its manifest, every manifest against its registration
     event, the event log's hash chain and the aliases. Lists every problem; exit 4 if there is any."""
-    from mlops_cli import render
     from mlops_cli.verify import verify
 
-    emit(verify(registry(), name), render.render_verify)
+    emit(verify(registry(), name), "render_verify")

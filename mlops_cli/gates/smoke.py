@@ -18,7 +18,6 @@ import numpy as np
 from mlops_cli import io, schema
 from mlops_cli.errors import EmptyInput, InputError, InvalidData, MlopsError
 from mlops_cli.gates._steps import FAIL, PASS, Steps, error_line
-from mlops_cli.model import stdout_to_stderr
 from mlops_cli.registry import SAMPLE, Registry, Version
 from mlops_cli.report import Report
 
@@ -180,8 +179,7 @@ def smoke_test(
     """Load, infer, validate, check consistency, determinism, round-trip, latency and schema edge cases."""
     version = ref if isinstance(ref, Version) else registry.resolve(ref)
     frame, source = _reference_rows(version, data, rows)  # bad data is exit 3 before any model code runs
-    with stdout_to_stderr():  # a model that prints must not corrupt the --json report on stdout
-        steps, messages = _smoke_steps(registry, version, frame, max_latency_ms, iterations, strict, output_range)
+    steps, messages = _smoke_steps(registry, version, frame, max_latency_ms, iterations, strict, output_range)
     failed = [s["id"] for s in steps.entries if s["status"] == FAIL]
     return Report(
         "smoke-test",
