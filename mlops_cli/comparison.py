@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops_cli import io, metrics, stats
-from mlops_cli import model as model_lib
 from mlops_cli.errors import EmptyInput, InputError, SchemaMismatch
 from mlops_cli.report import Report
+from mlops_cli.runtime import LoadedModel, LoadOptions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,7 +73,7 @@ def compare_models(
     alpha: float = 0.05,
     n_boot: int = 1000,
     seed: int = 0,
-    strict: bool = False,
+    load: LoadOptions | None = None,
 ) -> Report:
     """Both models score the same labelled rows; paired tests decide whether the challenger is better.
 
@@ -82,8 +82,10 @@ def compare_models(
     the champion's recorded target. Refs may be strings or already-resolved `Version` objects.
     """
     check_thresholds(min_improvement=min_improvement, alpha=alpha)
-    champion_est, champion = registry.load_model(champion_ref, strict=strict)
-    challenger_est, challenger = registry.load_model(challenger_ref, strict=strict)
+    champion_model = LoadedModel.load(registry, champion_ref, load)
+    challenger_model = LoadedModel.load(registry, challenger_ref, load)
+    champion, challenger = champion_model.version, challenger_model.version
+    assert champion is not None and challenger is not None  # loaded from the registry
     task = champion.manifest["task"]
     if task not in ("classifier", "regressor"):
         raise SchemaMismatch(f"{champion.ref} is neither a classifier nor a regressor", "compare scikit-learn models")
@@ -113,8 +115,8 @@ def compare_models(
         raise EmptyInput(f"no row has a label in {target!r}", "pass labelled data")
 
     metric = metrics.metric_name(metric, task)
-    champion_scorer = _scorer(champion_est, champion, labelled, target, metric)
-    challenger_scorer = _scorer(challenger_est, challenger, labelled, target, metric)
+    champion_scorer = _scorer(champion_model, labelled, target, metric)
+    challenger_scorer = _scorer(challenger_model, labelled, target, metric)
     higher = metrics.higher_is_better(metric)
 
     results: dict[str, Any] = {
@@ -126,8 +128,8 @@ def compare_models(
         "n": len(labelled),
         "alpha": alpha,
         "min_improvement": min_improvement,
-        "champion": _model_block(champion, champion_scorer, metric),
-        "challenger": _model_block(challenger, challenger_scorer, metric),
+        "champion": _model_block(champion_model, champion_scorer, metric),
+        "challenger": _model_block(challenger_model, challenger_scorer, metric),
     }
     tests = _paired_tests(champion_scorer, challenger_scorer, metric, alpha=alpha, n_boot=n_boot, seed=seed)
     results.update(tests)
@@ -153,26 +155,33 @@ def compare_models(
     if champion.ref == challenger.ref:
         messages.append(f"champion and challenger are the same version ({champion.ref})")
     return Report(
-        "abtest", results=results, passed=verdict == CHALLENGER_BETTER, model=challenger.summary(), messages=messages
+        "abtest",
+        results=results,
+        passed=verdict == CHALLENGER_BETTER,
+        model=challenger_model.summary(),
+        messages=messages,
     )
 
 
-def _scorer(estimator: Any, version: Version, data: pd.DataFrame, target: str, metric: str) -> metrics.Scorer:
-    scorer = model_lib.scorer_for(estimator, version.manifest, data, target)
+def _scorer(model: LoadedModel, data: pd.DataFrame, target: str, metric: str) -> metrics.Scorer:
+    from mlops_cli.runtime import labelled
+
+    scorer = labelled.scorer(model, data, target, where=f"the labelled data ({model.ref})")
     if metric in _NEEDS_PROBA and scorer.task == "classifier" and scorer.proba is None:
         raise SchemaMismatch(
-            f"{version.ref} has no predict_proba, so {metric} cannot be computed", "use --metric accuracy or f1"
+            f"{model.ref} has no predict_proba, so {metric} cannot be computed", "use --metric accuracy or f1"
         )
     return scorer
 
 
-def _model_block(version: Version, scorer: metrics.Scorer, metric: str) -> dict[str, Any]:
+def _model_block(model: LoadedModel, scorer: metrics.Scorer, metric: str) -> dict[str, Any]:
     computed = scorer.compute()
     return {
-        "ref": version.ref,
-        "name": version.name,
-        "version": version.version,
-        "sha256": version.summary()["sha256"],
+        "ref": model.ref,
+        "name": model.spec.name,
+        "version": model.spec.version,
+        "sha256": model.spec.sha256,
+        "runtime": model.runtime,
         "value": computed[metric],
         **computed,
         "metrics": computed,

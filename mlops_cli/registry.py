@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,9 @@ from mlops_cli.errors import (
     AliasMoved,
     IntegrityError,
     LockTimeout,
-    MlopsWarning,
     ModelNotFound,
     NothingToRollBack,
     VersionExists,
-    VersionMismatch,
 )
 from mlops_cli.eventlog import EventLog
 from mlops_cli.interrupts import commit_window
@@ -53,6 +50,7 @@ PROFILE = "profile.json"
 SAMPLE = "sample.parquet"
 EVENTS = "events.jsonl"
 ALIASES = "aliases.json"
+SETTINGS = "settings.toml"
 MANIFEST_VERSION = 1
 LOCK_TIMEOUT_S = 60.0
 STALE_STAGING_S = 24 * 3600
@@ -160,6 +158,22 @@ class Registry:
 
     # --- reading ---------------------------------------------------------------------------------------------
 
+    def refuses_pickle(self) -> bool:
+        """The registry's own rule (`no_pickle = true` in <root>/settings.toml): hosts loading from it never unpickle."""
+        import tomllib
+
+        path = self.root / SETTINGS
+        if not path.is_file():
+            return False
+        try:
+            settings = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise IntegrityError(f"{path} is unreadable ({exc})", "fix it: it holds no_pickle = true or false") from exc
+        value = settings.get("no_pickle", False)
+        if not isinstance(value, bool):
+            raise IntegrityError(f"{path}: no_pickle must be true or false", "fix the settings file")
+        return value
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -243,25 +257,6 @@ class Registry:
         """Check every stored file of a version against its manifest hashes."""
         for name in version.manifest["files"]:
             _verify_file(version, name)
-
-    def load_model(self, ref: str | ModelRef | Version, *, strict: bool = False) -> tuple[Any, Version]:
-        """Verify the artifact's hash, then unpickle it. Library-version differences warn (raise with strict)."""
-        from mlops_cli import model as model_lib
-
-        version = ref if isinstance(ref, Version) else self.resolve(ref)
-        artifact = version.file(ARTIFACT)  # integrity first: an altered file is never unpickled
-        recorded = version.manifest["libraries"].get("scikit-learn")
-        running = library_versions()["scikit-learn"]
-        if recorded != running:
-            message = (
-                f"{version.ref} was registered under scikit-learn {recorded}, "
-                f"this is scikit-learn {running}; predictions may differ"
-            )
-            if strict:
-                raise VersionMismatch(message, "run under the recorded version, or drop --strict")
-            warnings.warn(message, MlopsWarning, stacklevel=2)
-        estimator, _ = model_lib.load_file(artifact)
-        return estimator, version
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The model's events, oldest first. A torn line (a crash mid-append) is skipped, not fatal; the chain is

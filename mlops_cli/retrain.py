@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from mlops_cli.errors import AliasMoved, InputError, LockTimeout, RegistryError,
 from mlops_cli.register import RegisterOptions, register
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report, utc_now
+from mlops_cli.runtime import LoadedModel, LoadOptions
+from mlops_cli.runtime.formats import FormatOptions
 
 TRIGGERS = ("auto", "drift", "performance", "schedule", "manual")
 RUN_LOCK = ".retrain.lock"  # held for a whole run: two runs of one model would both promote
@@ -65,7 +67,7 @@ class RetrainOptions:
     policy: Path | None = None
     n_boot: int = 1000
     seed: int = 0
-    strict: bool = False
+    load: LoadOptions = LoadOptions()  # --runtime, --strict, --no-pickle
 
 
 # --- the job record ------------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def _metric_key(metric: str | None, task: str) -> str:
 
 
 def _evaluate_triggers(
-    registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions
+    registry: Registry, champion: Version, model: LoadedModel, frame: Any, options: RetrainOptions
 ) -> dict[str, dict[str, Any]]:
     wanted = {"auto": ("performance", "drift", "schedule")}.get(options.trigger, (options.trigger,))
     out: dict[str, dict[str, Any]] = {}
@@ -188,12 +190,12 @@ def _evaluate_triggers(
         if trigger not in wanted:
             out[trigger] = {"evaluated": False, "fired": False}
             continue
-        out[trigger] = {"evaluated": True, **_TRIGGERS[trigger](registry, champion, estimator, frame, options)}
+        out[trigger] = {"evaluated": True, **_TRIGGERS[trigger](registry, champion, model, frame, options)}
     return out
 
 
 def _performance(
-    registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions
+    registry: Registry, champion: Version, model: LoadedModel, frame: Any, options: RetrainOptions
 ) -> dict[str, Any]:
     from mlops_cli import metrics
 
@@ -201,7 +203,7 @@ def _performance(
     recorded = ((champion.manifest.get("eval_metrics") or {}).get(key) or {}).get("value")
     if recorded is None:
         return {"fired": False, "detail": f"{champion.ref} has no recorded eval {key}; register with --eval-data"}
-    scorer = _scorer(champion, estimator, frame, options.target)
+    scorer = _scorer(model, frame, options.target)
     now = metrics.evaluate(scorer, n_boot=options.n_boot, seed=options.seed)[key]
     # Fire only when the whole CI lies beyond the allowed drop: noise alone does not retrain.
     if metrics.higher_is_better(key):
@@ -220,11 +222,12 @@ def _performance(
     }
 
 
-def _drift(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+def _drift(registry: Registry, champion: Version, model: LoadedModel, frame: Any, options: RetrainOptions) -> dict:
     from mlops_cli import drift
 
-    features = [f["name"] for f in champion.manifest["features"]]
-    summary = drift.drift_for_model(registry, champion, frame[features]).results["summary"]
+    options_ = drift.DriftOptions(load=options.load)
+    summary = drift.drift_for_model(registry, champion, frame[model.spec.feature_names], options=options_)
+    summary = summary.results["summary"]
     return {
         "fired": summary["verdict"] == "drift",
         "verdict": summary["verdict"],
@@ -233,7 +236,7 @@ def _drift(registry: Registry, champion: Version, estimator: Any, frame: Any, op
     }
 
 
-def _schedule(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+def _schedule(registry: Registry, champion: Version, model: LoadedModel, frame: Any, options: RetrainOptions) -> dict:
     created = dt.datetime.fromisoformat(champion.manifest["created_at"].replace("Z", "+00:00"))
     age_days = (dt.datetime.now(dt.UTC) - created).total_seconds() / 86400
     if options.max_age_days is None:
@@ -241,7 +244,7 @@ def _schedule(registry: Registry, champion: Version, estimator: Any, frame: Any,
     return {"fired": age_days > options.max_age_days, "age_days": age_days, "max_age_days": options.max_age_days}
 
 
-def _manual(registry: Registry, champion: Version, estimator: Any, frame: Any, options: RetrainOptions) -> dict:
+def _manual(registry: Registry, champion: Version, model: LoadedModel, frame: Any, options: RetrainOptions) -> dict:
     return {"fired": True, "reason": options.reason}
 
 
@@ -326,10 +329,10 @@ def _times(frame: Any, column: str | None, where: Path) -> Any:
         ) from exc
 
 
-def _scorer(version: Version, estimator: Any, frame: Any, target: str) -> Any:
-    from mlops_cli import model as model_lib
+def _scorer(model: LoadedModel, frame: Any, target: str) -> Any:
+    from mlops_cli.runtime import labelled
 
-    return model_lib.scorer_for(estimator, version.manifest, frame, target)
+    return labelled.scorer(model, frame, target, where=f"the labelled rows ({model.ref})")
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -356,7 +359,7 @@ def load_train_fn(spec: str) -> Callable[[Any, str], Any]:
 def _train(champion_estimator: Any, train: Any, features: list[str], options: RetrainOptions) -> Any:
     from sklearn.base import clone
 
-    from mlops_cli.model import align_labels
+    from mlops_cli.runtime.labelled import align_labels
 
     # Labels read from files may be floats (a nullable column); the champion's classes are the truth.
     classes = getattr(champion_estimator, "classes_", None)
@@ -390,10 +393,10 @@ def _train(champion_estimator: Any, train: Any, features: list[str], options: Re
 
 def _same_job(champion: Version, estimator: Any, options: RetrainOptions) -> None:
     """A challenger must do the champion's job (task, classes); found out before it is registered, not after."""
-    from mlops_cli import model as model_lib
+    from mlops_cli.runtime.artifacts import describe
 
     try:
-        info = model_lib.describe(estimator)
+        info = describe(estimator)
     except Exception as exc:
         raise TrainingFailed(f"the trained model cannot be inspected ({exc})", "return a fitted estimator") from exc
     task, classes = champion.manifest["task"], champion.manifest.get("classes") or []
@@ -409,18 +412,21 @@ def _same_job(champion: Version, estimator: Any, options: RetrainOptions) -> Non
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def _after_promotion(
-    registry: Registry, name: str, alias: str, expected: Version, holdout: Any, features: list[str]
-) -> None:
-    """Check the live alias end to end: it resolves to the challenger, verifies, loads and predicts."""
-    from mlops_cli import model as model_lib
+def _champion_formats(champion: Version) -> FormatOptions:
+    """The challenger is stored in the formats the champion was, with the types its skops file was trusted with."""
+    stored = {n: b for n, b in (champion.manifest.get("formats") or {}).items() if b["stored"]}
+    return FormatOptions(tuple(stored), tuple(stored.get("skops", {}).get("trusted_types", ())))
 
-    estimator, live = registry.load_model(f"{name}@{alias}")
-    if live.version != expected.version:
-        raise RuntimeError(f"{name}@{alias} points at {live.version}, expected {expected.version}")
-    model_lib.predict_frame(
-        estimator, holdout[features].head(100), task=live.manifest["task"], classes=live.manifest["classes"]
-    )
+
+def _after_promotion(
+    registry: Registry, name: str, alias: str, expected: Version, holdout: Any, load: LoadOptions
+) -> None:
+    """Check the live alias end to end: it resolves to the challenger, verifies, loads and predicts, on the runtime
+    that serves it."""
+    live = LoadedModel.load(registry, f"{name}@{alias}", load)
+    if live.spec.version != expected.version:
+        raise RuntimeError(f"{name}@{alias} points at {live.spec.version}, expected {expected.version}")
+    live.score(holdout.head(100)).require_all("the holdout")
 
 
 @contextlib.contextmanager
@@ -499,20 +505,18 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     from mlops_cli.comparison import compare_models
 
     started = time.perf_counter()
-    estimator, champion = registry.load_model(champion, strict=options.strict)
+    # Training needs the champion's scikit-learn estimator; its answers come from the runtime that serves it.
+    trainable = LoadedModel.load(registry, champion, replace(options.load, runtime="sklearn"))
+    serving = trainable if options.load.runtime == "sklearn" else LoadedModel.load(registry, champion, options.load)
+    estimator = trainable.estimator
     job.champion = {"version": champion.version, "sha256": champion.summary()["sha256"]}
     frame = _labelled(io.read_table(options.data), options.target, options.data)
     source = io.fingerprint(options.data, rows=len(frame))  # hashed once: the report, the split check, the lineage
     report.inputs.append(source)
-    features = [f["name"] for f in champion.manifest["features"]]
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise SchemaMismatch(
-            f"{options.data}: lacks the champion's feature columns {missing}", "pass data with the model's schema"
-        )
+    features = serving.spec.require_features(frame.columns, where=str(options.data))
 
     job.phase = "triggers"
-    job.triggers = _evaluate_triggers(registry, champion, estimator, frame, options)
+    job.triggers = _evaluate_triggers(registry, champion, serving, frame, options)
     job.fired = [t for t, r in job.triggers.items() if r["fired"]]
     _save(registry, job)
     if not job.fired or options.check_only:
@@ -537,8 +541,8 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     job.phase = "registering"
     key = _metric_key(options.metric, champion.manifest["task"])
     holdout_metrics = {
-        "champion": _scorer(champion, estimator, holdout, options.target).compute(),
-        "challenger": _scorer(champion, challenger_estimator, holdout, options.target).compute(),
+        "champion": _scorer(serving, holdout, options.target).compute(),
+        "challenger": _scorer(LoadedModel.of(challenger_estimator, serving.spec), holdout, options.target).compute(),
     }
     import joblib
 
@@ -560,6 +564,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
                 allow_duplicate=True,
                 accepts_missing=champion.manifest["input_contract"]["accepts_missing"],
                 accepts_unseen=champion.manifest["input_contract"]["accepts_unseen"],
+                formats=_champion_formats(champion),
                 n_boot=options.n_boot,
                 reason=f"retrain job {job.id}",
                 train_data_label=f"{options.data} (training window of retrain job {job.id})",
@@ -591,6 +596,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
             alpha=options.alpha,
             n_boot=options.n_boot,
             seed=options.seed,
+            load=options.load,
         ).results
         job.comparison = {
             **{
@@ -600,7 +606,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
             "holdout_metrics": holdout_metrics,
         }
         job.guardrails = _guardrails(
-            registry, champion, estimator, challenger, challenger_estimator, holdout, features, comparison, options
+            serving, LoadedModel.load(registry, challenger, options.load), holdout, comparison, options
         )
         _save(registry, job)
         if not comparison["challenger_wins"] or not job.guardrails["passed"]:
@@ -616,7 +622,12 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         # each. An unattended promotion needs every smoke step to pass, also those a policy makes advisory through
         # their own items (latency, edge cases, serialization, determinism): the item lists every failed step.
         checklist = gates.checklist(
-            registry, challenger.ref, baseline=champion.ref, eval_data=paths["holdout"], policy=options.policy
+            registry,
+            challenger.ref,
+            baseline=champion.ref,
+            eval_data=paths["holdout"],
+            policy=options.policy,
+            load=options.load,
         )
         smoke = next(i for i in checklist.results["items"] if i["id"] == "smoke_test")
         smoke_passed = smoke["status"] == "pass" and not smoke["evidence"].get("failed_steps")
@@ -646,7 +657,7 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
         )
         job.phase = "verifying"
         _save(registry, job)
-        _after_promotion(registry, champion.name, options.champion_alias, challenger, holdout, features)
+        _after_promotion(registry, champion.name, options.champion_alias, challenger, holdout, options.load)
     except AliasMoved:
         raise  # nothing moved
     except BaseException as exc:
@@ -670,29 +681,10 @@ def _run(registry: Registry, champion: Version, job: Job, options: RetrainOption
     job.options["seconds"] = round(time.perf_counter() - started, 3)
 
 
-def _interleaved_p99_ms(champion: Any, challenger: Any, rows: Any, iterations: int = 200) -> dict[str, float]:
-    """Single-row p99 latency of both models, calls alternating, so machine load falls on both alike."""
-    import numpy as np
-
-    timings: dict[str, list[float]] = {"champion": [], "challenger": []}
-    for i in range(iterations + 10):
-        row = rows.iloc[[i % len(rows)]]
-        for label, estimator in (("champion", champion), ("challenger", challenger)):
-            start = time.perf_counter()
-            estimator.predict(row)
-            if i >= 10:  # warm-up
-                timings[label].append((time.perf_counter() - start) * 1000)
-    return {label: float(np.percentile(values, 99)) for label, values in timings.items()}
-
-
 def _guardrails(
-    registry: Registry,
-    champion: Version,
-    champion_estimator: Any,
-    challenger: Version,
-    challenger_estimator: Any,
+    champion: LoadedModel,
+    challenger: LoadedModel,
     holdout: Any,
-    features: list[str],
     comparison: dict[str, Any],
     options: RetrainOptions,
 ) -> dict[str, Any]:
@@ -711,13 +703,18 @@ def _guardrails(
                 "limit": options.max_recall_drop,
             }
         )
-    p99 = _interleaved_p99_ms(champion_estimator, challenger_estimator, holdout[features].head(200))
-    # 5 ms of slack: on a busy machine two sub-millisecond models differ by scheduling noise, not by design.
+    from mlops_cli.runtime import latency
+
+    timed = latency.interleaved({"champion": champion, "challenger": challenger}, holdout.head(200), calls=40)
+    # Each model's median round p99 (a stall spoils one round, not the verdict). 5 ms of slack: on a busy machine
+    # two sub-millisecond models differ by scheduling noise, not by design.
+    p99 = {label: t["median_round_p99_ms"] for label, t in timed.items()}
     limit = options.max_latency_ratio * p99["champion"] + 5.0
     checks.append(
         {
             "id": "p99_latency_ms",
             **p99,
+            "runtime": champion.runtime,
             "limit_ms": limit,
             "limit_ratio": options.max_latency_ratio,
             "passed": bool(p99["challenger"] <= limit),

@@ -29,7 +29,7 @@ from mlops_cli.errors import EmptyInput, InputError, Interrupted, InvalidData, S
 from mlops_cli.profile import QUANTILES
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report
-from mlops_cli.runtime import LoadedModel, proba_column
+from mlops_cli.runtime import LoadedModel, LoadOptions, proba_column
 from mlops_cli.runtime.contract import text_column_types
 
 ON_INVALID = ("fail", "skip", "null")
@@ -53,7 +53,7 @@ class ScoreOptions:
     split_key: list[str] = field(default_factory=list)  # default: the first id column
     input_format: str | None = None
     overwrite: bool = False
-    strict: bool = False
+    load: LoadOptions = LoadOptions()  # --runtime, --strict, --no-pickle
     on_progress: Callable[[int, int | None], None] | None = None  # (rows read so far, total rows if known)
 
 
@@ -258,7 +258,7 @@ class _Model:
 
     @classmethod
     def load(cls, registry: Registry, ref: str, role: str, options: ScoreOptions) -> _Model:
-        model = LoadedModel.load(registry, ref, strict=options.strict, proba=options.proba)
+        model = LoadedModel.load(registry, ref, options.load, proba=options.proba)
         return cls(role, ref, model, _Summary(model.classes, model.with_proba))
 
     @property

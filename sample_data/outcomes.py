@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from mlops_cli import io
-from mlops_cli import model as model_lib
 from mlops_cli.registry import Registry
+from mlops_cli.runtime import LoadedModel
 
 SCORE_COLUMNS = ["flight", "date", "delayed", "prediction", "proba_0", "proba_1", "model_name", "model_version"]
 
@@ -39,15 +39,12 @@ def split_and_score(registry: Registry, champion: str, challenger: str, data: Pa
     to_challenger = keys.map(lambda k: hashlib.sha256(k.encode()).digest()[0] % 2 == 1)
     parts = []
     for ref, rows in ((champion, frame[~to_challenger]), (challenger, frame[to_challenger])):
-        estimator, version = registry.load_model(ref)
-        features = [f["name"] for f in version.manifest["features"]]
-        scored = model_lib.predict_frame(
-            estimator, rows[features], task=version.manifest["task"], classes=version.manifest["classes"]
-        )
+        model = LoadedModel.load(registry, ref)  # the one runtime, as score-batch scores
+        scored = model.score(rows).frame(rows.index)
         parts.append(
             rows[["flight", "date", "delayed"]]
             .join(scored)
-            .assign(model_name=version.name, model_version=version.version)
+            .assign(model_name=model.spec.name, model_version=model.spec.version)
         )
     return pd.concat(parts).sort_index()[SCORE_COLUMNS]
 

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mlops_cli.errors import IntegrityError, ModelNotFound
 from mlops_cli.registry import Registry
-from mlops_cli.runtime import LoadedModel
+from mlops_cli.runtime import LoadedModel, LoadOptions
 
 NUMERIC = [f"f{i}" for i in range(6)]
 
@@ -47,7 +47,7 @@ def _register(cli, model, train, *extra):
 
 def _both(registry_dir, ref="m"):
     registry = Registry(registry_dir)
-    return LoadedModel.load(registry, ref, runtime="sklearn"), LoadedModel.load(registry, ref, runtime="onnx")
+    return LoadedModel.load(registry, ref, LoadOptions("sklearn")), LoadedModel.load(registry, ref, LoadOptions("onnx"))
 
 
 def _assert_equal_answers(sklearn_model, onnx_model, rows, tolerance=1e-5):
@@ -107,7 +107,7 @@ def test_a_custom_transformer_is_registered_without_onnx(cli, tmp_path, registry
     assert "model.onnx" not in manifest["files"] and manifest["formats"]["onnx"]["stored"] is False
     assert LoadedModel.load(Registry(registry_dir), "m").runtime == "sklearn"  # auto falls back
     with pytest.raises(ModelNotFound, match="has no ONNX file"):
-        LoadedModel.load(Registry(registry_dir), "m", runtime="onnx")
+        LoadedModel.load(Registry(registry_dir), "m", LoadOptions("onnx"))
 
 
 def test_a_conversion_beyond_the_tolerance_is_not_stored(cli, tmp_path, registry_dir):
@@ -140,7 +140,7 @@ def test_skops_loads_only_the_reviewed_types(cli, tmp_path, registry_dir):
     )
     skops = report["results"]["formats"]["skops"]
     assert skops["stored"] is True and "custom_transformers.Log1p" in skops["trusted_types"]
-    safe = LoadedModel.load(Registry(registry_dir), "m:2", allow_pickle=False)
+    safe = LoadedModel.load(Registry(registry_dir), "m:2", LoadOptions(allow_pickle=False))
     pickled = LoadedModel.load(Registry(registry_dir), "m:2")
     np.testing.assert_array_equal(safe.score(frame[NUMERIC]).proba, pickled.score(frame[NUMERIC]).proba)
 
@@ -149,7 +149,7 @@ def test_no_pickle_refuses_a_version_with_only_a_pickle(cli, tmp_path, registry_
     model, train, _ = _numeric(tmp_path, make_pipeline(StandardScaler(), LogisticRegression()))
     _register(cli, model, train)
     with pytest.raises(IntegrityError, match="pickle files are refused"):
-        LoadedModel.load(Registry(registry_dir), "m", allow_pickle=False)
+        LoadedModel.load(Registry(registry_dir), "m", LoadOptions(allow_pickle=False))
 
 
 def test_an_edited_trusted_types_list_is_refused(cli, tmp_path, registry_dir):
@@ -160,4 +160,4 @@ def test_an_edited_trusted_types_list_is_refused(cli, tmp_path, registry_dir):
     manifest["formats"]["skops"]["trusted_types"].append("os.system")
     path.write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="altered after registration"):
-        LoadedModel.load(Registry(registry_dir), "m", allow_pickle=False)
+        LoadedModel.load(Registry(registry_dir), "m", LoadOptions(allow_pickle=False))

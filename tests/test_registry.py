@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 from mlops_cli import io
 from mlops_cli.errors import IntegrityError, MlopsWarning, VersionMismatch
 from mlops_cli.registry import Registry
+from mlops_cli.runtime import LoadedModel, LoadOptions
 
 
 def test_manifest_records_everything(registered, cli, model_file):
@@ -243,11 +244,12 @@ def test_altered_artifact_is_detected(registered, cli, registry_dir):
     assert result.exit_code == 4 and "model.joblib was altered after registration" in result.stderr
     assert cli("models", "promote", "flights:1", "production").exit_code == 4
     with pytest.raises(IntegrityError):
-        Registry(registry_dir).load_model("flights:1")
+        LoadedModel.load(Registry(registry_dir), "flights:1")
 
 
 def test_load_model_verifies_then_unpickles(registered, registry_dir, model_file):
-    estimator, version = Registry(registry_dir).load_model("flights")
+    loaded = LoadedModel.load(Registry(registry_dir), "flights")
+    estimator, version = loaded.estimator, loaded.version
     assert type(estimator).__name__ == "Pipeline" and version.version == "1"
 
 
@@ -257,9 +259,9 @@ def test_other_scikit_learn_version_warns_or_fails_when_strict(registered, regis
     )
     registry = Registry(registry_dir)
     with pytest.warns(MlopsWarning, match=r"scikit-learn 1\.0\.2.*this is scikit-learn"):
-        registry.load_model("flights")
+        LoadedModel.load(registry, "flights")
     with pytest.raises(VersionMismatch):
-        registry.load_model("flights", strict=True)
+        LoadedModel.load(registry, "flights", LoadOptions(strict=True))
 
 
 @pytest.mark.parametrize(

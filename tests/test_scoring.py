@@ -24,10 +24,10 @@ from conftest import sample_train as train
 from rich.console import Console
 
 from mlops_cli import io, render, scoring
-from mlops_cli.model import Predictor
 from mlops_cli.profile import QUANTILES
 from mlops_cli.registry import Registry
 from mlops_cli.report import Report
+from mlops_cli.runtime.predictor import Predictor
 
 FEATURES = train.FEATURES
 
@@ -362,7 +362,7 @@ def test_a_decision_threshold_is_honoured_however_the_input_is_ordered(reg, tmp_
     from broken_models import HighThreshold
     from sklearn.model_selection import FixedThresholdClassifier
 
-    from mlops_cli import model as model_lib
+    from mlops_cli.runtime import predictor as model_lib
 
     thresholded = HighThreshold(joblib.load(model_file))
     path = tmp_path / "thr.joblib"

@@ -12,6 +12,7 @@ from mlops_cli import eventlog, io, render
 from mlops_cli.errors import IntegrityError
 from mlops_cli.registry import Registry
 from mlops_cli.report import Report
+from mlops_cli.runtime import LoadedModel
 
 
 @pytest.fixture
@@ -86,9 +87,9 @@ def test_a_tampered_manifest_is_refused_on_load_and_reported(cli, two_versions, 
     assert result.exit_code == 4 and result.stderr.count("\n") == 1
     assert f"{path} was altered after registration" in result.stderr and "restore it from a backup" in result.stderr
     registry = Registry(registry_dir)
-    registry.load_model("m@production")  # m:2, untouched, still loads...
+    LoadedModel.load(registry, "m@production")  # m:2, untouched, still loads...
     with pytest.raises(IntegrityError, match="manifest.json was altered"):
-        registry.load_model("m:1")
+        LoadedModel.load(registry, "m:1")
     with pytest.raises(IntegrityError):
         registry.versions("m")  # ...but no listing of m trusts the altered one
     assert cli("models", "promote", "m:1", "staging").exit_code == 4
@@ -123,7 +124,7 @@ def test_an_edited_event_breaks_the_chain(cli, two_versions, registry_dir):
         and "mlops verify m" in result.stderr
     )
     with pytest.raises(IntegrityError, match="events.jsonl"):
-        Registry(registry_dir).load_model("m@production")
+        LoadedModel.load(Registry(registry_dir), "m@production")
     (problem,) = _problems(cli.json("verify", expect=4))
     assert (problem["check"], problem["path"]) == ("chain", "m/events.jsonl")
     assert "line 3 does not chain to line 2" in problem["message"]
@@ -224,7 +225,7 @@ def _as_legacy(model_dir):
 
 def test_a_legacy_unchained_log_is_accepted_with_warnings(cli, two_versions, registry_dir, other_model_file):
     legacy = _as_legacy(two_versions)
-    Registry(registry_dir).load_model("m:1")
+    LoadedModel.load(Registry(registry_dir), "m:1")
     report = cli.json("verify")
     assert report["status"] == "pass" and not _problems(report)
     warnings = " ".join(w["message"] for w in _warnings(report))
@@ -250,14 +251,14 @@ def test_a_legacy_unchained_log_is_accepted_with_warnings(cli, two_versions, reg
 def test_a_legacy_registry_without_events_still_loads(cli, two_versions, registry_dir):
     (two_versions / "events.jsonl").unlink()
     (two_versions / "aliases.json").unlink()
-    Registry(registry_dir).load_model("m:2")
+    LoadedModel.load(Registry(registry_dir), "m:2")
     assert cli.json("verify")["status"] == "pass"
 
 
 def test_a_torn_last_line_is_tolerated_and_chained_over(cli, two_versions, registry_dir):
     with (two_versions / "events.jsonl").open("ab") as fh:
         fh.write(b'{"event": "alias_mo')  # a crash mid-append
-    Registry(registry_dir).load_model("m@production")
+    LoadedModel.load(Registry(registry_dir), "m@production")
     report = cli.json("verify")
     assert report["status"] == "pass" and "the last line is no event" in _warnings(report)[0]["message"]
     cli.json("models", "promote", "m:1", "production")

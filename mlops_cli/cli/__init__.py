@@ -37,6 +37,14 @@ def _root(
         "registry"
     ),
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    no_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--no-pickle",
+            envvar="MLOPS_NO_PICKLE",
+            help="Never unpickle on this host: load models from their ONNX or skops files only.",
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -46,7 +54,7 @@ def _root(
     Exit codes: 0 success, 1 negative verdict, 2 usage error, 3 input error, 4 registry error, 5 internal error.
     """
     state = ctx.ensure_object(_common.Invocation)
-    state.registry, state.debug = registry, debug
+    state.registry, state.debug, state.no_pickle = registry, debug, no_pickle
 
 
 # The command table: one module per command (group) in this package. Every command is an MlopsCommand.
@@ -59,7 +67,7 @@ app.command("score-batch", cls=command)(score_batch.run)
 app.command("drift-report", cls=command)(drift.run)
 app.command("abtest", cls=command)(abtest.run)
 app.add_typer(retrain.app, name="retrain")
-app.command("verify")(verify.run)
+app.command("verify", cls=command)(verify.run)
 
 
 def main() -> None:

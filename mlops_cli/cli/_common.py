@@ -34,6 +34,7 @@ class Invocation:
 
     registry: Path = Path("registry")
     debug: bool = False
+    no_pickle: bool = False
     command: str = "mlops"
     as_json: bool = False
     quiet: bool = False
@@ -83,6 +84,13 @@ StrictOpt = Annotated[
         help="Fail (exit 4) when the model was recorded under another scikit-learn version, instead of warning.",
     ),
 ]
+RuntimeOpt = Annotated[
+    Literal["auto", "sklearn", "onnx"],
+    typer.Option(
+        "--runtime",
+        help="What predicts: onnx (the version's verified ONNX file), sklearn, or auto (ONNX when the version has one).",
+    ),
+]
 FormatOpt = Annotated[
     Literal["parquet", "csv"] | None,
     typer.Option("--format", help="Input format, overriding the extension: parquet or csv."),
@@ -93,6 +101,15 @@ def registry() -> Any:
     from mlops_cli.registry import Registry
 
     return Registry(_state().registry)
+
+
+def load_options(strict: bool = False, runtime: str = "auto") -> Any:
+    """How this command loads models: its --runtime and --strict, and whether this host refuses pickle files
+    (mlops --no-pickle, MLOPS_NO_PICKLE=1, or `no_pickle = true` in the registry's settings.toml)."""
+    from mlops_cli.runtime import LoadOptions
+
+    state = _state()
+    return LoadOptions(runtime, strict, allow_pickle=not (state.no_pickle or registry().refuses_pickle()))
 
 
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:

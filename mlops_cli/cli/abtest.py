@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
-from mlops_cli.cli._common import FormatOpt, JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
+from mlops_cli.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RuntimeOpt,
+    StrictOpt,
+    emit,
+    load_options,
+    registry,
+)
 
 EXPERIMENT = "Online experiment (RESULTS)"
 MODELS = "Two registered models (--champion/--challenger)"
@@ -26,7 +37,7 @@ _EXPERIMENT_ONLY = (
     "mann_whitney",
     "lower_is_better",
 )
-_MODELS_ONLY = ("data", "target", "min_improvement", "bootstrap", "seed", "strict")
+_MODELS_ONLY = ("data", "target", "min_improvement", "bootstrap", "seed", "strict", "runtime")
 
 
 def run(
@@ -138,6 +149,7 @@ def run(
     bootstrap: Annotated[int, typer.Option(min=50, help="Paired bootstrap resamples.", rich_help_panel=MODELS)] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.", rich_help_panel=MODELS)] = 0,
     strict: StrictOpt = False,
+    runtime: Annotated[RuntimeOpt, typer.Option(rich_help_panel=MODELS)] = "auto",
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
@@ -168,7 +180,7 @@ def run(
             min_improvement,
             bootstrap,
             seed,
-            strict,
+            load_options(strict, runtime),
             fmt,
         )
     else:
@@ -215,7 +227,7 @@ def _models(
     min_improvement: float,
     bootstrap: int,
     seed: int,
-    strict: bool,
+    load: Any,
     fmt: str | None,
 ):  # type: ignore[no-untyped-def]
     if results is not None:
@@ -252,7 +264,7 @@ def _models(
         alpha=alpha,
         n_boot=bootstrap,
         seed=seed,
-        strict=strict,
+        load=load,
     )
 
 

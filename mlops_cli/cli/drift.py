@@ -11,8 +11,10 @@ from mlops_cli.cli._common import (
     OutputOpt,
     OverwriteOpt,
     QuietOpt,
+    RuntimeOpt,
     StrictOpt,
     emit,
+    load_options,
     registry,
 )
 
@@ -72,6 +74,7 @@ def run(
     html: Annotated[Path | None, typer.Option(help="Also write a self-contained HTML page here.")] = None,
     fmt: FormatOpt = None,
     strict: StrictOpt = False,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -96,7 +99,7 @@ def run(
         threshold=threshold,
         correction=correction,
         drift_share=drift_share,
-        strict=strict,
+        load=load_options(strict, runtime),
     )
     reference, current = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
     report = drift.report(

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
+from mlops_cli.cli._common import (
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RuntimeOpt,
+    StrictOpt,
+    emit,
+    load_options,
+    registry,
+)
 
 RefArg = Annotated[str, typer.Argument(help="NAME (latest), NAME:VERSION or NAME@ALIAS.", metavar="REF")]
 
@@ -24,6 +34,7 @@ def smoke_test(
     output_min: Annotated[float | None, typer.Option(help="Regressors: lowest valid prediction.")] = None,
     output_max: Annotated[float | None, typer.Option(help="Regressors: highest valid prediction.")] = None,
     strict: StrictOpt = False,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -53,7 +64,7 @@ def smoke_test(
             rows=rows,
             max_latency_ms=max_latency_ms,
             iterations=iterations,
-            strict=strict,
+            load=load_options(strict, runtime),
             output_range=output_range,
         ),
         "render_steps",
@@ -71,6 +82,7 @@ def checklist(
     ] = None,
     iterations: Annotated[int, typer.Option(min=10, help="Single-row calls timed for the latency item.")] = 200,
     strict: StrictOpt = False,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -81,7 +93,13 @@ def checklist(
 
     emit(
         gates.checklist(
-            registry(), ref, baseline=baseline, eval_data=eval_data, policy=policy, strict=strict, iterations=iterations
+            registry(),
+            ref,
+            baseline=baseline,
+            eval_data=eval_data,
+            policy=policy,
+            load=load_options(strict, runtime),
+            iterations=iterations,
         ),
         "render_steps",
     )

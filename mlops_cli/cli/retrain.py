@@ -6,7 +6,18 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from mlops_cli.cli._common import JsonOpt, MlopsCommand, OutputOpt, OverwriteOpt, QuietOpt, StrictOpt, emit, registry
+from mlops_cli.cli._common import (
+    JsonOpt,
+    MlopsCommand,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RuntimeOpt,
+    StrictOpt,
+    emit,
+    load_options,
+    registry,
+)
 from mlops_cli.report import Report
 
 
@@ -90,6 +101,7 @@ def run(
     policy: Annotated[Path | None, typer.Option(help="Checklist policy (TOML) for the pre-promotion gate.")] = None,
     bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for CIs and paired tests.")] = 1000,
     strict: StrictOpt = False,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -132,7 +144,7 @@ def run(
         promote=promote,
         policy=policy,
         n_boot=bootstrap,
-        strict=strict,
+        load=load_options(strict, runtime),
     )
     emit(retrain_lib.retrain(registry(), name, options), "render_retrain")
 

@@ -12,8 +12,10 @@ from mlops_cli.cli._common import (
     OutputOpt,
     OverwriteOpt,
     QuietOpt,
+    RuntimeOpt,
     StrictOpt,
     emit,
+    load_options,
     registry,
 )
 
@@ -72,6 +74,7 @@ def run(
     fmt: FormatOpt = None,
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
+    runtime: RuntimeOpt = "auto",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -114,7 +117,7 @@ def run(
         split_key=key,
         input_format=fmt,
         overwrite=overwrite,
-        strict=strict,
+        load=load_options(strict, runtime),
     )
     if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
         report = score_batch(registry(), ref, data, predictions, options=options)

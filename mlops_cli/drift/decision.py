@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops_cli.errors import InputError
+from mlops_cli.runtime import LoadOptions
 
 STATTESTS = ("auto", "ks", "psi", "wasserstein", "js", "chi2")
 CORRECTIONS = ("bh", "bonferroni", "none")  # `--correction`; mlops_cli.stats.adjust computes them
@@ -43,7 +44,7 @@ class DriftOptions:
     threshold: float | None = None
     correction: str = "bh"
     drift_share: float = 0.5
-    strict: bool = False  # with a model: refuse one recorded under another scikit-learn version (exit 4)
+    load: LoadOptions = LoadOptions()  # with a model: --runtime, --strict, --no-pickle
 
     def __post_init__(self) -> None:
         if self.stattest not in STATTESTS:

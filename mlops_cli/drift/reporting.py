@@ -155,7 +155,7 @@ def drift_for_model(
     """Drift of `current` against a registered version's stored reference sample (or `reference`), with
     importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
     options = options or DriftOptions()
-    loaded = LoadedModel.load(registry, version, strict=options.strict)
+    loaded = LoadedModel.load(registry, version, options.load)
     sample = io.read_table(version.file("sample.parquet"))
     features = loaded.spec.feature_names
     target = options.target or version.manifest.get("target")

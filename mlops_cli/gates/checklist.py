@@ -18,6 +18,7 @@ from mlops_cli.gates._steps import FAIL, PASS, SKIP, WARN, Steps
 from mlops_cli.gates.policy import ITEMS, OWN_ITEM, load_policy
 from mlops_cli.registry import PROFILE, SAMPLE, Registry, Version
 from mlops_cli.report import Report
+from mlops_cli.runtime import LoadedModel, LoadOptions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,10 +31,11 @@ def checklist(
     baseline: str | None = None,
     eval_data: Path | None = None,
     policy: Path | dict[str, Any] | None = None,
-    strict: bool = False,
-    iterations: int = 200,
+    load: LoadOptions | None = None,
+    iterations: int = smoke_lib.ITERATIONS,
 ) -> Report:
-    """The pre-deployment checklist, judged automatically wherever a machine can judge it."""
+    """The pre-deployment checklist, judged automatically wherever a machine can judge it. The smoke steps and the
+    fallback's load use the runtime that will serve (`load.runtime`)."""
     rules = policy if isinstance(policy, dict) else load_policy(policy)
     budgets = rules["budgets"]
     version = ref if isinstance(ref, Version) else registry.resolve(ref)
@@ -62,7 +64,7 @@ def checklist(
             registry,
             version,
             max_latency_ms=budgets["latency_p99_ms"],
-            strict=strict,
+            load=load,
             iterations=iterations,
             data=eval_data if not has_sample else None,
         )
@@ -95,7 +97,7 @@ def checklist(
         e["evidence"] = {"metrics": sorted(k for k in em if "[" not in k), "eval_data": manifest.get("eval_data")}
         e["status"] = PASS if em and all("ci_low" in v for v in em.values()) else FAIL
     with item("baseline_comparison") as e:
-        _baseline(registry, version, baseline, eval_data, eval_frame, metric, rules["baseline"], e)
+        _baseline(registry, version, baseline, eval_data, eval_frame, metric, rules["baseline"], e, load)
     with item("per_class_metrics") as e:
         if manifest["task"] != "classifier":
             e["status"], e["evidence"] = SKIP, {"reason": "not a classifier"}
@@ -129,9 +131,22 @@ def checklist(
         lambda s: {
             k: v
             for k, v in s["evidence"].items()
-            if k in ("p50_ms", "p99_ms", "max_latency_ms", "batch_rows_per_s", "error")
+            if k
+            in (
+                "p50_ms",
+                "p99_ms",
+                "median_round_p99_ms",
+                "round_p99_ms",
+                "stalled_rounds",
+                "threads",
+                "max_latency_ms",
+                "batch_rows_per_s",
+                "error",
+            )
         },
     )
+    with item("onnx_agreement") as e:
+        _onnx_agreement(version, budgets, e)
     with item("input_schema") as e:
         feats = manifest["features"]
         described = [f for f in feats if f.get("kind") and ("min" in f or "categories" in f or f["kind"] != "numeric")]
@@ -189,7 +204,7 @@ def checklist(
         e["evidence"] = {"profile": PROFILE in manifest["files"], "sample_with_predictions": has_sample}
         e["status"] = PASS if PROFILE in manifest["files"] and has_sample else FAIL
     with item("rollback_ready") as e:
-        _rollback_ready(registry, version, rules["baseline"]["alias"], e)
+        _rollback_ready(registry, version, rules["baseline"]["alias"], e, load)
 
     for entry in items.entries:
         if entry["status"] == FAIL and not entry["required"]:
@@ -227,6 +242,7 @@ def _baseline(
     metric: str,
     rule: dict[str, Any],
     entry: dict[str, Any],
+    load: LoadOptions | None,
 ) -> None:
     try:
         base = registry.resolve(baseline or f"{version.name}@{rule['alias']}")
@@ -241,7 +257,7 @@ def _baseline(
     margin = float(rule["margin"])
     if eval_frame is not None:
         result = comparison.compare_models(
-            registry, base, version, eval_frame, version.manifest.get("target"), metric=metric
+            registry, base, version, eval_frame, version.manifest.get("target"), metric=metric, load=load
         ).results
         boot = result["bootstrap"]
         sign = 1 if result["higher_is_better"] else -1
@@ -289,7 +305,30 @@ def _baseline(
     entry["status"] = PASS if ok else FAIL
 
 
-def _rollback_ready(registry: Registry, version: Version, alias: str, entry: dict[str, Any]) -> None:
+def _onnx_agreement(version: Version, budgets: dict[str, Any], entry: dict[str, Any]) -> None:
+    """What registration measured when it converted the model, against the policy's tolerance (the file itself is
+    hash-verified when loaded)."""
+    block = (version.manifest.get("formats") or {}).get("onnx")
+    if block is None or not block["stored"]:
+        why = block["reason"] if block else "not asked for at registration (--formats onnx)"
+        entry["status"], entry["evidence"] = SKIP, {"reason": f"no ONNX file: {why}; the sklearn runtime serves"}
+        return
+    agreement = block["agreement"]
+    labels = agreement["label_agreement"]
+    entry["evidence"] = {
+        **agreement,
+        "max_abs_difference_allowed": budgets["onnx_max_abs_difference"],
+        "label_agreement_required": budgets["onnx_label_agreement"],
+    }
+    ok = agreement["max_abs_difference"] <= budgets["onnx_max_abs_difference"] and (
+        labels is None or labels >= budgets["onnx_label_agreement"]
+    )
+    entry["status"] = PASS if ok else FAIL
+
+
+def _rollback_ready(
+    registry: Registry, version: Version, alias: str, entry: dict[str, Any], load: LoadOptions | None
+) -> None:
     aliases = registry.aliases(version.name)
     current = aliases.get(alias)
     # After this version ships, rolling back means returning to today's production (or, if this is already
@@ -305,7 +344,7 @@ def _rollback_ready(registry: Registry, version: Version, alias: str, entry: dic
         return
     try:
         target = registry.resolve(f"{version.name}:{previous}")
-        registry.load_model(target)  # verifies the hash, then unpickles
+        LoadedModel.load(registry, target, load)  # verifies the hashes, then loads what would serve
     except MlopsError as exc:  # a broken fallback is this item's finding, not an error of the checklist
         entry["status"], entry["evidence"] = FAIL, {"previous": previous, "error": exc.one_line()}
         return

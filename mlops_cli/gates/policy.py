@@ -20,7 +20,8 @@ ITEMS: dict[str, tuple[str, str]] = {
     "per_class_metrics": ("model validation", "per-class precision/recall/F1 recorded (classifiers)"),
     "edge_cases": ("model validation", "schema edge cases handled (smoke step edge_cases)"),
     "artifact_size": ("model validation", "artifact size under the budget"),
-    "latency": ("model validation", "single-row p99 latency under the budget"),
+    "latency": ("model validation", "single-row p99 latency under the budget (median of rounds)"),
+    "onnx_agreement": ("model validation", "the ONNX file's recorded agreement with the artifact within tolerance"),
     "input_schema": ("data validation", "input schema recorded with types and ranges/categories"),
     "missing_values": ("data validation", "missing-value behaviour known (shares and input contract)"),
     "distribution_stats": ("data validation", "distribution statistics recorded (reference profile)"),
@@ -45,7 +46,12 @@ OWN_ITEM = {
 DEFAULT_POLICY: dict[str, Any] = {
     "required": [i for i in ITEMS if i != "rollback_ready"],
     "advisory": ["rollback_ready"],
-    "budgets": {"latency_p99_ms": 50.0, "artifact_mb": 500.0},
+    "budgets": {
+        "latency_p99_ms": 50.0,
+        "artifact_mb": 500.0,
+        "onnx_max_abs_difference": 1e-5,
+        "onnx_label_agreement": 1.0,
+    },
     "baseline": {"rule": "not_worse", "margin": 0.01, "metric": None, "alias": "production"},
 }
 
@@ -104,6 +110,8 @@ def load_policy(path: Path | None) -> dict[str, Any]:
             raise bad(f"{key} must be a finite number >= 0, got {value!r}")
         if key.startswith("budgets.") and value == 0:
             raise bad(f"{key} must be above 0 (a zero budget fails every model), got {value!r}")
+    if policy["budgets"]["onnx_label_agreement"] > 1:
+        raise bad("budgets.onnx_label_agreement is a share of rows, at most 1")
     if baseline["metric"] is not None and baseline["metric"] not in metrics.METRIC_ALIASES:
         raise bad(
             f"baseline.metric {baseline['metric']!r} is not a metric", f"use one of {', '.join(metrics.METRIC_ALIASES)}"

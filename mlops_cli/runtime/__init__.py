@@ -12,7 +12,7 @@
 No I/O beyond loading from the registry, no signals, no `sys.stdout`; safe to call from several threads.
 """
 
-from mlops_cli.runtime.model import RUNTIME, LoadedModel, Scored, proba_column
+from mlops_cli.runtime.model import RUNTIME, RUNTIMES, LoadedModel, LoadOptions, Scored, proba_column
 from mlops_cli.runtime.spec import FeatureSpec, ModelSpec
 
-__all__ = ["RUNTIME", "FeatureSpec", "LoadedModel", "ModelSpec", "Scored", "proba_column"]
+__all__ = ["RUNTIME", "RUNTIMES", "FeatureSpec", "LoadOptions", "LoadedModel", "ModelSpec", "Scored", "proba_column"]

@@ -91,6 +91,19 @@ class Scored:
 RUNTIMES = ("auto", "sklearn", "onnx")
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a command loads its models: `--runtime`, `--strict`, and whether this host unpickles (`--no-pickle`)."""
+
+    runtime: str = "auto"
+    strict: bool = False  # a scikit-learn version other than the recorded one is an error, not a warning
+    allow_pickle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"--runtime {self.runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+
+
 @dataclass
 class LoadedModel:
     """A model ready to score: its spec, the predictor that answers (scikit-learn or ONNX), and, when it came from
@@ -112,30 +125,23 @@ class LoadedModel:
 
     @classmethod
     def load(
-        cls,
-        registry: Registry,
-        ref: str | Version,
-        *,
-        strict: bool = False,
-        proba: bool = True,
-        runtime: str = "auto",
-        allow_pickle: bool = True,
+        cls, registry: Registry, ref: str | Version, load: LoadOptions | None = None, *, proba: bool = True
     ) -> LoadedModel:
         """Resolve, verify every stored hash the load reads, then load the runtime asked for: `onnx` (the version's
-        verified ONNX graph), `sklearn` (its skops file, or its pickle unless `allow_pickle` is False), or `auto`
-        (ONNX when the version has one and onnxruntime is installed). Library-version differences warn (raise with
+        verified ONNX graph), `sklearn` (its pickle, or its skops file where pickle is refused), or `auto` (ONNX
+        when the version has one and onnxruntime is installed). Library-version differences warn (raise with
         `strict`): a model may predict differently under another scikit-learn."""
         from mlops_cli.registry import Version
         from mlops_cli.runtime import formats
 
-        if runtime not in RUNTIMES:
-            raise InputError(f"--runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+        load = load or LoadOptions()
+        runtime = load.runtime
         version = ref if isinstance(ref, Version) else registry.resolve(ref)
         spec = ModelSpec.of(version)
         if runtime == "onnx" or (runtime == "auto" and formats.has_onnx(version) and formats.onnx_installed()):
             return cls(spec, formats.load_onnx(version, spec), version, None, "onnx")
-        _check_libraries(version, strict)
-        estimator = formats.load_estimator(version, allow_pickle=allow_pickle)
+        _check_libraries(version, load.strict)
+        estimator = formats.load_estimator(version, allow_pickle=load.allow_pickle)
         return cls.of(estimator, spec, version=version, probe=_probe(version, spec) if proba else None, proba=proba)
 
     @property
