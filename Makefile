@@ -19,6 +19,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check mlops_cli tests benchmarks sample_data
+	$(BIN)/ruff format --check mlops_cli tests benchmarks sample_data
+	$(BIN)/mypy mlops_cli
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

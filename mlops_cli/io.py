@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -432,3 +433,26 @@ class TableWriter:
                 raise
             self._atomic.__exit__(exc_type, exc, tb)
             self.committed = exc is None
+
+
+class Background:
+    """Runs `fn(*args)` in a daemon thread, for an input's sha256 while its rows are read and scored (hashlib and
+    file reads release the GIL); `result()` waits for it and re-raises its error. A daemon: Ctrl-C never waits."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # handed to the main thread by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value

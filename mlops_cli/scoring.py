@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import resource
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -72,7 +71,7 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
     # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
     # imports for the GIL and slow the start by more than the whole hash costs.)
-    fingerprint = _Background(io.fingerprint, input_path, 0)
+    fingerprint = io.Background(io.fingerprint, input_path, 0)
     run = _Run(models, plan, options, input_path)
     # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
     # the write: keep it for the columns where it pays (labels, ids, model names).
@@ -107,7 +106,7 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
         "score-batch",
         results=run.results(output_path, output_format, input_format, seconds),
         inputs=inputs,
-        model=models[0].version.summary(),
+        model=models[0].model.summary(),
     )
     if run.rows_rejected:
         report.messages.append(
@@ -658,29 +657,3 @@ def challenger_rows(columns: list[pa.Array], share: float) -> tuple[np.ndarray, 
     text = key_text(columns)
     has_key = text.is_valid().to_numpy(zero_copy_only=False)
     return (split_hash(text) < share) & has_key, has_key
-
-
-# --- background work ------------------------------------------------------------------------------------
-
-
-class _Background:
-    """Runs `fn(*args)` in a daemon thread (the input's sha256 while the rows are scored: hashlib and file reads
-    release the GIL); `result()` waits for it and re-raises its error."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as exc:  # handed to the main thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value

@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import os
 import sys
-import tempfile
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -178,6 +177,8 @@ def _error_report(state: Invocation, code: int, message: str) -> None:
 
 
 def _save_traceback(state: Invocation) -> Path:
+    import tempfile
+
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"mlops-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:

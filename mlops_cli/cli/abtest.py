@@ -149,7 +149,7 @@ def run(
     bootstrap: Annotated[int, typer.Option(min=50, help="Paired bootstrap resamples.", rich_help_panel=MODELS)] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.", rich_help_panel=MODELS)] = 0,
     strict: StrictOpt = False,
-    runtime: Annotated[RuntimeOpt, typer.Option(rich_help_panel=MODELS)] = "auto",
+    runtime: RuntimeOpt = "auto",
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +80,8 @@ def run(
         raise typer.BadParameter("needs --target, the label column", param_hint="--eval-data")
     recorded = pairs(metric, "--metric", float)
     if metrics_file is not None:
+        import json
+
         try:
             loaded = json.loads(metrics_file.read_text())
         except (OSError, ValueError) as exc:

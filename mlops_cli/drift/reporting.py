@@ -116,29 +116,28 @@ def report(
             "e.g. mlops drift-report current.parquet --model churn@production",
         )
     paths = [p for p in (reference_path, current_path) if p is not None]
-    with ThreadPoolExecutor(1) as hashing:
-        # The inputs' sha256 (a full read of each file) runs beside the parsing and the statistics.
-        digests = [hashing.submit(io.fingerprint, p) for p in paths]
-        current = io.read_table(current_path, fmt=fmt)
-        if options.target is not None and options.target not in current.columns:
-            # A mistyped --target would otherwise silently drop the performance check.
-            raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
-        reference = io.read_table(reference_path, fmt=fmt) if reference_path is not None else None
-        if model_ref is None:
-            assert reference is not None
-            out = _report(*compare(reference, current, options), [], None, [])
-            col = options.prediction_column
-            if col is not None and col in reference.columns and col in current.columns:
-                out.results["summary"]["prediction_drift"] = model.prediction_row(
-                    col, reference[col], current[col], options
-                )
-            elif col is not None:
-                side = "REFERENCE" if col not in reference.columns else "CURRENT"
-                out.messages.append(f"prediction drift skipped: no column {col!r} in {side}")
-        else:
-            assert registry is not None
-            version = registry.resolve(model_ref)
-            out = drift_for_model(registry, version, current, options=options, reference=reference)
+    # The inputs' sha256 (a full read of each file) runs beside the parsing and the statistics.
+    digests = [io.Background(io.fingerprint, p) for p in paths]
+    current = io.read_table(current_path, fmt=fmt)
+    if options.target is not None and options.target not in current.columns:
+        # A mistyped --target would otherwise silently drop the performance check.
+        raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
+    reference = io.read_table(reference_path, fmt=fmt) if reference_path is not None else None
+    if model_ref is None:
+        assert reference is not None
+        out = _report(*compare(reference, current, options), [], None, [])
+        col = options.prediction_column
+        if col is not None and col in reference.columns and col in current.columns:
+            out.results["summary"]["prediction_drift"] = model.prediction_row(
+                col, reference[col], current[col], options
+            )
+        elif col is not None:
+            side = "REFERENCE" if col not in reference.columns else "CURRENT"
+            out.messages.append(f"prediction drift skipped: no column {col!r} in {side}")
+    else:
+        assert registry is not None
+        version = registry.resolve(model_ref)
+        out = drift_for_model(registry, version, current, options=options, reference=reference)
     frames = [f for f in (reference, current) if f is not None]
     out.inputs = [{**d.result(), "rows": len(f)} for d, f in zip(digests, frames, strict=True)]
     return out

@@ -183,11 +183,11 @@ def checklist(
     if determinism:
         e["duration_s"] = determinism["duration_s"]
     with item("library_versions") as e:
-        load = smoke_steps.get("load")
-        differs = load["evidence"].get("library_differences") if load else None
+        loaded = smoke_steps.get("load")
+        differs = loaded["evidence"].get("library_differences") if loaded else None
         e["evidence"] = {"recorded": manifest["libraries"], "differences": differs}
         if differs is None:
-            e["evidence"]["reason"] = "smoke test did not load the model" if load else "smoke test not run"
+            e["evidence"]["reason"] = "smoke test did not load the model" if loaded else "smoke test not run"
         e["status"] = PASS if differs == {} else FAIL
     with item("smoke_test") as e:
         judged = [s for s in smoke_lib.STEPS if s not in OWN_ITEM]
@@ -219,7 +219,7 @@ def checklist(
         "checklist",
         results={"items": items.entries, "failed": failed, "policy": rules},
         passed=not failed,
-        model=version.summary(),
+        model=smoke.model if smoke is not None and smoke.model else version.summary(),  # names the runtime
         inputs=inputs,
         messages=smoke.messages if smoke else [],
     )

@@ -372,8 +372,8 @@ def _edge_cases(
             scored = model.score(mutated)
         except SchemaMismatch as exc:  # the contract refuses the data as a whole: the model never sees it
             entry.update(outcome="refused_by_contract", reason=exc.message, verdict=PASS)
-        except InvalidData as exc:  # the model raised on rows that fit its contract
-            entry.update(outcome="raised", error=exc.message)
+        except InvalidData as exc:  # the model raised on rows that fit its contract (the runtime wraps it)
+            entry.update(outcome="raised", error=error_line(exc.__cause__ or exc))
             entry["verdict"] = PASS if may_raise else FAIL
         except (MlopsError, KeyboardInterrupt):
             raise

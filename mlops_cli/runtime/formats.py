@@ -68,7 +68,9 @@ def load_onnx(version: Version, spec: ModelSpec) -> OnnxPredictor:
         )
     if not onnx_installed():
         raise MissingExtra("onnxruntime is not installed", "pip install 'mlops-cli[onnx]', or use --runtime sklearn")
-    return OnnxPredictor(version.file(ONNX_FILE).read_bytes(), spec)
+    from mlops_cli.runtime import threads
+
+    return OnnxPredictor(version.file(ONNX_FILE).read_bytes(), spec, threads=1 if threads.pinned() else 0)
 
 
 def load_estimator(version: Version, *, allow_pickle: bool) -> Any:

@@ -46,6 +46,10 @@ def pin_single() -> None:
     for_rows(1)
 
 
+def pinned() -> bool:
+    return _pinned
+
+
 def default_threads() -> int:
     """The thread count a large batch runs with (the libraries' default on this machine)."""
     _control()
