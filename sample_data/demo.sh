@@ -12,15 +12,18 @@ step() { printf '\n%s$' "$bold"; printf ' %q' "$@"; printf '%s\n' "$plain"; "$@"
 # --- registry: train, register with training and evaluation data, promote, register v2, roll back ---
 # Trained on January to mid-April; tested on the rest of April, which it did not see.
 step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib" --split-dir "$OUT"
+# --formats onnx,skops: also an ONNX graph (checked against the artifact on the sample and the eval data before it is
+# stored) and a skops file (loads only the types listed here). Commands then predict with ONNX (--runtime auto).
 step mlops register "$OUT/flights-v1.joblib" --name flights --train-data "$OUT/train.parquet" \
-    --target delayed --eval-data "$OUT/eval.parquet" --description "HistGradientBoosting, Jan-Apr 2013"
+    --target delayed --eval-data "$OUT/eval.parquet" --description "HistGradientBoosting, Jan-Apr 2013" \
+    --formats onnx,skops
 step mlops models list
 step mlops models show flights:1
 step mlops models promote flights:1 production --reason "first release"
 step python sample_data/train.py sample_data/reference.parquet "$OUT/flights-v2.joblib" --max-iter 60 \
     --split-dir "$OUT"
 step mlops register "$OUT/flights-v2.joblib" --name flights --train-data "$OUT/train.parquet" \
-    --target delayed --eval-data "$OUT/eval.parquet" --description "fewer rounds"
+    --target delayed --eval-data "$OUT/eval.parquet" --description "fewer rounds" --formats onnx,skops
 step mlops models promote flights:2 production --reason "smaller model"
 step mlops models rollback flights --reason "demo: roll back to v1"
 step mlops models history flights
@@ -29,6 +32,8 @@ step mlops models history flights
 # An explicit latency budget of 500 ms (the default is 50 ms): the demo shows the gates at work, and a busy machine
 # must not abort it. The checklist takes its budget from a policy file.
 step mlops smoke-test flights@production --max-latency-ms 500
+# The same model on the scikit-learn runtime, and on a host that never unpickles (the skops file is loaded).
+step mlops --no-pickle smoke-test flights@production --runtime sklearn --max-latency-ms 500 -q
 printf '[budgets]\nlatency_p99_ms = 500\n' >"$OUT/policy.toml"
 step mlops checklist flights:2 --eval-data "$OUT/eval.parquet" --policy "$OUT/policy.toml"
 

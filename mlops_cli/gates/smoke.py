@@ -247,7 +247,7 @@ def _smoke_steps(
             entry["evidence"] = {"rows": len(frame), "identical": diff.pop("same"), **diff}
             entry["status"] = PASS if entry["evidence"]["identical"] else FAIL
         with steps.step("serialization") as entry:
-            diff = _difference(batch, _outputs(_reloaded(model), frame), version)
+            diff = _difference(batch, _outputs(_reloaded(model, load), frame), version)
             entry["evidence"] = {"identical_after_reload": diff.pop("same"), **diff}
             entry["status"] = PASS if entry["evidence"]["identical_after_reload"] else FAIL
     with steps.step("latency") as entry:
@@ -296,19 +296,26 @@ def _missing_methods(model: LoadedModel) -> list[str]:
     return [m for m in needed if not hasattr(model.estimator, m)]
 
 
-def _reloaded(model: LoadedModel) -> LoadedModel:
-    """The model written out and read back as its runtime stores it: a joblib round trip of the estimator, or the
-    version's ONNX file read again into a new session."""
-    if model.runtime == "onnx":
-        from mlops_cli.runtime import formats
+def _reloaded(model: LoadedModel, load: LoadOptions) -> LoadedModel:
+    """The model written out and read back as its runtime stores it: the version's ONNX file read again into a new
+    session; a skops round trip where pickle is refused; else a joblib round trip of the estimator."""
+    from mlops_cli.runtime import formats
 
+    if model.runtime == "onnx":
         assert model.version is not None  # an ONNX model always comes from the registry
         return LoadedModel(model.spec, formats.load_onnx(model.version, model.spec), model.version, None, "onnx")
-    import joblib
-
     with tempfile.TemporaryDirectory() as tmp:
-        joblib.dump(model.estimator, Path(tmp) / "model.joblib")
-        return LoadedModel.of(joblib.load(Path(tmp) / "model.joblib"), model.spec, version=model.version)
+        path = Path(tmp) / "model"
+        if not load.allow_pickle and model.version is not None:
+            import skops.io as sio
+
+            sio.dump(model.estimator, path)
+            trusted = model.version.manifest["formats"]["skops"]["trusted_types"]
+            return LoadedModel.of(formats.load_skops(path, trusted), model.spec, version=model.version)
+        import joblib
+
+        joblib.dump(model.estimator, path)
+        return LoadedModel.of(joblib.load(path), model.spec, version=model.version)
 
 
 def _some_missing(column: pd.Series) -> pd.Series:

@@ -170,9 +170,10 @@ class LoadedModel:
 
         features, invalid, reasons = contract.validate(self._columns(data), self.spec)
         n = len(invalid)
-        used = threads.for_rows(n) if self.runtime == RUNTIME else 1
+        # onnxruntime has its own pool: every core, or one in a pinned server worker
+        used = threads.for_rows(n) if self.runtime == RUNTIME else (1 if threads.pinned() else None)
         classes = tuple(self.classes.tolist()) if self.classes is not None else None
-        if n and invalid.all():
+        if invalid.all():  # every row rejected, or no rows: the model is not called
             width = len(classes) if self.with_proba and classes else 0
             empty = np.empty(0, dtype=object)
             return Scored(empty, np.empty((0, width)) if width else None, invalid, reasons, classes, self.runtime, used)

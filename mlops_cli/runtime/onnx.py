@@ -32,15 +32,6 @@ class NotConvertible(MlopsError):
     """The model cannot be converted (an estimator or option skl2onnx does not support, a custom transformer)."""
 
 
-def available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-        import skl2onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def convert(estimator: Any, spec: ModelSpec) -> bytes:
     """The ONNX graph of a fitted estimator, with one input per feature (or one matrix `X` for a model fitted on an
     array). NotConvertible says why not."""
