@@ -161,3 +161,20 @@ def test_an_edited_trusted_types_list_is_refused(cli, tmp_path, registry_dir):
     path.write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="altered after registration"):
         LoadedModel.load(Registry(registry_dir), "m", LoadOptions(allow_pickle=False))
+
+
+def test_onnx_answers_do_not_depend_on_the_batch(cli, tmp_path, registry_dir):
+    """One row, one answer: alone, in a small batch, or in a batch large enough to run in parallel chunks."""
+    from mlops_cli.runtime.onnx import PARALLEL_ROWS
+
+    model, train, frame = _numeric(tmp_path, RandomForestClassifier(n_estimators=100, random_state=0))
+    _register(cli, model, train, "--formats", "onnx")
+    onnx = LoadedModel.load(Registry(registry_dir), "m", LoadOptions("onnx"))
+    assert onnx.predictor.threads >= 1
+    rows = frame[NUMERIC].head(50)
+    big = pd.concat([rows] * (PARALLEL_ROWS // len(rows) + 2), ignore_index=True)
+    singles = np.vstack([onnx.score(rows.iloc[[i]]).proba for i in range(len(rows))])
+    np.testing.assert_array_equal(onnx.score(rows).proba, singles)
+    whole = onnx.score(big).proba
+    for start in range(0, len(big) - len(rows) + 1, len(rows)):
+        np.testing.assert_array_equal(whole[start : start + len(rows)], singles)

@@ -70,7 +70,9 @@ def load_onnx(version: Version, spec: ModelSpec) -> OnnxPredictor:
         raise MissingExtra("onnxruntime is not installed", "pip install 'mlops-cli[onnx]', or use --runtime sklearn")
     from mlops_cli.runtime import threads
 
-    return OnnxPredictor(version.file(ONNX_FILE).read_bytes(), spec, threads=1 if threads.pinned() else 0)
+    return OnnxPredictor(
+        version.file(ONNX_FILE).read_bytes(), spec, threads=1 if threads.pinned() else threads.default_threads()
+    )
 
 
 def load_estimator(version: Version, *, allow_pickle: bool) -> Any:

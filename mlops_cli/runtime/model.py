@@ -170,8 +170,8 @@ class LoadedModel:
 
         features, invalid, reasons = contract.validate(self._columns(data), self.spec)
         n = len(invalid)
-        # onnxruntime has its own pool: every core, or one in a pinned server worker
-        used = threads.for_rows(n) if self.runtime == RUNTIME else (1 if threads.pinned() else None)
+        # ONNX: one thread per session call; a large batch is cut into row chunks, one thread each
+        used = threads.for_rows(n) if self.runtime == RUNTIME else 1
         classes = tuple(self.classes.tolist()) if self.classes is not None else None
         if invalid.all():  # every row rejected, or no rows: the model is not called
             width = len(classes) if self.with_proba and classes else 0
