@@ -293,7 +293,8 @@ def render_steps(report: Report, console: Console) -> None:
     """smoke-test steps and checklist items: one line each, evidence shown for everything that did not pass."""
     entries = report.results.get("steps") or report.results.get("items") or []
     model = report.model or {}
-    console.print(f"[bold]{report.command} {model.get('name')}:{model.get('version')}[/]")
+    runtime = f" (runtime: {model['runtime']})" if model.get("runtime") else ""
+    console.print(f"[bold]{report.command} {model.get('name')}:{model.get('version')}[/]{runtime}")
     section = None
     for e in entries:
         if e.get("section") and e["section"] != section:
@@ -348,7 +349,7 @@ def render_score_batch(report: Report, console: Console) -> None:
         shares = (m["prediction"].get("class_shares") or {}).items()
         table.add_row(
             m["role"],
-            f"{m['name']}:{m['version']}",
+            f"{m['name']}:{m['version']} ({m['runtime']})",
             m["sha256"][:12],
             fmt(m["rows_routed"]),
             f"{m['share']:.1%}" if m["share"] is not None else "–",
