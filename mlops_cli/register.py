@@ -4,6 +4,7 @@ through the runtime, store the extra formats asked for, and publish the version 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from mlops_cli.registry import (
     user,
 )
 from mlops_cli.report import utc_now
-from mlops_cli.runtime import LoadedModel, ModelSpec
+from mlops_cli.runtime import LoadedModel, ModelSpec, formats
 from mlops_cli.runtime.formats import FormatOptions
 
 
@@ -97,10 +98,11 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
             manifest["eval_metrics"], manifest["eval_data"], labelled = _evaluate(estimator, info, manifest, options)
             checks.append(("eval data", labelled))
         if options.formats.formats:
-            manifest["formats"] = _formats(estimator, manifest, staging, checks, options.formats)
-            files.update(
-                {b["file"]: _file_entry(staging / b["file"]) for b in manifest["formats"].values() if b["stored"]}
-            )
+            spec = ModelSpec.from_manifest(manifest)
+            manifest["formats"], stored = formats.store(estimator, spec, checks, options.formats)
+            for file, data in stored.items():
+                io.write_atomic(staging / file, functools.partial(_write, data))  # durable before publishing
+                files[file] = _file_entry(staging / file)
         manifest["files"] = files
         return registry.add_version(
             name,
@@ -114,6 +116,10 @@ def register(registry: Registry, model_file: Path, name: str, options: RegisterO
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write(data: bytes, fh: Any) -> None:
+    fh.write(data)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -214,14 +220,6 @@ def _evaluate(estimator: Any, info: dict[str, Any], manifest: dict[str, Any], op
     if options.eval_data_label:
         recorded["path"] = options.eval_data_label
     return results, recorded, frame[model.spec.feature_names]
-
-
-def _formats(
-    estimator: Any, manifest: dict[str, Any], staging: Path, checks: list[tuple[str, Any]], options: FormatOptions
-) -> dict[str, Any]:
-    from mlops_cli.runtime import formats
-
-    return formats.store(estimator, ModelSpec.from_manifest(manifest), staging, checks, options)
 
 
 def _git_state() -> dict[str, Any] | None:

@@ -4,8 +4,10 @@
     contract.py   coercion and row-by-row validation against the input contract
     predictor.py  one model call per batch; the argmax-versus-predict rule, decided at load
     threads.py    one BLAS/OpenMP thread for small batches
-    artifacts.py  reading a model file
-    model.py      LoadedModel.load / LoadedModel.score -> Scored
+    artifacts.py  reading a pickle; what a fitted estimator says about itself
+    onnx.py       conversion (skl2onnx) and the ONNX predictor (onnxruntime)
+    formats.py    which stored file a load reads (pickle, skops, ONNX), and storing them at registration
+    model.py      LoadOptions, LoadedModel.load / LoadedModel.score -> Scored
     labelled.py   predictions on labelled rows, for metrics
     latency.py    single-row latency of the serving path
 

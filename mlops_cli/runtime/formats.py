@@ -6,7 +6,7 @@
     model.onnx     optional (--formats onnx): a computation graph, run by onnxruntime; stored only when it agreed
                    with the artifact on the reference sample (and eval data) within the tolerance.
 
-Every file is hash-verified before it is read. `allow_pickle=False` (mlops --no-pickle, MLOPS_NO_PICKLE=1, or the
+Every file is hash-verified before it is read. Storing returns bytes; `register` writes them into the version. `allow_pickle=False` (mlops --no-pickle, MLOPS_NO_PICKLE=1, or the
 registry's settings.toml) refuses the pickle: a serving host can then run without ever unpickling.
 """
 
@@ -91,36 +91,43 @@ def load_estimator(version: Version, *, allow_pickle: bool) -> Any:
     return load_skops(version.file(SKOPS_FILE), trusted)
 
 
-def load_skops(path: Path, trusted: list[str]) -> Any:
+def load_skops(source: Path | bytes, trusted: list[str]) -> Any:
+    """A skops file (or its bytes), rebuilt with exactly the `trusted` types and no others."""
     try:
         import skops.io as sio
     except ImportError as exc:
         raise MissingExtra("skops is not installed", "pip install 'mlops-cli[onnx]'") from exc
+    where = "the skops file" if isinstance(source, bytes) else str(source)
     try:
-        return sio.load(path, trusted=list(trusted))
+        if isinstance(source, bytes):
+            return sio.loads(source, trusted=list(trusted))
+        return sio.load(source, trusted=list(trusted))
     except sio.exceptions.UntrustedTypesFoundException as exc:
         raise IntegrityError(
-            f"{path} needs types its manifest does not trust ({short(exc)})",
+            f"{where} needs types its manifest does not trust ({short(exc)})",
             "it was not written by this registration: restore it from a backup",
         ) from exc
     except Exception as exc:  # skops raises whatever the objects it rebuilds raise
-        raise UnreadableFile(f"{path}: cannot be loaded ({type(exc).__name__}: {short(exc)})") from exc
+        raise UnreadableFile(f"{where}: cannot be loaded ({type(exc).__name__}: {short(exc)})") from exc
 
 
 # --- storing, at registration ----------------------------------------------------------------------------------
 
 
 def store(
-    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
-) -> dict[str, Any]:
-    """Write the extra formats asked for into `folder`; return the manifest's `formats` block, which says for each
-    whether it was stored and, if not, why. A format that cannot be stored never fails the register."""
-    out: dict[str, Any] = {}
-    if "skops" in options.formats:
-        out["skops"] = _store_skops(estimator, spec, folder, checks, options)
-    if "onnx" in options.formats:
-        out["onnx"] = _store_onnx(estimator, spec, folder, checks, options)
-    return out
+    estimator: Any, spec: ModelSpec, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The extra formats asked for, each checked on `checks` (label, rows): the manifest's `formats` block, which
+    says for each whether it is stored and, if not, why; and the files to store (name -> bytes). A format that
+    cannot be stored never fails the register."""
+    blocks: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    for name, make in (("skops", _skops), ("onnx", _onnx)):
+        if name in options.formats:
+            blocks[name], data = make(estimator, spec, checks, options)
+            if data is not None:
+                files[blocks[name]["file"]] = data
+    return blocks, files
 
 
 def not_stored(manifest: dict[str, Any]) -> list[str]:
@@ -128,50 +135,48 @@ def not_stored(manifest: dict[str, Any]) -> list[str]:
     return [f"no {n} file stored: {b['reason']}" for n, b in (manifest.get("formats") or {}).items() if not b["stored"]]
 
 
-def _store_skops(
-    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
-) -> dict[str, Any]:
+Stored = tuple[dict[str, Any], bytes | None]  # the manifest block, and the file's bytes when it is stored
+
+
+def _skops(estimator: Any, spec: ModelSpec, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions) -> Stored:
     try:
         import skops.io as sio
     except ImportError:
-        return {"stored": False, "reason": "skops is not installed (pip install 'mlops-cli[onnx]')"}
-    path = folder / SKOPS_FILE
+        return {"stored": False, "reason": "skops is not installed (pip install 'mlops-cli[onnx]')"}, None
     try:
-        sio.dump(estimator, path)
+        data = sio.dumps(estimator)
     except Exception as exc:  # an object skops cannot serialise
-        path.unlink(missing_ok=True)
-        return {"stored": False, "reason": f"skops cannot write it ({type(exc).__name__}: {short(exc)})"}
-    needed = sorted(sio.get_untrusted_types(file=path))
+        return {"stored": False, "reason": f"skops cannot write it ({type(exc).__name__}: {short(exc)})"}, None
+    needed = sorted(sio.get_untrusted_types(data=data))
     untrusted = [t for t in needed if t.split(".")[0] not in TRUSTED_PACKAGES and t not in options.trust]
     if untrusted:
-        path.unlink()
         return {
             "stored": False,
             "reason": f"it needs types nobody trusted: {untrusted} (review them, then pass --trust TYPE for each)",
             "untrusted_types": untrusted,
-        }
+        }, None
     # Read it back with exactly the list the manifest will hold, and check it answers as the artifact does.
-    reloaded = load_skops(path, needed)
-    difference = _difference(estimator, reloaded, spec, checks)
+    difference = _difference(estimator, load_skops(data, needed), spec, checks)
     if difference["max_abs_difference"] != 0 or difference["label_agreement"] not in (1, None):
-        path.unlink()
-        return {"stored": False, "reason": "the reloaded skops model answers differently", "agreement": difference}
-    return {"stored": True, "file": SKOPS_FILE, "trusted_types": needed, "agreement": difference}
+        return {
+            "stored": False,
+            "reason": "the reloaded skops model answers differently",
+            "agreement": difference,
+        }, None
+    return {"stored": True, "file": SKOPS_FILE, "trusted_types": needed, "agreement": difference}, data
 
 
-def _store_onnx(
-    estimator: Any, spec: ModelSpec, folder: Path, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions
-) -> dict[str, Any]:
+def _onnx(estimator: Any, spec: ModelSpec, checks: list[tuple[str, pd.DataFrame]], options: FormatOptions) -> Stored:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         graph = convert(estimator, spec)
     except NotConvertible as exc:
-        return {"stored": False, "reason": f"cannot convert it to ONNX ({exc.one_line()})"}
+        return {"stored": False, "reason": f"cannot convert it to ONNX ({exc.one_line()})"}, None
     try:
         predictor = OnnxPredictor(graph, spec)
     except Exception as exc:  # onnxruntime refuses the graph
-        return {"stored": False, "reason": f"onnxruntime cannot load the converted graph ({short(exc)})"}
+        return {"stored": False, "reason": f"onnxruntime cannot load the converted graph ({short(exc)})"}, None
     agreement = _difference(estimator, predictor, spec, checks)
     tolerance = {"label_agreement": options.label_agreement, "max_abs_difference": options.tolerance}
     libraries: dict[str, str | None] = {}
@@ -182,7 +187,11 @@ def _store_onnx(
             libraries[dist] = None
     block = {"agreement": agreement, "tolerance": tolerance, "libraries": libraries}
     if agreement["rows"] == 0:
-        return {**block, "stored": False, "reason": "no reference rows to check the conversion on (pass --train-data)"}
+        return {
+            **block,
+            "stored": False,
+            "reason": "no reference rows to check the conversion on (pass --train-data)",
+        }, None
     labels = agreement["label_agreement"]
     if (labels is not None and labels < options.label_agreement) or agreement["max_abs_difference"] > options.tolerance:
         said = f"labels agree on {labels:.4%} of {agreement['rows']:,} rows, " if labels is not None else ""
@@ -194,9 +203,8 @@ def _store_onnx(
                 f"{agreement['max_abs_difference']:.3g} (allowed: {options.label_agreement:.4%} of labels, "
                 f"{options.tolerance:g})"
             ),
-        }
-    (folder / ONNX_FILE).write_bytes(graph)
-    return {**block, "stored": True, "file": ONNX_FILE}
+        }, None
+    return {**block, "stored": True, "file": ONNX_FILE}, graph
 
 
 def _difference(estimator: Any, other: Any, spec: ModelSpec, checks: list[tuple[str, pd.DataFrame]]) -> dict[str, Any]:
