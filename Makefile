@@ -4,7 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test lint bench clean
+.PHONY: env demo test lint bench clean system
+
+# Debian programs the tests run for real: promtool (the prometheus package) checks /metrics. Installed once.
+SYSTEM := /usr/bin/promtool
+$(SYSTEM):
+	command -v apt-get >/dev/null || { echo "install promtool (Prometheus) by hand" >&2; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+system: $(SYSTEM)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +25,7 @@ env: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash sample_data/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) $(SYSTEM)
 	$(BIN)/ruff check mlops_cli tests benchmarks sample_data
 	$(BIN)/ruff format --check mlops_cli tests benchmarks sample_data
 	$(BIN)/mypy mlops_cli

@@ -1,8 +1,12 @@
-"""The one exception tree. Each class carries the exit code the CLI turns it into.
+"""The one exception tree. Each class carries the exit code the CLI turns it into, and the HTTP status the servers
+answer with (the one error-to-status map: `http_status`).
 
-MlopsError (exit 5, a bug if it escapes as the base class)
- ├── InputError (exit 3): MissingFile, EmptyInput, UnreadableFile, SchemaMismatch, InvalidData, OutputExists
- └── RegistryError (exit 4): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
+MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
+ ├── InputError (exit 3, HTTP 400): MissingFile, EmptyInput, UnreadableFile, OutputExists,
+ │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract)
+ │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
+ │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
+ └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
                              VersionMismatch, NothingToRollBack, AliasMoved
 
 Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
@@ -15,6 +19,7 @@ class MlopsError(Exception):
     """Base of every error the tool raises on purpose. `hint` says what to do about it."""
 
     exit_code = 5
+    http_status = 500
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -28,6 +33,7 @@ class MlopsError(Exception):
 
 class InputError(MlopsError):
     exit_code = 3
+    http_status = 400
 
 
 class MissingFile(InputError):
@@ -43,19 +49,56 @@ class UnreadableFile(InputError):
 
 
 class SchemaMismatch(InputError):
-    pass
+    http_status = 422
 
 
 class InvalidData(InputError):
-    pass
+    http_status = 422
 
 
 class OutputExists(InputError):
     pass
 
 
+class RequestError(InputError):
+    """A server's answer to a request it will not serve. Messages never quote the caller's values."""
+
+
+class Malformed(RequestError):
+    http_status = 400
+
+
+class Unauthorized(RequestError):
+    http_status = 401
+
+
+class NotFound(RequestError):
+    http_status = 404
+
+
+class TooLarge(RequestError):
+    http_status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    http_status = 415
+
+
+class Overloaded(RequestError):
+    http_status = 429
+
+
+class NotReady(RequestError):
+    http_status = 503
+
+
+class DeadlineExceeded(RequestError):
+    http_status = 504
+
+
 class RegistryError(MlopsError):
     exit_code = 4
+    http_status = 503  # in a server, the registry is a service it needs
 
 
 class ModelNotFound(RegistryError):

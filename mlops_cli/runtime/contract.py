@@ -128,6 +128,41 @@ def _validate_columns(data: Mapping[str, Any], spec: ModelSpec) -> tuple[Columns
     return out, invalid, reasons
 
 
+SCALARS = (str, int, float, bool, type(None))
+
+
+def from_values(values: Mapping[str, list[Any]], spec: ModelSpec) -> Columns:
+    """Feature columns from JSON values (a server's request, a stream's messages), typed as a Parquet file of the
+    same rows would be, so that `validate` treats them alike: numbers as int64 or float64 (None as NaN), booleans as
+    bool, everything else as objects. A text column that holds numbers raises SchemaMismatch, as it does from a
+    file; text in a numeric column is left for `validate` to convert or flag row by row. `values` holds scalars
+    only (the caller checks)."""
+    import numpy as np
+
+    spec.require_features(values.keys(), where="the request")
+    out: Columns = {}
+    for feature in spec.features:
+        column = values[feature.name]
+        kind = feature.kind
+        if kind == "categorical" or kind == "datetime":
+            if any(v is not None and not isinstance(v, str) for v in column):
+                raise _wrong_type(feature.name, "number", "text categories" if kind == "categorical" else "dates")
+            out[feature.name] = np.array(column, dtype=object)
+            continue
+        array = np.asarray(column) if column else np.empty(0, dtype=np.float64)
+        if kind == "numeric" and array.dtype.kind not in "iuf":
+            try:
+                array = np.array(column, dtype=np.float64)  # None -> NaN; booleans and text are not numbers here
+                if any(isinstance(v, bool | str) for v in column):
+                    raise ValueError
+            except (ValueError, TypeError):
+                array = np.array(column, dtype=object)
+        elif array.dtype.kind == "U":
+            array = np.array(column, dtype=object)
+        out[feature.name] = array
+    return out
+
+
 def _ready(feature: FeatureSpec, dtype: Any) -> bool:
     """Whether a column of this dtype is already what the model was trained on (no coercion to do)."""
     import numpy as np

@@ -1,0 +1,255 @@
+"""The prediction log: one row per prediction, as Parquet files that `drift-report` and `monitor` read as a folder.
+
+Each worker writes its own stream, `LOG_DIR/<UTC date>/predictions-<UTC time>-w<slot>-<pid>-<n>.parquet`. A file is
+written under a hidden temporary name and published by one rename when it is rotated (every `rotate_s` seconds or
+`rotate_rows` rows) or at shutdown, so a reader never sees half a file; a kill -9 loses the file being written, at
+most `rotate_s` seconds of rows. Requests hand their rows to a bounded queue and never wait for the disk: when the
+queue is full the rows are dropped and counted (`mlops_serve_log_rows_total{result="dropped"}`), never silently.
+
+The columns are score-batch's (ids, the features as registered, `prediction`, `proba_*`, `model_name`,
+`model_version`, `invalid_reason`) plus `request_id`, `received_at`, `latency_ms` and `route`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_cli.errors import MlopsError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mlops_cli.online.routing import Routed
+    from mlops_cli.runtime.spec import ModelSpec
+
+ROTATE_S = 60.0
+ROTATE_ROWS = 1_000_000
+MAX_QUEUED_ROWS = 100_000
+ROW_GROUP_ROWS = 16_384  # rows gathered before a Parquet row group is written
+ROW_GROUP_S = 5.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One request's rows, as handed over by the request (nothing is converted on the request path)."""
+
+    values: Mapping[str, list[Any]]
+    routed: Routed
+    spec: ModelSpec
+    ids: list[Any] | None
+    request_id: str
+    received_at: float
+    latency_ms: float
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        directory: Path,
+        slot: int,
+        *,
+        rotate_s: float = ROTATE_S,
+        rotate_rows: int = ROTATE_ROWS,
+        max_queued_rows: int = MAX_QUEUED_ROWS,
+        on_rows: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.slot = slot
+        self.rotate_s, self.rotate_rows = rotate_s, rotate_rows
+        self.max_queued_rows = max_queued_rows
+        self.on_rows = on_rows or (lambda result, n: None)
+        self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._files = 0
+        self._thread = threading.Thread(target=self._run, name="mlops-predlog", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: Entry) -> bool:
+        """Queue a request's rows; False (and counted) when the queue is full. Never blocks on the disk."""
+        n = entry.routed.n
+        with self._lock:
+            if self._queued + n > self.max_queued_rows:
+                full = True
+            else:
+                full = False
+                self._queued += n
+        if full:
+            self.on_rows("dropped", n)
+            return False
+        self._queue.put(entry)
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued and publish the current file (SIGTERM)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # --- the writer thread -------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        writer: _File | None = None
+        pending: list[Entry] = []
+        pending_rows = 0
+        last_group = time.monotonic()
+        while True:
+            try:
+                entry = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                entry = False  # type: ignore[assignment]
+            if entry is not None and entry is not False:
+                pending.append(entry)
+                pending_rows += entry.routed.n
+            now = time.monotonic()
+            closing = entry is None
+            due = pending_rows >= ROW_GROUP_ROWS or now - last_group >= ROW_GROUP_S
+            if pending and (due or closing):
+                writer = self._write(writer, pending)
+                with self._lock:
+                    self._queued -= pending_rows
+                pending, pending_rows, last_group = [], 0, now
+            if writer is not None and (
+                closing or writer.rows >= self.rotate_rows or now - writer.opened >= self.rotate_s
+            ):
+                writer.publish()
+                writer = None
+            if closing:
+                return
+
+    def _write(self, writer: _File | None, entries: list[Entry]) -> _File | None:
+        rows = sum(e.routed.n for e in entries)
+        try:
+            batches = [_batch(e) for e in entries]
+            import pyarrow as pa
+
+            table = (
+                pa.Table.from_batches(batches).combine_chunks() if len(batches) > 1 else pa.Table.from_batches(batches)
+            )
+            if writer is not None and not writer.schema.equals(table.schema):
+                writer.publish()  # the served version's features changed: a new file for the new columns
+                writer = None
+            if writer is None:
+                writer = _File(self._next_path(), table.schema)
+            writer.write(table)
+        except Exception as exc:  # noqa: BLE001 (the log never stops the server; what it lost is counted and said)
+            import sys
+
+            print(
+                f"mlops serve: prediction log: {rows} rows not written ({type(exc).__name__}: {exc})", file=sys.stderr
+            )
+            self.on_rows("dropped", rows)
+            if writer is not None:
+                writer.discard()
+            return None
+        self.on_rows("written", rows)
+        return writer
+
+    def _next_path(self) -> Path:
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        self._files += 1
+        return self.directory / day / f"predictions-{stamp}-w{self.slot}-{os.getpid()}-{self._files}.parquet"
+
+
+class _File:
+    """One log file being written: hidden until `publish` renames it into place."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        from mlops_cli import io
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.rows = 0
+        self.opened = time.monotonic()
+        self._writer = io.TableWriter(path, schema, "parquet", overwrite=False)
+        self._writer.__enter__()
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write(table)
+        self.rows += table.num_rows
+
+    def publish(self) -> None:
+        self._writer.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        try:
+            self._writer.__exit__(RuntimeError, RuntimeError("discarded"), None)
+        except RuntimeError:
+            pass
+
+
+def _batch(entry: Entry) -> pa.RecordBatch:
+    import numpy as np
+    import pyarrow as pa
+
+    from mlops_cli.runtime import contract, proba_column
+    from mlops_cli.scoring import REASON_COLUMN
+
+    routed, spec, n = entry.routed, entry.spec, entry.routed.n
+    names: list[str] = []
+    arrays: list[pa.Array] = []
+
+    def add(name: str, array: pa.Array) -> None:
+        names.append(name)
+        arrays.append(array)
+
+    ids = [None if i is None else str(i) for i in entry.ids] if entry.ids is not None else [None] * n
+    add("id", pa.array(ids, pa.string()))
+    features: Mapping[str, Any] = {}
+    if all(name in entry.values for name in spec.feature_names):
+        try:  # the features as the model took them (coerced); a column the contract could not read is logged null
+            features = contract.validate(contract.from_values(entry.values, spec), spec)[0]
+        except MlopsError:
+            features = {}
+    for feature in spec.features:
+        add(feature.name, _feature(features.get(feature.name), feature.kind, n))
+    add("prediction", pa.array(routed.prediction, type=_prediction_type(spec)))
+    for j, label in enumerate(routed.classes):
+        column = routed.proba[:, j]  # type: ignore[index]
+        add(proba_column(label), pa.array(column, mask=np.isnan(column)))
+    add("model_name", pa.array([spec.name] * n, pa.string()))
+    add("model_version", pa.array(routed.version, pa.string()))
+    add(REASON_COLUMN, pa.array(routed.reasons, pa.string()))
+    add("request_id", pa.array([entry.request_id] * n, pa.string()))
+    add("received_at", pa.array([int(entry.received_at * 1000)] * n, pa.timestamp("ms", tz="UTC")))
+    add("latency_ms", pa.array([entry.latency_ms] * n, pa.float64()))
+    add("route", pa.array(routed.route, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _feature(values: Any, kind: str | None, n: int) -> pa.Array:
+    """A feature as registered: numbers as float64, booleans, text, timestamps; null where a value was unusable."""
+    import pyarrow as pa
+
+    target = {
+        "numeric": pa.float64(),
+        "boolean": pa.bool_(),
+        "categorical": pa.string(),
+        "datetime": pa.timestamp("us"),
+    }
+    type_ = target.get(kind or "", pa.string())
+    if values is None:
+        return pa.nulls(n, type_)
+    try:
+        return pa.array(values, from_pandas=True).cast(type_, safe=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string()).cast(type_, safe=False)
+
+
+def _prediction_type(spec: ModelSpec) -> pa.DataType:
+    import pyarrow as pa
+
+    if spec.task != "classifier" or not spec.classes:
+        return pa.float64()
+    try:
+        return pa.array(list(spec.classes)).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.string()

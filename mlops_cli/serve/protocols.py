@@ -1,0 +1,268 @@
+"""Request bodies to rows, and answers back, for the three protocols `mlops serve` speaks.
+
+- mlops: `POST /predict` with `{"rows": [{...}, ...]}` or `{"columns": [...], "data": [[...], ...]}`, optional
+  `"ids"`; each answer row carries `prediction`, `proba_<class>`, `model_version` and `route`.
+- MLflow's scoring server: `POST /invocations` with `dataframe_split`, `dataframe_records`, `instances`, `inputs`,
+  or a CSV body; the answer is `{"predictions": [...]}`, so a client written for `mlflow models serve` works as is.
+- The Open Inference Protocol (V2, KServe and Triton): one named input tensor per column, or one [rows, features]
+  tensor in the model's feature order; one output tensor per answer column.
+
+Only the columns the served models read (and the split key) are taken from a body. Values must be JSON scalars.
+Errors never quote a caller's value: they name the column and, where it helps, the row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mlops_cli.errors import Malformed, SchemaMismatch, TooLarge
+from mlops_cli.runtime.contract import SCALARS
+
+MAX_EXTRA_COLUMNS = 1024  # columns a row may carry beyond the ones read: more is an abuse, not a request
+
+
+@dataclass(frozen=True)
+class Rows:
+    values: dict[str, list[Any]]  # column -> one JSON value per row, for the columns the models read
+    n: int
+    ids: list[Any] | None = None
+
+
+class Reader:
+    """Turns a body into `Rows` for the columns `names` (in the models' feature order: a V2 matrix's columns)."""
+
+    def __init__(self, names: list[str], features: list[str], max_rows: int) -> None:
+        self.names = names
+        self.features = features
+        self.max_rows = max_rows
+        self.max_columns = len(names) + MAX_EXTRA_COLUMNS
+
+    # --- mlops ---------------------------------------------------------------------------------------------------
+
+    def predict(self, body: Any) -> Rows:
+        if not isinstance(body, dict):
+            raise Malformed(
+                "the body must be a JSON object", 'send {"rows": [{...}]} or {"columns": [...], "data": [...]}'
+            )
+        ids = body.get("ids")
+        if "rows" in body:
+            rows = self.records(body["rows"], "rows")
+        elif "columns" in body and "data" in body:
+            rows = self.split(body["columns"], body["data"])
+        else:
+            raise Malformed("the body has neither rows nor columns and data", 'send {"rows": [{...}]}')
+        if ids is not None and (not isinstance(ids, list) or len(ids) != rows.n):
+            raise Malformed(f"ids must be a list of {rows.n} values, one per row", "send one id per row, or none")
+        if ids is not None and not all(isinstance(i, SCALARS) for i in ids):
+            raise Malformed("ids must be text or numbers", "send one id per row")
+        return Rows(rows.values, rows.n, ids)
+
+    def records(self, records: Any, where: str) -> Rows:
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise Malformed(f"{where} must be a list of objects, one per row", 'send [{"column": value, ...}, ...]')
+        self._rows(len(records))
+        for i, record in enumerate(records):
+            if len(record) > self.max_columns:
+                raise TooLarge(
+                    f"row {i + 1} has {len(record):,} columns; the model reads {len(self.names)}",
+                    "send the columns the model reads",
+                )
+        values = {name: [record.get(name) for record in records] for name in self.names}
+        return self._checked(values, len(records))
+
+    def split(self, columns: Any, data: Any) -> Rows:
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise Malformed("columns must be a list of column names", 'send {"columns": ["a", "b"], "data": [[1, 2]]}')
+        if len(columns) > self.max_columns:
+            raise TooLarge(f"{len(columns):,} columns; the model reads {len(self.names)}", "send the columns it reads")
+        if not isinstance(data, list) or not all(isinstance(r, list) and len(r) == len(columns) for r in data):
+            raise Malformed(
+                f"data must be a list of rows of {len(columns)} values each", "send one value per column in each row"
+            )
+        self._rows(len(data))
+        position = {name: i for i, name in enumerate(columns)}
+        values = {name: [row[position[name]] for row in data] for name in self.names if name in position}
+        return self._checked(values, len(data))
+
+    def columnar(self, mapping: Any, where: str) -> Rows:
+        """`{"column": [values...], ...}` (MLflow's `inputs` as a dict)."""
+        if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
+            raise Malformed(f"{where} must map each column to a list of values", 'send {"column": [1, 2], ...}')
+        if len(mapping) > self.max_columns:
+            raise TooLarge(f"{len(mapping):,} columns; the model reads {len(self.names)}", "send the columns it reads")
+        lengths = {len(v) for v in mapping.values()}
+        if len(lengths) > 1:
+            raise Malformed(f"the columns of {where} differ in length", "send one value per row in every column")
+        n = lengths.pop() if lengths else 0
+        self._rows(n)
+        return self._checked({name: mapping[name] for name in self.names if name in mapping}, n)
+
+    # --- MLflow --------------------------------------------------------------------------------------------------
+
+    def mlflow_json(self, body: Any) -> Rows:
+        if not isinstance(body, dict):
+            raise Malformed("the body must be a JSON object", "see MLflow's scoring protocol")
+        if "dataframe_split" in body:
+            frame = body["dataframe_split"]
+            if not isinstance(frame, dict):
+                raise Malformed("dataframe_split must be an object with columns and data", "see MLflow's protocol")
+            return self.split(frame.get("columns"), frame.get("data"))
+        if "dataframe_records" in body:
+            return self.records(body["dataframe_records"], "dataframe_records")
+        for key in ("instances", "inputs"):
+            if key in body:
+                value = body[key]
+                if isinstance(value, dict):
+                    return self.columnar(value, key)
+                if isinstance(value, list) and value and all(isinstance(r, list) for r in value):
+                    return self.split(self.features, value)  # rows of values in the model's feature order
+                return self.records(value, key)
+        raise Malformed(
+            "the body has none of dataframe_split, dataframe_records, instances, inputs",
+            "see MLflow's scoring protocol",
+        )
+
+    def csv(self, body: bytes) -> Rows:
+        import csv
+        import io
+
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Malformed("the CSV body is not UTF-8", "send UTF-8 text") from exc
+        lines = list(csv.reader(io.StringIO(text)))
+        if not lines:
+            raise Malformed("the CSV body is empty", "send a header line and one line per row")
+        rows: list[list[str | None]] = [[None if v == "" else v for v in line] for line in lines[1:] if line]
+        return self.split(lines[0], rows)
+
+    # --- Open Inference Protocol (V2) ----------------------------------------------------------------------------
+
+    def v2(self, body: Any) -> Rows:
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+            raise Malformed("inputs must be a list of tensors", "see the Open Inference Protocol's infer request")
+        tensors = {}
+        for tensor in inputs:
+            name, shape, data = tensor.get("name"), tensor.get("shape"), tensor.get("data")
+            if not isinstance(name, str) or not isinstance(shape, list) or not isinstance(data, list):
+                raise Malformed("each input needs a name, a shape and data", "see the infer request")
+            if not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise Malformed(f"input {name!r} has an invalid shape", "give its dimensions as integers")
+            tensors[name] = (shape, _flat(data))
+        if len(tensors) == 1 and next(iter(tensors)) not in self.names:
+            shape, flat = next(iter(tensors.values()))
+            width = len(self.features)
+            if len(shape) != 2 or shape[1] != width or len(flat) != shape[0] * width:
+                raise SchemaMismatch(
+                    f"one input tensor must have shape [rows, {width}]: the model's features in order",
+                    f"its features are {self.features}",
+                )
+            matrix = [flat[i * width : (i + 1) * width] for i in range(shape[0])]
+            return self.split(self.features, matrix)
+        mapping = {}
+        for name, (shape, flat) in tensors.items():
+            if len(flat) != (shape[0] if shape else 0) or any(d != 1 for d in shape[1:]):
+                raise Malformed(f"input {name!r} must hold one value per row", "give it shape [rows] or [rows, 1]")
+            mapping[name] = flat
+        return self.columnar(mapping, "inputs")
+
+    # --- checks --------------------------------------------------------------------------------------------------
+
+    def _rows(self, n: int) -> None:
+        if n > self.max_rows:
+            raise TooLarge(f"{n:,} rows in one request; this server takes at most {self.max_rows:,}", "split it")
+
+    def _checked(self, values: dict[str, list[Any]], n: int) -> Rows:
+        for name, column in values.items():
+            for i, value in enumerate(column):
+                if not isinstance(value, SCALARS):
+                    raise SchemaMismatch(
+                        f"column {name!r} holds a list or an object at row {i + 1}", "send one plain value per cell"
+                    )
+        return Rows(values, n)
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    if not any(isinstance(d, list) for d in data):
+        return data
+    out: list[Any] = []
+    for d in data:
+        out.extend(_flat(d) if isinstance(d, list) else [d])
+    return out
+
+
+def loads(body: bytes) -> Any:
+    """JSON, or a 400 that does not quote the body."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        position = f" (at byte {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise Malformed(f"the body is not valid JSON{position}", "send a JSON object") from exc
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def answer_rows(routed: Any, ids: list[Any] | None) -> list[dict[str, Any]]:
+    """The mlops answer: one object per row, score-batch's columns."""
+    import math
+
+    from mlops_cli.runtime import proba_column
+
+    columns = [proba_column(c) for c in routed.classes]
+    out = []
+    for i in range(routed.n):
+        row: dict[str, Any] = {} if ids is None else {"id": ids[i]}
+        row["prediction"] = routed.prediction[i]
+        if routed.proba is not None:
+            for name, value in zip(columns, routed.proba[i].tolist(), strict=True):
+                row[name] = None if math.isnan(value) else value
+        row["model_version"] = routed.version[i]
+        row["route"] = routed.route[i]
+        if routed.reasons[i] is not None:
+            row["invalid_reason"] = routed.reasons[i]
+        out.append(row)
+    return out
+
+
+def v2_outputs(routed: Any) -> list[dict[str, Any]]:
+    import math
+
+    from mlops_cli.runtime import proba_column
+
+    n = routed.n
+    predictions = routed.prediction
+    kinds = {type(p) for p in predictions if p is not None}
+    datatype = "FP64" if kinds <= {float} else "INT64" if kinds <= {int} else "BOOL" if kinds <= {bool} else "BYTES"
+    if datatype == "BYTES":
+        predictions = [None if p is None else str(p) for p in predictions]
+    outputs = [{"name": "prediction", "shape": [n], "datatype": datatype, "data": predictions}]
+    if routed.proba is not None:
+        for j, label in enumerate(routed.classes):
+            data = [None if math.isnan(v) else v for v in routed.proba[:, j].tolist()]
+            outputs.append({"name": proba_column(label), "shape": [n], "datatype": "FP64", "data": data})
+    outputs.append({"name": "model_version", "shape": [n], "datatype": "BYTES", "data": routed.version})
+    return outputs
+
+
+def v2_datatype(kind: str | None) -> str:
+    return {"numeric": "FP64", "boolean": "BOOL"}.get(kind or "", "BYTES")
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media == ""
+
+
+def is_csv(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in ("text/csv", "application/csv")
