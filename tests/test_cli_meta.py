@@ -29,9 +29,15 @@ COMMANDS = dict(_commands())
 
 
 def test_the_command_table_is_complete():
-    assert {"register", "models list", "models show", "models promote", "models rollback", "models history", "serve"} <= set(
-        COMMANDS
-    )
+    assert {
+        "register",
+        "models list",
+        "models show",
+        "models promote",
+        "models rollback",
+        "models history",
+        "serve",
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -55,7 +55,11 @@ class Routed:
 
 class Router:
     def __init__(
-        self, champion: Followed, challenger: Followed | None = None, share: float = 0.0, split_key: list[str] | None = None
+        self,
+        champion: Followed,
+        challenger: Followed | None = None,
+        share: float = 0.0,
+        split_key: list[str] | None = None,
     ) -> None:
         self.champion = champion
         self.challenger = challenger
