@@ -80,4 +80,21 @@ step mlops retrain history flights
 step mlops models list flights
 step mlops verify
 
+# --- online (serve) ---
+# The production model over HTTP with two workers and a prediction log. While a client sends requests, version 2
+# is promoted: each worker loads, verifies and warms it, then switches, and no request fails. SIGTERM drains.
+PORT=${MLOPS_DEMO_PORT:-8765}
+mlops serve flights@production --port "$PORT" --workers 2 --log-dir "$OUT/predictions" --poll-s 0.2 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+python sample_data/serve_client.py "http://127.0.0.1:$PORT" sample_data/current.parquet --wait-ready
+python sample_data/serve_client.py "http://127.0.0.1:$PORT" sample_data/current.parquet --seconds 4 \
+    --promote-after-s 1 --promote flights:2
+step curl -s "http://127.0.0.1:$PORT/readyz"
+echo
+kill -TERM "$server" && wait "$server"
+trap - EXIT
+step mlops drift-report "$OUT/predictions" --model flights@production -q -o "$OUT/drift-online.json"
+step mlops models history flights
+
 printf '\nDemo finished. Registry: %s\n' "$MLOPS_REGISTRY"

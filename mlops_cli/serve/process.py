@@ -190,7 +190,8 @@ def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socke
     from mlops_cli.runtime import threads
     from mlops_cli.serve.app import App
 
-    gc.unfreeze()  # the frozen objects stay where they are; the worker's own garbage is collected as usual
+    # The supervisor's objects stay frozen here too: a collection that walked them would write to their headers
+    # and copy the model's pages into this worker. The worker's own garbage is collected as usual.
     metrics.worker_identity(slot)
     threads.pin_single()
     for followed in models.all():
