@@ -206,6 +206,10 @@ class Registry:
         path = self._model_dir(name) / "versions" / label
         manifest, sha = read_manifest(path / MANIFEST)
         problem = seals.problem(label, sha, manifest)
+        if problem is not None and label not in seals.registered:
+            # The log was read before the folder was listed: a version published in between (event first, then
+            # the rename) is in the log now. Read it again before calling the folder unsealed.
+            problem = Seals.of(self.event_log(name)).problem(label, sha, manifest)
         if problem is not None:
             raise IntegrityError(
                 f"{path / MANIFEST} {problem}",
