@@ -5,8 +5,8 @@
 #   2. podman build --build-arg BASE=<that image> (pip installs mlops-cli[serve,onnx] from PyPI during the build);
 #   3. a registry from sample_data: the demo's first model, with ONNX and skops, promoted to production;
 #   4. the container run as the Kubernetes manifest runs it: read-only root, /tmp a tmpfs, the registry mounted
-#      read-only, no capabilities; wait for /readyz, POST /predict, run the HEALTHCHECK, then `podman stop`
-#      (SIGTERM) and expect exit 0 after the drain.
+#      read-only, no capabilities; wait for /readyz, POST /predict, promote flights:2 on the host and see the
+#      container switch to it, run the HEALTHCHECK, then `podman stop` (SIGTERM) and expect exit 0 after the drain.
 # Root only (podman and debootstrap). Installs podman, runc and debootstrap with apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 URL="http://127.0.0.1:$PORT"
 
 step() { printf '\n== %s\n' "$*"; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
 fail() {
     echo "error: $*" >&2
     exit 1
@@ -87,7 +88,7 @@ echo "built in $((SECONDS - started)) s: $(podman image inspect -f '{{.Size}}' "
     "$(podman image inspect -f '{{.HealthCheck.Test}}' "$IMAGE" | cut -c1-60)..."
 
 # --- 3. a registry --------------------------------------------------------------------------------------------
-step "registry $OUT/registry: flights:1 (sample_data/train.py) with ONNX and skops, promoted to production"
+step "registry $OUT/registry: flights:1 and flights:2 (sample_data/train.py) with ONNX and skops, 1 in production"
 rm -rf "$OUT/registry"
 export MLOPS_REGISTRY="$OUT/registry"
 "$VENV_BIN/python" sample_data/train.py sample_data/reference.parquet "$OUT/flights-v1.joblib" --split-dir "$OUT" \
@@ -95,6 +96,10 @@ export MLOPS_REGISTRY="$OUT/registry"
 "$VENV_BIN/mlops" register "$OUT/flights-v1.joblib" --name flights --train-data "$OUT/train.parquet" \
     --target delayed --eval-data "$OUT/eval.parquet" --formats onnx,skops -q
 "$VENV_BIN/mlops" models promote flights:1 production --reason "container test"
+"$VENV_BIN/python" sample_data/train.py sample_data/reference.parquet "$OUT/flights-v2.joblib" --max-iter 60 \
+    --split-dir "$OUT" >/dev/null
+"$VENV_BIN/mlops" register "$OUT/flights-v2.joblib" --name flights --train-data "$OUT/train.parquet" \
+    --target delayed --eval-data "$OUT/eval.parquet" --formats onnx,skops -q
 
 # --- 4. run it ------------------------------------------------------------------------------------------------
 step "podman run --read-only --tmpfs /tmp -v REGISTRY:/registry:ro $IMAGE flights@production --host 0.0.0.0 --workers 2"
@@ -102,7 +107,7 @@ podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
 podman run -d --name "$NAME" "${LIMITS[@]}" --read-only --tmpfs /tmp --cap-drop ALL \
     --security-opt no-new-privileges -v "$PWD/$OUT/registry:/registry:ro" -p "127.0.0.1:$PORT:8080" \
     "$IMAGE" flights@production --host 0.0.0.0 --workers 2 >/dev/null
-started=$SECONDS
+started=$SECONDS start=$EPOCHREALTIME
 until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$URL/readyz" 2>/dev/null; do
     if [ "$(podman inspect -f '{{.State.Running}}' "$NAME")" != true ]; then
         podman logs "$NAME" >&2
@@ -111,12 +116,12 @@ until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1]
     [ $((SECONDS - started)) -lt 120 ] || { podman logs "$NAME" >&2 && fail "not ready after 120 s"; }
     sleep 0.5
 done
-echo "ready after $((SECONDS - started)) s: $(python3 -c 'import sys, urllib.request
+echo "ready after $(since "$start"): $(python3 -c 'import sys, urllib.request
 print(urllib.request.urlopen(sys.argv[1]).read().decode()[:160] + "...")' "$URL/readyz")"
 podman logs "$NAME"
 
-step "POST $URL/predict: the first 3 flights of sample_data/current.parquet"
-"$VENV_BIN/python" - "$URL/predict" <<'EOF'
+predict() {
+    "$VENV_BIN/python" - "$URL/predict" "$1" <<'EOF'
 import json
 import sys
 import urllib.request
@@ -136,18 +141,36 @@ with urllib.request.urlopen(request, timeout=10) as answer:
     reply = json.load(answer)
 for prediction in reply["predictions"]:
     print(json.dumps(prediction))
-assert len(reply["predictions"]) == 3 and all(p["model_version"] == "1" for p in reply["predictions"])
+assert len(reply["predictions"]) == 3 and all(p["model_version"] == sys.argv[2] for p in reply["predictions"])
 EOF
+}
+step "POST $URL/predict: the first 3 flights of sample_data/current.parquet"
+predict 1
+
+step "mlops models promote flights:2 production (on the host): the container follows the alias"
+"$VENV_BIN/mlops" models promote flights:2 production --reason "container test: hot switch"
+started=$SECONDS start=$EPOCHREALTIME
+# Each worker switches on its own: wait until both have (the switch counter is summed over the workers).
+until python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=1).read().decode()
+switched = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("mlops_serve_alias_switches_total{") and "result=\"switched\"" in line)
+sys.exit(switched < 2)' "$URL/metrics" 2>/dev/null; do
+    [ $((SECONDS - started)) -lt 30 ] || fail "the workers did not both switch to flights:2 within 30 s"
+    sleep 0.2
+done
+echo "both workers serve version 2 after $(since "$start")"
+predict 2
 
 step "HEALTHCHECK (the image's own command, run by podman)"
 podman healthcheck run "$NAME" || fail "the HEALTHCHECK failed"
 echo "health: $(podman inspect -f '{{.State.Health.Status}}' "$NAME")"
 
 step "podman stop -t 45 (SIGTERM; SIGKILL after 45 s would give exit 137)"
-started=$SECONDS
+start=$EPOCHREALTIME
 podman stop -t 45 "$NAME" >/dev/null
 code=$(podman inspect -f '{{.State.ExitCode}}' "$NAME")
-echo "exited $code after $((SECONDS - started)) s"
+echo "exited $code after $(since "$start")"
 [ "$code" -eq 0 ] || { podman logs "$NAME" >&2 && fail "the server did not exit 0 on SIGTERM"; }
 echo
 echo "container test passed: $IMAGE built on $BASE_IMAGE, served flights@production from a read-only registry," \
