@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test lint bench clean system
+.PHONY: env demo test lint bench clean system container-test
 
 # Debian programs the tests run for real: promtool (the prometheus package) checks /metrics. Installed once.
 SYSTEM := /usr/bin/promtool
@@ -35,6 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check mlops_cli tests benchmarks sample_data
 	$(BIN)/ruff format --check mlops_cli tests benchmarks sample_data
 	$(BIN)/mypy mlops_cli
+
+# Builds the serve image on a debootstrapped Debian and runs it (root, podman; a few minutes). Not part of `test`.
+container-test: $(STAMP)
+	VENV_BIN=$(BIN) bash deploy/container-test.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
