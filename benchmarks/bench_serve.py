@@ -1,7 +1,7 @@
 """`mlops serve` against MLflow's scoring server and a minimal Starlette app, in one run, same model, same workers.
 
     python benchmarks/run.py serve                       # or: python benchmarks/bench_serve.py
-    BENCH_SECONDS=2 BENCH_REPEATS=1 python benchmarks/run.py serve      # a smoke run (about two minutes)
+    BENCH_SECONDS=1 BENCH_REPEATS=1 BENCH_MODELS=logistic python benchmarks/run.py serve   # smoke run, ~2 min
 
 The servers (issue 13's Performance section), each with BENCH_WORKERS worker processes (default: one per core)
 and one BLAS/OpenMP thread per worker:
@@ -92,7 +92,7 @@ TARGETS = {
 # as an MLflow model that answers predict_proba and whose signature lets the scoring server take dataframe_split.
 TO_MLFLOW = textwrap.dedent("""
     import hashlib, sys
-    import joblib, pandas as pd, mlflow.sklearn
+    import joblib, pandas as pd, mlflow.sklearn, skops.io
     from mlflow.models import infer_signature
     model_path, expected, example_path, out = sys.argv[1:]
     with open(model_path, "rb") as f:
@@ -103,8 +103,8 @@ TO_MLFLOW = textwrap.dedent("""
     example = pd.read_parquet(example_path)
     mlflow.sklearn.save_model(model, out, signature=infer_signature(example, model.predict_proba(example)),
                               input_example=example.head(2), pyfunc_predict_fn="predict_proba",
-                              # MLflow 3 stores with skops by default; the file was verified above: trust its trees
-                              skops_trusted_types=["sklearn.tree._tree.Tree"])
+                              # MLflow 3 stores with skops by default; the file was verified above: trust its types
+                              skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 """)
 
 # wrk: POST the bodies of a file (one JSON body per line) in turn.
@@ -507,7 +507,9 @@ def _client(server: Server, bodies: Path, rate: float, seconds: float, connectio
         str(seconds),
         str(connections),
     ]
-    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    result = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    time.sleep(0.5)  # an overloaded server works off what it has queued before the next one is measured
+    return result
 
 
 async def _response(reader: asyncio.StreamReader) -> int:
