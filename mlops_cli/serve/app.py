@@ -331,7 +331,7 @@ class App:
 
     async def _predict(self, request: _Request) -> _Response:
         _require_json(request)
-        rows = self._reader().predict(protocols.loads(request.body))
+        rows = self._reader().mlops(protocols.loads(request.body))
         routed = await self._score(request, rows)
         body = {
             "status": "ok",

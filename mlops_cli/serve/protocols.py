@@ -41,7 +41,7 @@ class Reader:
 
     # --- mlops ---------------------------------------------------------------------------------------------------
 
-    def predict(self, body: Any) -> Rows:
+    def mlops(self, body: Any) -> Rows:
         if not isinstance(body, dict):
             raise Malformed(
                 "the body must be a JSON object", 'send {"rows": [{...}]} or {"columns": [...], "data": [...]}'
