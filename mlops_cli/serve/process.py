@@ -183,8 +183,6 @@ class _Supervisor:
 
 
 def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socket) -> int:
-    import asyncio
-
     import uvicorn
 
     from mlops_cli.online import metrics
@@ -219,7 +217,7 @@ def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socke
         timeout_keep_alive=5,
     )
     server = _Server(config, app, options.shutdown_delay_s)
-    asyncio.run(server.serve(sockets=[sock]))
+    server.run(sockets=[sock])  # not asyncio.run: uvicorn's run() builds the loop the config names (uvloop)
     return 0
 
 
