@@ -14,12 +14,11 @@ from mlops_cli.drift import DriftOptions, drift_for_model
 from mlops_cli.monitor.log import Labels, Window, join_labels, read_window, service_levels, window
 from mlops_cli.monitor.policy import DEFAULT_POLICY, evaluate, load_policy
 from mlops_cli.report import Report
-from mlops_cli.runtime import proba_column
+from mlops_cli.runtime import LoadOptions, proba_column
 from mlops_cli.scoring import REASON_COLUMN
 
 if TYPE_CHECKING:
     from mlops_cli.registry import Registry
-    from mlops_cli.runtime import LoadOptions
 
 __all__ = ["DEFAULT_POLICY", "Labels", "Window", "load_policy", "monitor", "window"]
 
@@ -61,7 +60,7 @@ def monitor(
             target=labels.column if labels else None,
             prediction_column=_prediction_column(version.manifest, frame),
             drift_share=policy["dataset_drift"]["threshold"],
-            **({"load": load} if load is not None else {}),
+            load=load or LoadOptions(),
         )
         drifted = drift_for_model(registry, version, frame, options=options, answered=_answered(frame, version.version))
         results["drift"] = drifted.results
