@@ -118,9 +118,9 @@ def main() -> int:
     if args.labels_out:
         import pyarrow as pa
 
-        ids, outcomes = zip(*answered) if answered else ((), ())
-        pq.write_table(pa.table({"id": list(ids), "delayed": list(outcomes)}), args.labels_out)
-        print(f"  labels of {len(ids)} answered rows: {args.labels_out}")
+        labels = {"id": [i for i, _ in answered], "delayed": [y for _, y in answered]}
+        pq.write_table(pa.table(labels), args.labels_out)
+        print(f"  labels of {len(answered)} answered rows: {args.labels_out}")
     return 0 if set(statuses) == {200} else 1
 
 
