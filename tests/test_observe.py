@@ -356,6 +356,8 @@ def test_a_failed_delivery_keeps_the_exit_code_and_is_recorded_without_the_url(r
         assert missing.exit_code == 3  # the input error, not the delivery's
         assert len(receiver.requests) >= 2  # retried within the second
         assert receiver.bodies[0]["alerts"][0]["name"] == "job_failed"
+        assert receiver.bodies[0]["alerts"][0]["summary"] == "mlops score-batch failed: input error (exit 3)"
+        assert "missing.parquet" not in json.dumps(receiver.bodies)  # an error's message stays on this host
     report = json.loads(missing.stdout)
     assert report["status"] == "error" and any("alert delivery failed" in m for m in report["messages"])
     assert "alert delivery failed" in missing.stderr
