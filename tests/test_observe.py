@@ -398,3 +398,26 @@ def test_a_run_without_a_registered_model_keeps_its_state_apart(reg, tmp_path, s
     assert receiver.bodies[0]["alerts"][0]["model"] == ""
     assert (reg.registry / ".alerts" / "alerts.json").is_file()
     assert reg.json("verify")["results"]["warnings"] == 0
+
+
+def test_dedup_state_survives_runs_and_a_damaged_file_starts_afresh(tmp_path):
+    from mlops_cli.observe import alerts
+
+    root = tmp_path / "registry"
+    drift = Alert("dataset_drift", "warning", True, "drift")
+
+    def run(alert: Alert, deliver: bool = True) -> list[str]:
+        with alerts.state(root, "") as store:
+            notices = store.changes("", "drift-report", [alert], "2026-01-01T00:00:00Z")
+            if deliver:
+                store.delivered(notices)
+        return [n.status for n in notices]
+
+    assert run(drift, deliver=False) == ["firing"]  # not delivered: the next run tries again
+    assert run(drift) == ["firing"]
+    assert run(drift) == []
+    (root / ".alerts" / "alerts.json").write_text("{not json")
+    assert run(drift) == ["firing"]  # at worst, once more
+    assert run(Alert("dataset_drift", "warning", False, "calm")) == ["resolved"]
+    assert run(Alert("dataset_drift", "warning", False, "calm")) == []
+    assert sorted(p.name for p in root.iterdir()) == [".alerts"]  # no model folder made for a model-less run
