@@ -14,6 +14,7 @@ from mlops_cli import io
 from mlops_cli.drift import DriftOptions, drift_for_model
 from mlops_cli.monitor.log import Labels, Window, join_labels, read_window, service_levels, window
 from mlops_cli.monitor.policy import DEFAULT_POLICY, evaluate, load_policy
+from mlops_cli.observe.alerts import Alert
 from mlops_cli.report import Report
 from mlops_cli.runtime import LoadOptions, proba_column
 from mlops_cli.scoring import REASON_COLUMN
@@ -75,6 +76,7 @@ def monitor(
     firing = [a for a in alerts if a["firing"]]
     return Report(
         "monitor",
+        alerts=[Alert(**a) for a in alerts],  # delivered (deduplicated) with every command's, by observe
         results=results,
         model=model_block,
         inputs=inputs,  # the log is a live folder: its files and rows identify the window, not a hash

@@ -44,6 +44,10 @@ HELP = {
     "mlops_monitor_dropped_log_rows": "Prediction-log rows the server dropped in the monitored window.",
 }
 
+# Every metric is a gauge but the window's latency quantiles: a summary (the type a `quantile` label belongs to),
+# without _sum and _count, which a window's quantiles do not need.
+TYPES = {"mlops_monitor_latency_seconds": "summary"}
+
 # The outcomes and verdicts a run can end with: each gets a series (0 or 1), so a query sees the one that is 1.
 RETRAIN_OUTCOMES = (
     "no_trigger",
@@ -129,7 +133,7 @@ def render(run: Run, lines: Iterable[Sample]) -> str:
             grouped.setdefault(sample.name, []).append(sample)
     text = []
     for name, group in grouped.items():
-        text += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} gauge"]
+        text += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {TYPES.get(name, 'gauge')}"]
         for sample in group:
             labels = {"command": run.command, "model": run.model, **sample.labels}
             text.append(f"{name}{{{_labels(labels)}}} {_number(sample.value)}")
@@ -256,3 +260,22 @@ def _retrain(report: Report) -> list[Sample]:
     outcome = (report.results.get("job") or {}).get("decision")
     outcomes = RETRAIN_OUTCOMES if outcome in RETRAIN_OUTCOMES or outcome is None else (*RETRAIN_OUTCOMES, outcome)
     return [Sample("mlops_retrain_outcome", _flag(o == outcome), {"outcome": o}) for o in outcomes]
+
+
+@mapping("monitor")
+def _monitor(report: Report) -> list[Sample]:
+    r = report.results
+    service, window = r["service"], r["window"]
+    out = [
+        Sample("mlops_job_input_rows", window["rows"]),
+        Sample("mlops_job_rejected_rows", service.get("invalid_rows")),
+        Sample("mlops_monitor_invalid_ratio", service.get("invalid_share")),
+        Sample("mlops_monitor_dropped_log_rows", window["dropped_log_rows"]),
+    ]
+    for key, value in (service.get("latency_seconds") or {}).items():
+        out.append(Sample("mlops_monitor_latency_seconds", value, {"quantile": str(int(key[1:]) / 100)}))
+    for route, share in (service.get("route_shares") or {}).items():
+        out.append(Sample("mlops_monitor_route_share_ratio", share, {"route": route}))
+    if r["drift"]:  # the window's drift, as drift-report's own metrics
+        out += [s for s in _drift(Report("drift-report", results=r["drift"])) if s.name != "mlops_job_input_rows"]
+    return out
