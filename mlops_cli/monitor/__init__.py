@@ -7,6 +7,7 @@ decision rule. Prediction drift compares the logged answers of the monitored ver
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,6 @@ from mlops_cli import io
 from mlops_cli.drift import DriftOptions, drift_for_model
 from mlops_cli.monitor.log import Labels, Window, join_labels, read_window, service_levels, window
 from mlops_cli.monitor.policy import DEFAULT_POLICY, evaluate, load_policy
-from mlops_cli.observe.alerts import Alert
 from mlops_cli.report import Report
 from mlops_cli.runtime import LoadOptions, proba_column
 from mlops_cli.scoring import REASON_COLUMN
@@ -71,12 +71,12 @@ def monitor(
         messages += drifted.messages
         model_block = drifted.model or version.summary()
     alerts = evaluate(policy, results)
-    results["alerts"] = alerts
+    results["alerts"] = [dataclasses.asdict(a) for a in alerts]
     results["policy"] = policy
-    firing = [a for a in alerts if a["firing"]]
+    firing = [a for a in alerts if a.firing]
     return Report(
         "monitor",
-        alerts=[Alert(**a) for a in alerts],  # delivered (deduplicated) with every command's, by observe
+        alerts=alerts,  # delivered (deduplicated) with every command's by observe, when a webhook is set
         results=results,
         model=model_block,
         inputs=inputs,  # the log is a live folder: its files and rows identify the window, not a hash
