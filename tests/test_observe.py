@@ -123,6 +123,39 @@ def test_an_error_run_leaves_last_success_where_it_was(reg, tmp_path, small):
     assert got[series("mlops_job_exit_code", "score-batch", model="nope")] == 4
 
 
+def test_a_run_that_fails_after_writing_its_textfile_keeps_the_old_success(reg, tmp_path, small, monkeypatch):
+    """The report (-o) is written after the textfile: when that write fails (a disk that fills up at the last
+    moment, injected here), the run is an error (exit 3) and the textfile it had already written must not claim a
+    success."""
+    from mlops_cli import io
+
+    prom = tmp_path / "drift.prom"
+    assert reg("drift-report", "--model", "flights", small, "--prom-file", prom, "-q").exit_code == 0
+    success = series("mlops_job_last_success_timestamp_seconds", "drift-report")
+    before = values(promtool(prom))[success]
+    report, write_json = tmp_path / "report.json", io.write_json
+
+    def full_disk(path, *args, **kwargs):
+        if path == report:
+            raise OSError(28, "No space left on device")
+        return write_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "write_json", full_disk)
+    result = reg("drift-report", "--model", "flights", small, "--prom-file", prom, "-o", report, "-q")
+    assert result.exit_code == 3 and "No space left" in result.stderr, result.output
+    after = values(promtool(prom))
+    assert after[success] == before
+    assert after[series("mlops_job_exit_code", "drift-report")] == 3
+
+
+def test_crash_files_do_not_hold_the_webhook_url():
+    from mlops_cli.cli._common import _redacted
+
+    argv = ["mlops", "drift-report", "--alert-webhook", f"http://h/{SECRET}", f"--alert-webhook=http://h/{SECRET}", "x"]
+    assert SECRET not in " ".join(_redacted(argv))
+    assert _redacted(argv)[-1] == "x" and _redacted(argv)[1] == "drift-report"
+
+
 def test_every_reporting_command_writes_a_textfile(reg, tmp_path, other_model_file, relaxed, small):
     reg.json("register", other_model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed")
     reg.json("models", "promote", "flights:1", "production")

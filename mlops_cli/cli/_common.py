@@ -44,6 +44,8 @@ class Invocation:
     owns_process: bool = False  # the console script, not an in-process runner: see `_interruptible`
     reported: bool = False  # the report went out: an error after that must not print a second one
     prom_file: Path | None = None  # --prom-file: the run's node_exporter textfile
+    prom_read: bool = False  # the textfile's previous last-success has been read (before this run wrote it)
+    prom_previous: float | None = None
     alert_webhook: str | None = None  # --alert-webhook / MLOPS_ALERT_WEBHOOK: a secret, never printed
     alert_format: str = "slack"
     alert_timeout: float = 30.0
@@ -207,6 +209,7 @@ def _observe(state: Invocation, exit_code: int, report: Report | None) -> list[s
     if state.prom_file is None and state.alert_webhook is None:
         return []
     from mlops_cli.observe import alerts, job, webhook
+    from mlops_cli.observe import promfile
     from mlops_cli.observe.promfile import Run
 
     command = _job_command(state.command)
@@ -220,7 +223,10 @@ def _observe(state: Invocation, exit_code: int, report: Report | None) -> list[s
     )
     messages = job.deliver(state.registry, run, evaluated, sinks)
     if state.prom_file is not None:
-        job.write_metrics(state.prom_file, run, evaluated)
+        if not state.prom_read:  # once: an error after this run wrote the file must not take its success as old
+            state.prom_previous = promfile.previous_success(state.prom_file, run)
+            state.prom_read = True
+        job.write_metrics(state.prom_file, run, evaluated, state.prom_previous)
     return messages
 
 
@@ -296,13 +302,25 @@ def _error_report(state: Invocation, code: int, message: str) -> None:
         sys.stdout.write(io.dumps_json(data))
 
 
+SECRET_OPTIONS = ("--alert-webhook",)  # their values are secrets: never written, not even in a crash file
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    out, hide = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        out.append("***" if hide else f"{name}=***" if eq and name in SECRET_OPTIONS else arg)
+        hide = not hide and not eq and arg in SECRET_OPTIONS
+    return out
+
+
 def _save_traceback(state: Invocation) -> Path:
     import tempfile
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"mlops-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"mlops {state.command}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+        fh.write(f"mlops {state.command}\n{' '.join(_redacted(sys.argv))}\n\n{traceback.format_exc()}")
     return Path(name)
 
 

@@ -46,6 +46,8 @@ def deliver(root: Path, run: Run, alerts: list[Alert], sinks: Sinks) -> list[str
     except (MlopsError, OSError) as exc:  # the state cannot be kept (a read-only registry, a lock held)
         detail = exc.message if isinstance(exc, MlopsError) else exc.strerror or type(exc).__name__
         return [f"alerts not delivered: their state in the registry cannot be kept ({detail})"]
+    except Exception as exc:  # noqa: BLE001 (a URL the socket layer refuses, say: delivery never changes the exit)
+        return [f"alerts not delivered ({type(exc).__name__}); the next run sends them again"]
     names = ", ".join(f"{n.alert.name} ({n.status})" for n in notices)
     message = (
         f"alert delivery failed after {result.attempts} attempt{'s' if result.attempts != 1 else ''} in "
@@ -78,6 +80,6 @@ def _log_failure(
         Registry(root).record_event(model, event)
 
 
-def write_metrics(path: Path, run: Run, alerts: list[Alert]) -> None:
+def write_metrics(path: Path, run: Run, alerts: list[Alert], previous: float | None) -> None:
     """The run's node_exporter textfile (OSError if it cannot be written)."""
-    promfile.write(path, run, alerts)
+    promfile.write(path, run, alerts, previous)

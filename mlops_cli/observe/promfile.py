@@ -140,11 +140,12 @@ def render(run: Run, lines: Iterable[Sample]) -> str:
     return "\n".join(text) + "\n"
 
 
-def write(path: Path, run: Run, alerts: Iterable[Alert]) -> None:
-    """Write the run's textfile atomically (a temporary file beside it, renamed: the collector skips it)."""
+def write(path: Path, run: Run, alerts: Iterable[Alert], previous: float | None = None) -> None:
+    """Write the run's textfile atomically (a temporary file beside it, renamed: the collector skips it).
+    `previous`: the last success read from the file before this run first wrote it (`previous_success`)."""
     from mlops_cli import io
 
-    text = render(run, samples(run, alerts, None if run.completed else previous_success(path, run)))
+    text = render(run, samples(run, alerts, previous))
     data = text.encode()
     io.write_atomic(path, lambda fh: fh.write(data))
 
