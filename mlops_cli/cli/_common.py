@@ -208,8 +208,7 @@ def _observe(state: Invocation, exit_code: int, report: Report | None) -> list[s
 
     if state.prom_file is None and state.alert_webhook is None:
         return []
-    from mlops_cli.observe import alerts, job, webhook
-    from mlops_cli.observe import promfile
+    from mlops_cli.observe import alerts, job, promfile, webhook
     from mlops_cli.observe.promfile import Run
 
     command = _job_command(state.command)
