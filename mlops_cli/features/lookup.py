@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mlops_cli.errors import FeatureViewNotFound
 from mlops_cli.features.store import Record, Store
 
 CACHE_ENTRIES = 100_000
@@ -83,12 +84,17 @@ class Lookup:
         return out, missing
 
     def fetch(self, ids: list[str]) -> list[Entity | None]:
-        """Every id from the store, in one round trip (StoreUnavailable if Redis is down); fills the cache."""
+        """Every id from the store, in one round trip; fills the cache. StoreUnavailable if Redis is down or slow,
+        FeatureViewNotFound if the view is gone (a store restarted empty, say)."""
         started = time.perf_counter()
         raw_record, raw_values = self.store.lookup(self.view, ids)
         seconds = time.perf_counter() - started
         out: list[Entity | None] = [None] * len(ids)
-        if raw_record is not None:
+        if raw_record is None:
+            raise FeatureViewNotFound(
+                f"no feature view {self.view!r} in {self.store.url}", "load it: mlops features materialize"
+            )
+        if ids:
             record = self._parse(raw_record)
             expires = time.monotonic() + self.ttl_s
             fresh = []
