@@ -445,3 +445,34 @@ def test_serve_refuses_to_start_without_its_view(registry, url, tmp_path):
     assert done.returncode == 4 and "no feature view 'flights'" in done.stderr, done.stderr
     half = run_mlops("serve", "flights", "--features", url, registry=registry, timeout=60)
     assert half.returncode == 2
+
+
+# --- score-batch --features ---------------------------------------------------------------------------------------
+
+
+def test_score_batch_by_id_equals_scoring_the_full_rows(registry, frame, table, url, tmp_path):
+    cli = Cli(registry)
+    cli.json("features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", url)
+    full_out, by_id_out = tmp_path / "full.parquet", tmp_path / "by_id.parquet"
+    cli.json("score-batch", "flights", table, full_out, "--id-column", ENTITY)
+    ids = tmp_path / "ids.csv"  # ids as text, and one feature computed "now" (the same value as the table's)
+    frame[[ENTITY, "temp"]].to_csv(ids, index=False)
+    online = ("--features", url, "--feature-view", "flights", "--entity-column", ENTITY)
+    report = cli.json("score-batch", "flights", ids, by_id_out, "--id-column", ENTITY, "--batch-size", "700", *online)
+    features = report["results"]["features"]
+    assert features["version"] == 1 and features["rows_looked_up"] == ROWS and features["unknown_entities"] == 0
+    assert "temp" not in features["looked_up"] and "carrier" in features["looked_up"]
+    full, by_id = io.read_table(full_out), io.read_table(by_id_out)
+    assert by_id[ENTITY].astype(int).tolist() == full[ENTITY].tolist()
+    for column in ("prediction", "proba_0", "proba_1"):
+        assert np.array_equal(by_id[column].to_numpy(), full[column].to_numpy()), column  # bit for bit
+
+    unknown = tmp_path / "unknown.parquet"
+    pq.write_table(pa.table({ENTITY: [1000, -1, 1001, -2]}), unknown)
+    out = tmp_path / "out.parquet"
+    rejected = cli("score-batch", "flights", unknown, out, *online)
+    assert rejected.exit_code == 3 and "unknown entity (rows 2, 4)" in rejected.stderr and not out.exists()
+    filled = cli.json("score-batch", "flights", unknown, out, *online, "--on-missing-feature", "fill")
+    assert filled["results"]["features"]["fallbacks"] == {"unknown entity": 2}
+    flagged = io.read_table(out)["features_filled"].tolist()
+    assert flagged[0] is None and flagged[2] is None and flagged[1].split(",") == SERVED == flagged[3].split(",")

@@ -22,6 +22,7 @@ from mlops_cli.errors import InvalidData
 
 if TYPE_CHECKING:
     from mlops_cli.features.lookup import Entity
+    from mlops_cli.runtime import LoadedModel
     from mlops_cli.runtime.spec import ModelSpec
 
 POLICIES = ("reject", "fill")
@@ -136,7 +137,7 @@ def _rejected(view: str, problems: dict[str, list[int]], policy: str) -> Invalid
         shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
         parts.append(f"{label} (row{'s' if len(rows) > 1 else ''} {shown})")
     hint = (
-        "send those features with the row, load the entities, or serve with --on-missing-feature fill"
+        "send those features with the rows, load the entities, or use --on-missing-feature fill"
         if policy == "reject"
         else "send those features with the row, or load them into the view"
     )
@@ -161,3 +162,19 @@ def fill_values(profile: Mapping[str, Any] | None, spec: ModelSpec) -> dict[str,
             frequencies = entry["frequencies"]
             out[feature.name] = max(sorted(frequencies), key=lambda k: frequencies[k])
     return out
+
+
+def reference_fills(model: LoadedModel) -> dict[str, Any]:
+    """`fill_values` from a registered version's reference profile (ModelNotFound if it has none)."""
+    import json
+
+    from mlops_cli.errors import ModelNotFound
+    from mlops_cli.registry import PROFILE
+
+    version = model.version
+    if version is None or PROFILE not in version.manifest["files"]:
+        raise ModelNotFound(
+            f"{version.ref if version else 'the model'} has no reference profile to fill missing features from",
+            "register it with --train-data, or use --on-missing-feature reject",
+        )
+    return fill_values(json.loads(version.file(PROFILE).read_text()), model.spec)

@@ -10,14 +10,13 @@ request gets 503 with the reason (never a hang: the client's timeouts are short 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mlops_cli.errors import FeatureStoreError
-from mlops_cli.features.assemble import ABSENT, assemble, fill_values, needs_lookup
+from mlops_cli.features.assemble import ABSENT, assemble, needs_lookup, reference_fills
 from mlops_cli.features.store import entity_text
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ def check(options: FeatureOptions, champion: Current) -> None:
     finally:
         store.close()
     if options.on_missing == "fill":
-        _fills(champion)  # raises if the version has no reference profile
+        reference_fills(champion.model)  # raises if the version has no reference profile
 
 
 class OnlineFeatures:
@@ -155,7 +154,7 @@ class OnlineFeatures:
         fills = self._fills.get(champion.version)
         if fills is None:
             with self._lock:
-                fills = self._fills.setdefault(champion.version, _fills(champion))
+                fills = self._fills.setdefault(champion.version, reference_fills(champion.model))
         return fills
 
     def details(self) -> dict[str, Any]:
@@ -171,17 +170,3 @@ class OnlineFeatures:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         self.store.close()
-
-
-def _fills(current: Current) -> dict[str, Any]:
-    from mlops_cli.errors import ModelNotFound
-    from mlops_cli.registry import PROFILE
-
-    version = current.model.version
-    if version is None or PROFILE not in version.manifest["files"]:
-        raise ModelNotFound(
-            f"{version.ref if version else 'the model'} has no reference profile to fill missing features from",
-            "register it with --train-data, or serve with --on-missing-feature reject",
-        )
-    profile = json.loads(version.file(PROFILE).read_text())
-    return fill_values(profile, current.model.spec)
