@@ -18,6 +18,7 @@ from mlops_cli.cli import (
     features,
     gates,
     models,
+    monitor,
     register,
     retrain,
     score_batch,
@@ -81,6 +82,7 @@ app.command("abtest", cls=command)(abtest.run)
 app.add_typer(retrain.app, name="retrain")
 app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
+app.command("monitor", cls=command)(monitor.run)
 app.add_typer(features.app, name="features")
 
 
