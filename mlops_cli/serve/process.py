@@ -64,6 +64,10 @@ def load(registry: Registry, ref: str, options: ServeOptions) -> Models:
                 f"{challenger.ref} is a {spec_b.task}, {champion.ref} a {spec_a.task}",
                 "a challenger must do the champion's job",
             )
+    if options.features is not None:
+        from mlops_cli.serve.features import check
+
+        check(options.features, champion.current)  # type: ignore[arg-type]
     return Models(champion, challenger, shadow)
 
 
