@@ -6,11 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: env demo test lint bench clean system container-test
 
-# Debian programs the tests run for real: promtool (the prometheus package) checks /metrics. Installed once.
-SYSTEM := /usr/bin/promtool
+# Debian programs the tests run for real: promtool (the prometheus package) checks /metrics and the alert rules;
+# prometheus scrapes `mlops serve` and node_exporter (prometheus-node-exporter) reads the jobs' --prom-file textfiles
+# in tests/test_ops_e2e.py. Installed once.
+SYSTEM := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter
 $(SYSTEM):
-	command -v apt-get >/dev/null || { echo "install promtool (Prometheus) by hand" >&2; exit 1; }
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	command -v apt-get >/dev/null || { echo "install Prometheus and node_exporter by hand" >&2; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-node-exporter >/dev/null
 
 system: $(SYSTEM)
 

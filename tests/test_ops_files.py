@@ -58,14 +58,10 @@ def exported(tmp_path_factory) -> dict[str, str]:
 
 
 def job_metrics() -> dict[str, str]:
-    """The names `--prom-file` writes."""
-    # TEMP until the observe branch lands: the contract's table
-    names = """mlops_job_last_success_timestamp_seconds mlops_job_last_run_timestamp_seconds mlops_job_exit_code
-    mlops_job_duration_seconds mlops_job_passed mlops_job_input_rows mlops_job_rejected_rows mlops_drift_detected
-    mlops_drift_share_ratio mlops_drift_feature_effect mlops_drift_feature_drifted mlops_prediction_drift_detected
-    mlops_performance_metric mlops_alerts_firing mlops_retrain_outcome mlops_abtest_outcome
-    mlops_checklist_items_failed""".split()
-    return dict.fromkeys(names, "gauge")
+    """The names `--prom-file` writes (mlops_cli/observe/promfile.py)."""
+    from mlops_cli.observe import promfile
+
+    return dict.fromkeys(promfile.HELP, "gauge")  # every name the textfile writer knows; all gauges
 
 
 # --- reading PromQL -----------------------------------------------------------------------------------------------
