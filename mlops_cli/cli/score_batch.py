@@ -7,10 +7,14 @@ from typing import Annotated, Literal
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -78,6 +82,10 @@ def run(
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Score every row of a Parquet/CSV file (or folder) with a registered model, streaming, into a predictions file.
 
