@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -58,10 +59,20 @@ def _process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> I
             process.wait(10)
 
 
+def _alive(process: subprocess.Popen[bytes], log: Path) -> None:
+    """A program that exited early fails the test with its log, rather than a wait running out."""
+    if process.poll() is not None:
+        raise AssertionError(f"{process.args[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+
+
 def _get(port: int, path: str, **params: str) -> Any:
     url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503 while Prometheus starts: close its connection, let _wait retry
+        exc.close()
+        raise
 
 
 def _wait(what: str, check: Callable[[], T | None], timeout: float = 30) -> T:
@@ -142,10 +153,10 @@ def stack(tmp_path_factory, model_file) -> Iterator[Stack]:
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
         )  # fmt: skip
-        server = running.enter_context(Server(registry, "flights@production", tmp=tmp))
+        server = running.enter_context(Server(registry, "flights@production", "--log-dir", tmp / "log", tmp=tmp))
         running.callback(server.stop)  # SIGTERM: the workers drain and exit with the server
         node = _free_port()
-        running.enter_context(
+        exporter = running.enter_context(
             _process(
                 ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{node}", "--collector.disable-defaults",
                  "--collector.textfile", f"--collector.textfile.directory={textfiles}"],
@@ -156,14 +167,20 @@ def stack(tmp_path_factory, model_file) -> Iterator[Stack]:
         port = _free_port()
         config = tmp / "prometheus.yml"
         config.write_text(yaml.safe_dump(_prometheus_config(server.port, node, PROMETHEUS / "alerts.yml")))
-        running.enter_context(
+        prometheus_process = running.enter_context(
             _process(
                 ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                 tmp / "prometheus.log",
             )
         )  # fmt: skip
-        _wait("Prometheus ready", lambda: _get(port, "/api/v1/status/buildinfo"))
+
+        def ready() -> Any:
+            _alive(exporter, tmp / "node-exporter.log")
+            _alive(prometheus_process, tmp / "prometheus.log")
+            return _get(port, "/api/v1/status/buildinfo")
+
+        _wait("Prometheus ready", ready)
         # The traffic starts once Prometheus has scraped the idle server, so its rates see the requests.
         prometheus = Stack(port)
         prometheus.wait_value('up{job="mlops-serve"}', 1)
@@ -188,8 +205,9 @@ def test_prometheus_scrapes_what_serve_answered(stack):
     assert stack.value("min(mlops_serve_ready)") == 1
     info = stack.query('mlops_serve_model_info{role="champion"} == 1')
     assert [(s["metric"]["model"], s["metric"]["version"]) for s in info] == [("flights", "1")]
-    # exported at 0 before any switch, so MlopsServeSwitchFailed's increase() sees the first failure
+    # exported at 0 from the start: the increase() of MlopsServeSwitchFailed / MlopsServeLogRowsDropped sees a first 1
     assert stack.value('sum(mlops_serve_alias_switches_total{result="failed"})') == 0
+    assert stack.value('sum(mlops_serve_log_rows_total{result="dropped"})') == 0
 
 
 def test_prometheus_reads_the_prom_file_through_node_exporter(stack):
