@@ -199,7 +199,7 @@ def _job_model(state: Invocation, report: Report | None = None) -> str:
     return str((report.model or {}).get("name") or "") if report is not None else ""
 
 
-def _observe(state: Invocation, exit_code: int, report: Report | None, error: str | None = None) -> list[str]:
+def _observe(state: Invocation, exit_code: int, report: Report | None) -> list[str]:
     """Deliver this run's alerts (when a webhook is set) and write its --prom-file. Returns messages for the report
     (a failed delivery); a textfile that cannot be written raises OSError."""
     import time
@@ -211,7 +211,7 @@ def _observe(state: Invocation, exit_code: int, report: Report | None, error: st
 
     command = _job_command(state.command)
     run = Run(command, _job_model(state, report), exit_code, state.started or time.time(), time.time(), report)
-    evaluated = alerts.evaluated(command, report, error)
+    evaluated = alerts.evaluated(command, report, exit_code)
     sinks = job.Sinks(
         state.prom_file,
         state.alert_webhook,
@@ -286,7 +286,7 @@ def _error_report(state: Invocation, code: int, message: str) -> None:
     observed: list[str] = []
     if code != 2:  # a usage error ran nothing: no job to report on
         with contextlib.suppress(Exception):  # the error being reported wins over a failure to observe it
-            observed = _observe(state, code, None, message)
+            observed = _observe(state, code, None)
     _warn(state, observed)
     data = envelope(state.command, status="error", exit_code=code, messages=[*state.warnings, message, *observed])
     if state.output is not None and (state.overwrite or not state.output.exists()):

@@ -45,19 +45,26 @@ class Alert:
             raise ValueError(f"alert {self.name}: severity {self.severity!r} is not one of {SEVERITIES}")
 
 
-def job_failed(command: str, firing: bool, message: str | None = None) -> Alert:
-    summary = f"mlops {command} failed: {message}" if firing and message else f"mlops {command} ran to completion"
-    return Alert("job_failed", "critical", firing, summary)
+_EXIT_MEANING = {3: "input error", 4: "registry error", 5: "internal error", 130: "interrupted", 143: "terminated"}
 
 
-def evaluated(command: str, report: Report | None, error: str | None = None) -> list[Alert]:
+def job_failed(command: str, exit_code: int | None = None) -> Alert:
+    """`job_failed`, firing for an error run's exit code (None: the run completed). The summary names the kind of
+    error only: an error's message may quote paths or values, and the alert goes to a third party."""
+    if exit_code is None:
+        return Alert("job_failed", "critical", False, f"mlops {command} ran to completion")
+    meaning = _EXIT_MEANING.get(exit_code, "error")
+    return Alert("job_failed", "critical", True, f"mlops {command} failed: {meaning} (exit {exit_code})")
+
+
+def evaluated(command: str, report: Report | None, exit_code: int) -> list[Alert]:
     """Every rule this run evaluated: the command's rules from its verdict, the report's own, and job_failed.
     A rule the report carries replaces the command's rule of the same name."""
     if report is None:
-        return [job_failed(command, True, error)]
+        return [job_failed(command, exit_code)]
     own = {a.name: a for a in report.alerts}
     derived = [a for a in rules(command, report) if a.name not in own]
-    return [*derived, *own.values(), *([job_failed(command, False)] if "job_failed" not in own else [])]
+    return [*derived, *own.values(), *([job_failed(command)] if "job_failed" not in own else [])]
 
 
 def rules(command: str, report: Report) -> list[Alert]:

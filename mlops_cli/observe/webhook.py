@@ -201,7 +201,7 @@ def _alertmanager(notices: list[Notice]) -> dict[str, Any]:
     group = {k: common[k] for k in ("command", "model") if k in common}
     return {
         "version": "4",
-        "groupKey": "{}:" + json.dumps(group, sort_keys=True),
+        "groupKey": "{}:{" + ", ".join(f"{k}={json.dumps(v)}" for k, v in group.items()) + "}",
         "truncatedAlerts": 0,
         "status": "firing" if any(n.status == "firing" for n in notices) else "resolved",
         "receiver": "mlops",
