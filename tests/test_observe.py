@@ -251,7 +251,7 @@ def test_a_500_is_retried_then_delivered():
     assert result.ok and result.attempts == 3 and result.status == 200
     assert [p for _, p, _ in receiver.requests] == [f"/hooks/{SECRET}"] * 3
     gaps = [b[0] - a[0] for a, b in zip(receiver.requests, receiver.requests[1:], strict=False)]
-    assert gaps[1] >= gaps[0] * 1.5 >= 0.05 * 1.5  # backoff doubles
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1  # the backoff doubles (lower bounds: a loaded machine adds to both)
 
 
 def test_429_waits_what_retry_after_asks_unless_it_is_past_the_budget():
