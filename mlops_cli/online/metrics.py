@@ -41,6 +41,8 @@ LATENCY_BUCKETS = (
 )
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the predicted score, 0.05 .. 0.95
+SWITCH_RESULTS = ("switched", "failed")
+LOG_RESULTS = ("written", "dropped")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -136,6 +138,10 @@ class Metrics:
     def served(self, followed: Followed, current: Current, previous: Current | None) -> None:
         if previous is not None:
             self.info.labels(*_info(followed, previous)).set(0)
+        elif followed.follows:
+            # Exported at 0 from the start: an alert on increase() cannot see a counter's first step from absent to 1.
+            for result in SWITCH_RESULTS:
+                self.switches.labels(followed.role, result)
         self.info.labels(*_info(followed, current)).set(1)
         self.loaded_at.labels(followed.role).set(current.loaded_at)
 

@@ -220,6 +220,9 @@ def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socke
         def counted(result: str, rows: int) -> None:
             recorder.log_rows.labels(result).inc(rows)
 
+        for result in metrics.LOG_RESULTS:
+            recorder.log_rows.labels(result)  # exported at 0, so an alert on increase() sees the first drop
+
         log = PredictionLog(options.log_dir, slot, rotate_s=options.log_rotate_s, on_rows=counted)
     app = App(models, options, recorder, log)
     app.check_now()
