@@ -107,7 +107,7 @@ trap 'kill "$receiver" 2>/dev/null || true' EXIT
 while [ ! -s "$OUT/receiver.port" ]; do sleep 0.1; done
 export MLOPS_ALERT_WEBHOOK="http://127.0.0.1:$(cat "$OUT/receiver.port")/hooks/mlops"
 step mlops monitor flights@production --logs "$OUT/predictions" --window 1h \
-    --labels "$OUT/labels.parquet" --label-column delayed --on id --alert-format json --prom-file "$OUT/monitor.prom"
+    --labels "$OUT/labels.parquet" --label-column delayed --on id --alert-format alertmanager --prom-file "$OUT/monitor.prom"
 unset MLOPS_ALERT_WEBHOOK
 kill "$receiver" && trap - EXIT
 printf '\n%s\n' "alerts the receiver got ($OUT/alerts.jsonl):"
