@@ -101,6 +101,24 @@ def test_materialize_versions_flip_and_drop_the_old_one(cli, table, url, redis_s
     assert table_output.exit_code == 0 and "flights" in table_output.stdout
 
 
+def test_a_flip_whose_reply_is_lost_keeps_the_live_version(cli, table, url, redis_server, monkeypatch):
+    """The pointer flip took effect but its reply never came (a read timeout): the load fails, and the keys the
+    pointer now names must stay."""
+    from mlops_cli.features import materialize as materialize_lib
+
+    flip = materialize_lib._flip
+
+    def flip_then_lose_the_reply(*args):
+        flip(*args)
+        raise StoreUnavailable("redis: no answer within the read timeout")
+
+    monkeypatch.setattr(materialize_lib, "_flip", flip_then_lose_the_reply)
+    cli("features", "materialize", table, "--entity", ENTITY, "--name", "lost", "--store", url)
+    client = redis_server.client()
+    live = json.loads(client.get(pointer("lost")))["version"]
+    assert len(client.keys(f"{pointer('lost')}:v{live}:*")) == ROWS
+
+
 def table_value(table: Path, entity: int, column: str):
     frame = pq.read_table(table).to_pandas()
     value = frame.loc[frame[ENTITY] == entity, column].iloc[0]

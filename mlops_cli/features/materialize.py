@@ -67,7 +67,10 @@ def materialize(store: Store, table: Path, options: MaterializeOptions) -> Repor
             record = Record(name, version, options.entity, features, kinds, options.ttl_s, rows, source, utc_now())
             _flip(store, name, record)
         except BaseException:
-            _quietly(store.drop_prefix, prefix)  # the pointer never named it: no reader sees these keys
+            # A flip whose reply was lost (a read timeout, a signal just after it) may have taken effect: drop the
+            # new keys only when the pointer surely does not name them (the next load sweeps any left over).
+            if not _maybe_live(store, name, version):
+                _quietly(store.drop_prefix, prefix)
             raise
     dropped = store.drop_prefix(version_prefix(name, previous.version)) if previous is not None else 0
     seconds = time.perf_counter() - started
@@ -195,6 +198,14 @@ def _flip(store: Store, name: str, record: Record) -> None:
     pipe.set(pointer(name), body)
     pipe.sadd(ROOT, name)
     store.call(pipe.execute)
+
+
+def _maybe_live(store: Store, name: str, version: int) -> bool:
+    try:
+        record = store.record(name)
+    except Exception:  # noqa: BLE001 (Redis unreachable: the pointer cannot be read, so keep the keys)
+        return True
+    return record is not None and record.version == version
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
