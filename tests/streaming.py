@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SESSION_MS = "2000"  # the group join waits about half of it on Tansu
+SESSION_MS = "1000"  # the group join waits about half of it on Tansu
 BANNER = re.compile(r"mlops stream: .* from ")
 
 
@@ -47,8 +47,16 @@ class Broker:
         env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "LISTENER_URL", "STORAGE_ENGINE")}
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],  # fmt: skip
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],  # fmt: skip
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=tmp,
@@ -99,8 +107,12 @@ class Broker:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer(
-            {"bootstrap.servers": self.address, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
-             "log_level": 2}  # fmt: skip
+            {
+                "bootstrap.servers": self.address,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "log_level": 2,
+            }  # fmt: skip
         )
         try:
             partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
@@ -118,6 +130,17 @@ class Broker:
                 elif len(out) >= (expect or 0) and time.monotonic() - last >= quiet_s:
                     break
             return out
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str, partitions: int) -> dict[int, int]:
+        """The group's committed offsets (what a restarted member starts from)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.address, "group.id": group, "log_level": 2})
+        try:
+            tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+            return {tp.partition: tp.offset for tp in tps}
         finally:
             consumer.close()
 

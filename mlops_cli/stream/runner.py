@@ -98,6 +98,8 @@ class Stream:
         self._served: dict[str, Current] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to answer, per assigned partition
         self._lag_at = 0.0
+        self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
+        self._joined = False
         self._ready = False
         self._stop = threading.Event()
         self._kafka_error: str | None = None
@@ -233,7 +235,7 @@ class Stream:
     def _loop(self) -> None:
         options = self.options
         wait_s = options.max_wait_ms / 1000
-        last_message = time.monotonic()
+        self._idle_since = time.monotonic()
         while True:
             n = options.max_batch_rows
             if options.max_messages is not None:
@@ -244,14 +246,19 @@ class Stream:
             batch = self._consume(n, wait_s)
             now = time.monotonic()
             if batch:
-                last_message = now
+                self._idle_since = now
                 self._process(batch, time.perf_counter())
-            elif options.idle_exit_s is not None and now - last_message >= options.idle_exit_s:
+            elif options.idle_exit_s is not None and now - self._idle_since >= self._idle_limit(options.idle_exit_s):
                 self.stopped_by = "idle"
                 return
             if now - self._lag_at >= LAG_EVERY_S:
                 self._lag_at = now
                 self._update_lag()
+
+    def _idle_limit(self, idle_exit_s: float) -> float:
+        """Idle means no message since the last assignment. Before the first one (a group join takes a while), a
+        member that never gets a partition (more members than partitions) still stops, after --timeout-s."""
+        return idle_exit_s if self._joined else max(idle_exit_s, self.options.timeout_s)
 
     def _consume(self, n: int, wait_s: float) -> list[Any]:
         """Up to n messages: what is buffered now (or, with --max-wait-ms, what arrives within it), else the first
@@ -359,6 +366,8 @@ class Stream:
         assert metrics is not None
         for tp in partitions:
             self._positions.setdefault((tp.topic, tp.partition), -1)
+        self._idle_since = time.monotonic()
+        self._joined = True
         metrics.assigned.set(len(self._positions))
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
