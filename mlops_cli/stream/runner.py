@@ -112,7 +112,9 @@ class Stream:
     def load(self) -> None:
         """Every model loaded, verified and warmed up before Kafka is touched (errors: exit 4 or 3)."""
         from mlops_cli.online.routing import check_pair
+        from mlops_cli.runtime import threads
 
+        threads.pin_single()  # one BLAS/OpenMP thread, as a server worker: a fork-join over 2 busy cores stalls
         for followed in self.models():
             followed.start()
         if self.challenger is not None:
