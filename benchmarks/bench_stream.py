@@ -162,14 +162,7 @@ def _latency(broker: Broker, argv_for: dict[str, list[str]]) -> dict[str, dict[s
             latencies: list[float] = []
             total = int(RATE * SECONDS)
 
-            def read() -> None:
-                end = time.monotonic() + SECONDS + 30
-                while len(latencies) < total and time.monotonic() < end:
-                    for m in reader.consume(500, 0.1):
-                        if m.error() is None and m.key() != b"probe":
-                            latencies.append(time.time() - int(m.key()) / 1e9)
-
-            thread = threading.Thread(target=read)
+            thread = threading.Thread(target=_read_latencies, args=(reader, latencies, total))
             thread.start()
             start = time.time()
             for i in range(total):
@@ -195,6 +188,15 @@ def _latency(broker: Broker, argv_for: dict[str, list[str]]) -> dict[str, dict[s
         }
         print(f"  latency {name}: {results[name]}", flush=True)
     return results
+
+
+def _read_latencies(reader: object, latencies: list[float], total: int) -> None:
+    """Arrival time minus the scheduled send time (the key), for every answer but the probe."""
+    end = time.monotonic() + SECONDS + 30
+    while len(latencies) < total and time.monotonic() < end:
+        for m in reader.consume(500, 0.1):  # type: ignore[attr-defined]
+            if m.error() is None and m.key() != b"probe":
+                latencies.append(time.time() - int(m.key()) / 1e9)
 
 
 def _memory(broker: Broker, registry: Path, rows: list[bytes]) -> dict[str, float]:
