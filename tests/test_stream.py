@@ -185,10 +185,16 @@ def test_malformed_and_invalid_messages_go_to_the_dead_letter_topic_and_never_st
               json.dumps(nested).encode(), b"\xff\xfe", *_encode(good[10:])]  # fmt: skip
     broker.produce(source, values)
     with StreamProcess(registry, "flights@production", broker, "--input-topic", source, "--output-topic", out,
-                       "--dead-letter-topic", dlq, "--idle-exit-s", "1", "--json", tmp=tmp_path) as stream:  # fmt: skip
+                       "--dead-letter-topic", dlq, "--idle-exit-s", "1", "--prom-file", tmp_path / "stream.prom",
+                       "--json", tmp=tmp_path) as stream:  # fmt: skip
         assert stream.wait(120) == 0, stream.log.read_text()
     results = stream.report()["results"]
     assert (results["messages_in"], results["messages_out"], results["dead_lettered"]) == (25, 20, 5)
+    textfile = (tmp_path / "stream.prom").read_text()  # written at exit, atomically
+    assert 'mlops_stream_messages_total{result="dead_letter"} 5.0' in textfile
+    assert 'mlops_stream_invalid_rows_total{reason="distance: not a number"} 1.0' in textfile
+    check = subprocess.run(["promtool", "check", "metrics"], input=textfile, capture_output=True, text=True)
+    assert "error" not in (check.stdout + check.stderr).lower(), check.stdout + check.stderr
 
     answers = _answers(broker, out, 20)
     assert sorted(a["offset"] for a in answers) == [*range(10), *range(15, 25)]

@@ -58,6 +58,10 @@ def run(
         int | None, typer.Option(min=0, max=65535, help="Serve /metrics, /livez, /readyz on this port.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address the metrics port binds.")] = "127.0.0.1",
+    prom_file: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Also write the metrics to FILE (node_exporter textfile), every 15 s."),
+    ] = None,
     start_from: Annotated[
         Literal["earliest", "latest"],
         typer.Option("--from", help="Where a group without committed offsets starts."),
@@ -106,6 +110,10 @@ def run(
         raise InputError(f"mlops stream needs {exc.name}", "install the extra: pip install 'mlops-cli[kafka]'") from exc
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
+    if prom_file is not None and not prom_file.parent.is_dir():
+        from mlops_cli.errors import MissingFile
+
+        raise MissingFile(f"{prom_file.parent}: no such folder", "check --prom-file")
 
     from mlops_cli.refs import parse_ref
     from mlops_cli.report import Report
@@ -126,6 +134,7 @@ def run(
         log_dir=log_dir,
         metrics_host=host,
         metrics_port=metrics_port,
+        prom_file=prom_file,
         start_from=start_from,
         max_messages=max_messages,
         idle_exit_s=idle_exit_s,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 IDLE_POLL_S = 0.1  # how long one consume call waits for a first message when nothing is buffered
 LAG_EVERY_S = 1.0
+PROM_FILE_EVERY_S = 15.0  # node_exporter's textfile collector reads at scrape time; a few scrapes per rewrite
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class StreamOptions:
     log_dir: Path | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    prom_file: Path | None = None  # the same metrics as a node_exporter textfile, rewritten atomically
     start_from: str = "earliest"
     max_messages: int | None = None
     idle_exit_s: float | None = None
@@ -98,6 +100,7 @@ class Stream:
         self._served: dict[str, Current] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to answer, per assigned partition
         self._lag_at = 0.0
+        self._prom_at = 0.0
         self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
         self._joined = False
         self._ready = False
@@ -114,9 +117,11 @@ class Stream:
         from mlops_cli.online.routing import check_pair
         from mlops_cli.runtime import threads
 
-        threads.pin_single()  # one BLAS/OpenMP thread, as a server worker: a fork-join over 2 busy cores stalls
         for followed in self.models():
             followed.start()
+        # One BLAS/OpenMP thread, as a server worker: a fork-join per batch over 2 busy cores stalled up to 10 times
+        # longer. After the load: threadpoolctl limits only the libraries loaded by then (scikit-learn's OpenMP).
+        threads.pin_single()
         if self.challenger is not None:
             check_pair(self.champion, self.challenger)
 
@@ -227,6 +232,9 @@ class Stream:
     def _close(self, endpoint: Endpoint | None) -> None:
         if self._consumer is not None:
             self._consumer.close()  # leaves the group at once: its partitions go to the other members now
+        if self.options.prom_file is not None and self._metrics is not None:
+            self._update_lag()
+            self._write_prom_file(self.options.prom_file)
         if self._log is not None:
             self._log.close()
         if endpoint is not None:
@@ -256,6 +264,9 @@ class Stream:
             if now - self._lag_at >= LAG_EVERY_S:
                 self._lag_at = now
                 self._update_lag()
+            if options.prom_file is not None and now - self._prom_at >= PROM_FILE_EVERY_S:
+                self._prom_at = now
+                self._write_prom_file(options.prom_file)
 
     def _idle_limit(self, idle_exit_s: float) -> float:
         """Idle means no message since the last assignment. Before the first one (a group join takes a while), a
@@ -360,6 +371,17 @@ class Stream:
         request_id = f"{first.topic}/{first.partition}/{first.offset}"
         assert self._log is not None
         self._log.submit(Entry(answered.values, routed, spec, answered.ids, request_id, time.time(), latency_ms))
+
+    def _write_prom_file(self, path: Path) -> None:
+        from mlops_cli import io
+
+        metrics = self._metrics
+        assert metrics is not None
+        data = metrics.render()
+        try:
+            io.write_atomic(path, lambda fh: fh.write(data))
+        except OSError as exc:  # a full disk must not stop the scoring: /metrics and the next rewrite still say it
+            self._say(f"cannot write {path} ({exc.strerror or exc})")
 
     # --- partitions, lag -----------------------------------------------------------------------------------------
 
