@@ -11,7 +11,20 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain, score_batch, serve, stream, verify
+from mlops_cli.cli import (
+    _common,
+    abtest,
+    drift,
+    gates,
+    models,
+    monitor,
+    register,
+    retrain,
+    score_batch,
+    serve,
+    stream,
+    verify,
+)
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -70,6 +83,7 @@ app.add_typer(retrain.app, name="retrain")
 app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
 app.command("stream", cls=command)(stream.run)
+app.command("monitor", cls=command)(monitor.run)
 
 
 def main() -> None:
