@@ -337,3 +337,25 @@ def test_missing_topic_is_exit_3(broker, registry):
                            "--output-topic", f"absent-{uuid.uuid4().hex}", "--timeout-s", "10")  # fmt: skip
     assert result.exit_code == 3, result.stderr
     assert "create the topics first" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_broker_lost_mid_stream_is_exit_3_in_bounded_time(registry, rows, tmp_path):
+    """The broker dies under a running stream (its own broker here): a line on stderr, then exit 3 once it has been
+    gone for --timeout-s, never a silent wait."""
+    _, records = rows
+    own = Broker(tmp_path)
+    try:
+        source, out, _ = _topics(own, partitions=1)
+        own.produce(source, _encode(records[:10]))
+        with StreamProcess(registry, "flights@production", own, "--input-topic", source, "--output-topic", out,
+                           "--timeout-s", "2", tmp=tmp_path) as stream:  # fmt: skip
+            stream.wait_started()
+            _wait(lambda: len(own.read(out, quiet_s=0.2, timeout=5)) >= 10, 60, "the answers")
+            own.stop()
+            started = time.monotonic()
+            assert stream.wait(60) == 3, stream.log.read_text()
+            assert time.monotonic() - started < 30
+        last = stream.log.read_text().strip().splitlines()[-1]
+        assert last.startswith("error: lost the Kafka broker at"), stream.log.read_text()
+    finally:
+        own.stop()

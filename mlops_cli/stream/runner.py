@@ -106,6 +106,8 @@ class Stream:
         self._ready = False
         self._stop = threading.Event()
         self._kafka_error: str | None = None
+        self._kafka_code: int | None = None
+        self._down_since: float | None = None  # librdkafka said every broker is down; cleared when one answers
 
     def models(self) -> list[Followed]:
         return [f for f in (self.champion, self.challenger) if f is not None]
@@ -264,6 +266,7 @@ class Stream:
             if now - self._lag_at >= LAG_EVERY_S:
                 self._lag_at = now
                 self._update_lag()
+                self._check_broker(now)
             if options.prom_file is not None and now - self._prom_at >= PROM_FILE_EVERY_S:
                 self._prom_at = now
                 self._write_prom_file(options.prom_file)
@@ -452,11 +455,34 @@ class Stream:
         return self._ready, details
 
     def _on_kafka_error(self, error: Any) -> None:
-        text = error.str()
-        if text != self._kafka_error:
-            self._kafka_error = text
-            if self._ready:
-                self._say(f"kafka: {text}")
+        from confluent_kafka import KafkaError
+
+        self._kafka_error = error.str()
+        if error.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
+            self._down_since = time.monotonic()
+        if self._ready and error.code() != self._kafka_code:  # one line per kind of error, not one per retry
+            self._say(f"kafka: {error.str()}")
+        self._kafka_code = error.code()
+
+    def _check_broker(self, now: float) -> None:
+        """While every broker is down: back (say so), or down for --timeout-s (exit 3; a restart loses nothing)."""
+        from confluent_kafka import KafkaException
+
+        down_since = self._down_since
+        if down_since is None:
+            return
+        try:
+            self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            if now - down_since >= self.options.timeout_s:
+                raise Unreachable(
+                    f"lost the Kafka broker at {self.options.brokers} for {self.options.timeout_s:g} s "
+                    f"({self._kafka_error})",
+                    "check the broker; a restart answers every uncommitted message",
+                ) from None
+            return
+        self._down_since, self._kafka_code = None, None
+        self._say("kafka: the broker answers again")
 
     @staticmethod
     def _say(line: str) -> None:
