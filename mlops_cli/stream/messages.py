@@ -11,6 +11,7 @@ those three (delivery is at least once).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -61,6 +62,7 @@ class Answered:
     values: dict[str, list[Any]] | None = None
     ids: list[Any] | None = None
     undecodable: int = 0
+    score_seconds: float = 0.0  # the model call alone (the router's), for the prediction-duration metric
 
 
 class Codec:
@@ -95,6 +97,7 @@ class Codec:
         result = Answered(undecodable=len(problems))
         if rows:
             ids = [row.get(self.key_column) for row in rows] if self.key_column else None
+            started = time.perf_counter()
             try:
                 routed = self.router.score(values, len(rows))
             except MlopsError as exc:
@@ -103,6 +106,7 @@ class Codec:
                 if len(batch) > 1:
                     return self._one_by_one(batch)
                 return Answered([self._dead(batch[0], exc.one_line())], undecodable=1)
+            result.score_seconds = time.perf_counter() - started
             result.routed, result.values, result.ids = routed, values, ids
             self._answers(batch, good, ids, routed, answers)
         result.out = [answers[i] for i in range(len(batch))]

@@ -299,9 +299,7 @@ class Stream:
         assert metrics is not None
         incoming = [Incoming(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in batch]
         with commit_window():  # a signal waits until this batch is answered and committed
-            before = time.perf_counter()
             answered = self.codec.answer(incoming)
-            model_seconds = time.perf_counter() - before
             self._produce(answered.out)
             self._commit(incoming)
             dead = sum(1 for o in answered.out if o.dead)
@@ -313,7 +311,7 @@ class Stream:
         metrics.messages.labels("out").inc(len(answered.out) - dead)
         metrics.messages.labels("dead_letter").inc(dead)
         if answered.routed is not None:
-            metrics.answered(answered.routed, model_seconds)
+            metrics.answered(answered.routed, answered.score_seconds)
             if self._log is not None and answered.values is not None:
                 self._submit(answered, incoming[0], started)
         metrics.batch_seconds.observe(time.perf_counter() - started)
