@@ -170,10 +170,9 @@ class Stream:
         return self.counts
 
     def _connect(self) -> None:
-        from confluent_kafka import Consumer, KafkaException, Producer
+        from confluent_kafka import KafkaException
 
         options = self.options
-        timeout_ms = int(options.timeout_s * 1000)
         common = {
             "bootstrap.servers": options.brokers,
             "client.id": "mlops-stream",
@@ -181,26 +180,10 @@ class Stream:
             "log_level": 2,  # librdkafka's own lines (every failed connect) would flood stderr; errors come via error_cb
             **options.kafka,
         }
-        self._consumer = Consumer(
-            {
-                **common,
-                "group.id": options.group,
-                "enable.auto.commit": False,  # offsets are committed by the loop, after the answers are delivered
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": options.start_from,
-                "session.timeout.ms": options.session_timeout_ms,
-                "heartbeat.interval.ms": max(100, options.session_timeout_ms // 3),
-            }
-        )
-        self._producer = Producer(
-            {
-                **common,
-                "enable.idempotence": True,  # broker-side retries neither reorder nor duplicate a batch's answers
-                "acks": "all",
-                "linger.ms": 5,
-                "message.timeout.ms": timeout_ms,
-            }
-        )
+        try:
+            self._clients(common)
+        except KafkaException as exc:  # a setting librdkafka refuses (a --kafka-option's name or value)
+            raise InputError(f"Kafka client settings: {exc.args[0].str()}", "check --kafka-option") from None
         wanted = [options.input_topic, options.output_topic]
         if options.dead_letter_topic is not None:
             wanted.append(options.dead_letter_topic)
@@ -219,6 +202,32 @@ class Stream:
             raise InputError(
                 f"no topic {', '.join(repr(t) for t in missing)} on {options.brokers}", "create the topics first"
             )
+
+    def _clients(self, common: dict[str, Any]) -> None:
+        """The consumer (manual commits) and the idempotent producer."""
+        from confluent_kafka import Consumer, Producer
+
+        options = self.options
+        self._consumer = Consumer(
+            {
+                **common,
+                "group.id": options.group,
+                "enable.auto.commit": False,  # offsets are committed by the loop, after the answers are delivered
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": options.start_from,
+                "session.timeout.ms": options.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, options.session_timeout_ms // 3),
+            }
+        )
+        self._producer = Producer(
+            {
+                **common,
+                "enable.idempotence": True,  # broker-side retries neither reorder nor duplicate a batch's answers
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": int(options.timeout_s * 1000),
+            }
+        )
 
     def _open_log(self, directory: Path) -> PredictionLog:
         from mlops_cli.online.predlog import PredictionLog
