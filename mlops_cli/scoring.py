@@ -53,6 +53,7 @@ class ScoreOptions:
     input_format: str | None = None
     overwrite: bool = False
     load: LoadOptions = LoadOptions()  # --runtime, --strict, --no-pickle
+    features: Any = None  # --features: a BatchFeatureOptions (mlops_cli.features.batch); ids completed from a view
     on_progress: Callable[[int, int | None], None] | None = None  # (rows read so far, total rows if known)
 
 
@@ -67,12 +68,17 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     models = [_Model.load(registry, ref, "champion", options)]
     if options.challenger is not None:
         models.append(_Model.load(registry, options.challenger, "challenger", options))
-    plan = _plan(input_path, parts, input_format, output_format, models, options, split_key)
+    features = None
+    if options.features is not None:
+        from mlops_cli.features.batch import BatchFeatures
+
+        features = BatchFeatures(options.features, models[0].model)
+    plan = _plan(input_path, parts, input_format, output_format, models, options, split_key, features)
     # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
     # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
     # imports for the GIL and slow the start by more than the whole hash costs.)
     fingerprint = io.Background(io.fingerprint, input_path, 0)
-    run = _Run(models, plan, options, input_path)
+    run = _Run(models, plan, options, input_path, features)
     # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
     # the write: keep it for the columns where it pays (labels, ids, model names).
     dictionary = [f.name for f in plan.schema if not pa.types.is_floating(f.type)]
@@ -102,9 +108,13 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
         interrupted = exc
     inputs = [{**fingerprint.result(), "rows": run.rows_read}]
     seconds = time.perf_counter() - started
+    results = run.results(output_path, output_format, input_format, seconds)
+    if features is not None:
+        results["features"] = features.results()
+        features.close()
     report = Report(
         "score-batch",
-        results=run.results(output_path, output_format, input_format, seconds),
+        results=results,
         inputs=inputs,
         model=models[0].model.summary(),
     )
@@ -305,23 +315,29 @@ def _plan(
     models: list[_Model],
     options: ScoreOptions,
     split_key: list[str],
+    features: Any = None,
 ) -> _Plan:
     """Check every file's columns against the models and options, before any output exists."""
     schemas = [io.schema(part, input_format) for part in parts]
     first = schemas[0]
     kept = list(first.names) if options.keep_all else list(dict.fromkeys(options.id_columns + options.keep_columns))
+    provided = features.provided if features is not None else []  # what the feature view adds to each row
     for part, part_schema in zip(parts, schemas, strict=True):
         where = str(part) if len(parts) > 1 else str(input_path)
         for m in models:
-            m.model.spec.require_features(part_schema.names, where=where)
+            m.model.spec.require_features([*part_schema.names, *provided], where=where)
         absent = [c for c in dict.fromkeys(kept + split_key) if c not in part_schema.names]
         if absent:
             raise SchemaMismatch(
                 f"{where} has no column(s) {absent} (named by --id-column, --keep-columns or --split-key)",
                 f"its columns are {part_schema.names[:20]}",
             )
-    features = list(dict.fromkeys(f for m in models for f in m.model.spec.feature_names))
-    read = list(dict.fromkeys(kept + features + split_key))
+    needed = list(dict.fromkeys(f for m in models for f in m.model.spec.feature_names))
+    read = list(dict.fromkeys(kept + needed + split_key))
+    if features is not None:
+        features.plan(list(first.names), needed)
+        read = [c for c in read if c not in features.looked_up] + [features.options.entity_column]
+        read = list(dict.fromkeys(read))
     column_types = text_column_types(read) if input_format == "csv" else None
 
     champion = models[0]
@@ -339,6 +355,10 @@ def _plan(
     outputs += [("model_name", pa.string()), ("model_version", pa.string())]
     if options.on_invalid == "null":
         outputs.append((REASON_COLUMN, pa.string()))
+    if features is not None and features.options.on_missing == "fill":
+        from mlops_cli.features.batch import FILLED_COLUMN
+
+        outputs.append((FILLED_COLUMN, pa.string()))
     clash = [c for c in kept if c in {name for name, _ in outputs}]
     if clash:
         raise SchemaMismatch(
@@ -386,8 +406,12 @@ def _kept_type(type_: pa.DataType, input_format: str, output_format: str) -> pa.
 class _Run:
     """Scores batch after batch and keeps the counts the report needs."""
 
-    def __init__(self, models: list[_Model], plan: _Plan, options: ScoreOptions, input_path: Path) -> None:
+    def __init__(
+        self, models: list[_Model], plan: _Plan, options: ScoreOptions, input_path: Path, features: Any = None
+    ) -> None:
         self.models = models
+        self.features = features
+        self._filled: list[str | None] | None = None
         self.plan = plan
         self.options = options
         self.input_path = input_path
@@ -400,6 +424,9 @@ class _Run:
 
     def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         n, offset = batch.num_rows, self.rows_read
+        if self.features is not None:
+            batch, filled = self.features.complete(batch, offset)
+            self._filled = filled if self.features.options.on_missing == "fill" else None
         self.rows_read += n
         self.batches += 1
         sample_keys = self._sample_keys.random(n)
@@ -507,6 +534,9 @@ class _Run:
             columns.append(pc.if_else(mask, challenger.version, champion.version))
         if self.options.on_invalid == "null":
             columns.append(pa.array(_reason_texts(n, reasons), type=pa.string()))
+        if self._filled is not None:
+            filled = np.array(self._filled, dtype=object)
+            columns.append(pa.array(select(filled).tolist(), type=pa.string()))
         return pa.RecordBatch.from_arrays(columns, schema=plan.schema)
 
     def _model_class(self, m: _Model, label: Any) -> int | None:

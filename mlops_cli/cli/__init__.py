@@ -15,6 +15,7 @@ from mlops_cli.cli import (
     _common,
     abtest,
     drift,
+    features,
     gates,
     models,
     monitor,
@@ -84,6 +85,7 @@ app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
 app.command("stream", cls=command)(stream.run)
 app.command("monitor", cls=command)(monitor.run)
+app.add_typer(features.app, name="features")
 
 
 def main() -> None:

@@ -7,10 +7,14 @@ from typing import Annotated, Literal
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -71,6 +75,22 @@ def run(
             help="Column(s) whose hash picks the model (default: the first --id-column).",
         ),
     ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features", metavar="URL", help="Complete rows from this Redis feature store (redis://HOST:PORT/DB)."
+        ),
+    ] = None,
+    feature_view: Annotated[str | None, typer.Option(metavar="NAME", help="The feature view to read.")] = None,
+    entity_column: Annotated[
+        str | None, typer.Option(metavar="COL", help="The input column holding the entity id.")
+    ] = None,
+    on_missing_feature: Annotated[
+        Literal["reject", "fill"],
+        typer.Option(
+            help="An unknown entity: fail (exit 3), or fill from the reference profile (features_filled column)."
+        ),
+    ] = "reject",
     fmt: FormatOpt = None,
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
@@ -78,6 +98,10 @@ def run(
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Score every row of a Parquet/CSV file (or folder) with a registered model, streaming, into a predictions file.
 
@@ -103,7 +127,17 @@ def run(
     if not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise typer.BadParameter(f"{predictions}: name it .parquet, .csv or .csv.gz", param_hint="OUTPUT")
 
+    online = [features, feature_view, entity_column]
+    if any(v is not None for v in online) and not all(v is not None for v in online):
+        raise typer.BadParameter("give all three, or none", param_hint="--features/--feature-view/--entity-column")
+
     from mlops_cli.scoring import ScoreOptions, score_batch
+
+    feature_options = None
+    if features is not None:
+        from mlops_cli.features.batch import BatchFeatureOptions
+
+        feature_options = BatchFeatureOptions(features, feature_view, entity_column, on_missing_feature)  # type: ignore[arg-type]
 
     options = ScoreOptions(
         id_columns=list(id_column or []),
@@ -118,6 +152,7 @@ def run(
         input_format=fmt,
         overwrite=overwrite,
         load=load_options(strict, runtime),
+        features=feature_options,
     )
     if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
         report = score_batch(registry(), ref, data, predictions, options=options)

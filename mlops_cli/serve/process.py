@@ -59,6 +59,10 @@ def load(registry: Registry, ref: str, options: ServeOptions) -> Models:
         from mlops_cli.online.routing import check_pair
 
         check_pair(champion, challenger)
+    if options.features is not None:
+        from mlops_cli.serve.features import check
+
+        check(options.features, champion.current)  # type: ignore[arg-type]
     return Models(champion, challenger, shadow)
 
 
@@ -210,6 +214,9 @@ def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socke
 
         def counted(result: str, rows: int) -> None:
             recorder.log_rows.labels(result).inc(rows)
+
+        for result in metrics.LOG_RESULTS:
+            recorder.log_rows.labels(result)  # exported at 0, so an alert on increase() sees the first drop
 
         log = PredictionLog(options.log_dir, slot, rotate_s=options.log_rotate_s, on_rows=counted)
     app = App(models, options, recorder, log)
