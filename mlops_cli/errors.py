@@ -3,7 +3,8 @@ answer with (the one error-to-status map: `http_status`).
 
 MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
  ├── InputError (exit 3, HTTP 400): MissingFile, EmptyInput, UnreadableFile, OutputExists,
- │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract)
+ │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract),
+ │     Unreachable (HTTP 503: a service the command needs, a Kafka broker, does not answer)
  │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
  │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
  └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
@@ -60,6 +61,12 @@ class InvalidData(InputError):
 
 class OutputExists(InputError):
     pass
+
+
+class Unreachable(InputError):
+    """A service the command reads from or writes to (a Kafka broker) did not answer in time."""
+
+    http_status = 503
 
 
 class RequestError(InputError):

@@ -758,6 +758,23 @@ def render_retrain_history(report: Report, console: Console) -> None:
     console.print(table if report.results["jobs"] else f"no retrain jobs for {report.results['name']}")
 
 
+# --- stream --------------------------------------------------------------------------------------------------
+
+
+def render_stream(report: Report, console: Console) -> None:
+    r = report.results
+    console.print(
+        f"{r['input_topic']} → {r['output_topic']} (group {r['group']}): {r['messages_in']:,} messages in, "
+        f"{r['messages_out']:,} answered, {r['dead_lettered']:,} dead-lettered in {r['batches']:,} batches; "
+        f"stopped by {r['stopped_by']}"
+    )
+    for switch in r["switches"]:
+        console.print(f"{switch['role']}: version {switch['from']} → {switch['to']}")
+    for model in r["models"]:
+        if model.get("switch_error"):
+            console.print(f"[yellow]{WARN}[/] {model['role']}: {model['switch_error']}", markup=True)
+
+
 def render_features(report: Report, console: Console) -> None:
     r = report.results
     views = r["views"] if "views" in r else [r["view"]]

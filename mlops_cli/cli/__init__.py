@@ -23,6 +23,7 @@ from mlops_cli.cli import (
     retrain,
     score_batch,
     serve,
+    stream,
     verify,
 )
 
@@ -82,6 +83,7 @@ app.command("abtest", cls=command)(abtest.run)
 app.add_typer(retrain.app, name="retrain")
 app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
+app.command("stream", cls=command)(stream.run)
 app.command("monitor", cls=command)(monitor.run)
 app.add_typer(features.app, name="features")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlops_cli.online.following import Current, Followed
@@ -68,71 +68,118 @@ def worker_gone(slot: int) -> None:
 class Metrics:
     """The metrics one worker records; `render()` answers a scrape for all workers."""
 
-    def __init__(self, service: str = "serve") -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, service: str = "serve", registry: Any = None, *, http: bool = True) -> None:
+        """`service` names the metrics (`mlops_serve_*`, `mlops_stream_*`); `registry`: a CollectorRegistry of the
+        caller's (a single-process service), or prometheus_client's default (the forked server's workers); `http`:
+        the request metrics and the shadow's, which only a server that answers requests has."""
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         p = f"mlops_{service}_"
-        self.requests = Counter(
-            p + "requests_total", "Requests answered, by handler and HTTP status", ["handler", "code"]
-        )
-        self.request_seconds = Histogram(
-            p + "request_duration_seconds", "Time from request to answer", ["handler"], buckets=LATENCY_BUCKETS
-        )
+        reg = registry if registry is not None else REGISTRY
+        self.registry = reg
         self.prediction_seconds = Histogram(
-            p + "prediction_duration_seconds", "Time of one model call (a micro-batch)", buckets=LATENCY_BUCKETS
+            p + "prediction_duration_seconds",
+            "Time of one model call (a micro-batch)",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
-        self.batch_rows = Histogram(p + "batch_rows", "Rows per model call (micro-batch size)", buckets=ROWS_BUCKETS)
-        self.in_flight = Gauge(p + "in_flight_requests", "Requests being answered", multiprocess_mode="livesum")
+        self.batch_rows = Histogram(
+            p + "batch_rows", "Rows per model call (micro-batch size)", buckets=ROWS_BUCKETS, registry=reg
+        )
         self.rows = Counter(
             p + "rows_total",
             "Rows answered, by model version, route and outcome",
             ["model_version", "route", "outcome"],
+            registry=reg,
         )
-        self.invalid = Counter(p + "invalid_rows_total", "Rows outside the input contract, by reason", ["reason"])
+        self.invalid = Counter(
+            p + "invalid_rows_total", "Rows outside the input contract, by reason", ["reason"], registry=reg
+        )
         self.score = Histogram(
             p + "predicted_score",
             "Predicted probability of the positive class (binary) or of the predicted class (multiclass)",
             ["model_version"],
             buckets=SCORE_BUCKETS,
+            registry=reg,
         )
-        self.classes = Counter(p + "predicted_class_total", "Predicted classes", ["model_version", "class"])
+        self.classes = Counter(
+            p + "predicted_class_total", "Predicted classes", ["model_version", "class"], registry=reg
+        )
         self.info = Gauge(
             p + "model_info",
             "The version each role serves (1) and served before (0)",
             ["role", "model", "version", "runtime", "sha256"],
             multiprocess_mode="livemax",
+            registry=reg,
         )
         self.loaded_at = Gauge(
             p + "model_loaded_timestamp_seconds",
             "When the served version was loaded",
             ["role"],
             multiprocess_mode="livemax",
+            registry=reg,
         )
-        self.switches = Counter(p + "alias_switches_total", "Alias switches, by role and result", ["role", "result"])
-        self.ready = Gauge(p + "ready", "1 when the worker takes traffic", multiprocess_mode="livemin")
-        self.log_rows = Counter(p + "log_rows_total", "Prediction-log rows, written or dropped", ["result"])
-        self.shadow_rows = Counter(p + "shadow_rows_total", "Rows sent to the shadow model, by result", ["result"])
+        self.switches = Counter(
+            p + "alias_switches_total", "Alias switches, by role and result", ["role", "result"], registry=reg
+        )
+        self.ready = Gauge(p + "ready", "1 when the worker takes traffic", multiprocess_mode="livemin", registry=reg)
+        self.log_rows = Counter(
+            p + "log_rows_total", "Prediction-log rows, written or dropped", ["result"], registry=reg
+        )
+        if not http:
+            return
+        self.requests = Counter(
+            p + "requests_total", "Requests answered, by handler and HTTP status", ["handler", "code"], registry=reg
+        )
+        self.request_seconds = Histogram(
+            p + "request_duration_seconds",
+            "Time from request to answer",
+            ["handler"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            p + "in_flight_requests", "Requests being answered", multiprocess_mode="livesum", registry=reg
+        )
+        self.shadow_rows = Counter(
+            p + "shadow_rows_total", "Rows sent to the shadow model, by result", ["result"], registry=reg
+        )
         # Online features (--features): every row that lacked a feature is one lookup of its entity.
-        self.feature_lookups = Counter(p + "feature_lookups_total", "Entities looked up for rows that lacked features")
+        self.feature_lookups = Counter(
+            p + "feature_lookups_total", "Entities looked up for rows that lacked features", registry=reg
+        )
         self.feature_cache = Counter(
-            p + "feature_cache_lookups_total", "Entity lookups in the in-process cache, by result", ["result"]
+            p + "feature_cache_lookups_total",
+            "Entity lookups in the in-process cache, by result",
+            ["result"],
+            registry=reg,
         )
         self.feature_store = Counter(
-            p + "feature_store_lookups_total", "Entity lookups in the feature store, by result", ["result"]
+            p + "feature_store_lookups_total",
+            "Entity lookups in the feature store, by result",
+            ["result"],
+            registry=reg,
         )
         self.feature_seconds = Histogram(
-            p + "feature_lookup_duration_seconds", "Time of one feature store round trip", buckets=LATENCY_BUCKETS
+            p + "feature_lookup_duration_seconds",
+            "Time of one feature store round trip",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         )
         self.feature_fallbacks = Counter(
             p + "feature_fallbacks_total",
             "Rows whose features were incomplete, by reason and what the policy did",
             ["reason", "action"],
+            registry=reg,
         )
         self.feature_store_errors = Counter(
-            p + "feature_store_errors_total", "Feature store calls that failed (Redis down or too slow)"
+            p + "feature_store_errors_total", "Feature store calls that failed (Redis down or too slow)", registry=reg
         )
         self.feature_store_up = Gauge(
-            p + "feature_store_up", "1 when the feature store answered the last call", multiprocess_mode="livemin"
+            p + "feature_store_up",
+            "1 when the feature store answered the last call",
+            multiprocess_mode="livemin",
+            registry=reg,
         )
 
     def served(self, followed: Followed, current: Current, previous: Current | None) -> None:

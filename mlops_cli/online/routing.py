@@ -107,6 +107,16 @@ class Router:
         return challenger_rows(columns, self.share)[0]
 
 
+def check_pair(champion: Followed, challenger: Followed) -> None:
+    """A challenger must do the champion's job: the same task (both loaded)."""
+    spec_a, spec_b = champion.current.model.spec, challenger.current.model.spec  # type: ignore[union-attr]
+    if spec_a.task != spec_b.task:
+        raise SchemaMismatch(
+            f"{challenger.ref} is a {spec_b.task}, {champion.ref} a {spec_a.task}",
+            "a challenger must do the champion's job",
+        )
+
+
 def _any(rows: np.ndarray | None) -> bool:
     return rows is None or len(rows) > 0
 

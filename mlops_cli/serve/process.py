@@ -56,14 +56,9 @@ def load(registry: Registry, ref: str, options: ServeOptions) -> Models:
     challenger = followed(options.challenger, "challenger") if options.challenger else None
     shadow = followed(options.shadow, "shadow") if options.shadow else None
     if challenger is not None:
-        spec_a, spec_b = champion.current.model.spec, challenger.current.model.spec  # type: ignore[union-attr]
-        if spec_a.task != spec_b.task:
-            from mlops_cli.errors import SchemaMismatch
+        from mlops_cli.online.routing import check_pair
 
-            raise SchemaMismatch(
-                f"{challenger.ref} is a {spec_b.task}, {champion.ref} a {spec_a.task}",
-                "a challenger must do the champion's job",
-            )
+        check_pair(champion, challenger)
     if options.features is not None:
         from mlops_cli.serve.features import check
 

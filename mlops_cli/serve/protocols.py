@@ -206,14 +206,18 @@ def loads(body: bytes) -> Any:
         raise Malformed(f"the body is not valid JSON{position}", "send a JSON object") from exc
 
 
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_plain).encode()
-
-
 def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(type(value).__name__)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain)  # made once: json.dumps with
+# options builds an encoder per call, which a stream pays for every message
+
+
+def dumps(obj: Any) -> bytes:
+    return _ENCODER.encode(obj).encode()
 
 
 def answer_rows(routed: Any, ids: list[Any] | None, features: Any = None) -> list[dict[str, Any]]:

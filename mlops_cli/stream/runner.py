@@ -1,0 +1,496 @@
+"""`mlops stream`: consume feature messages from a Kafka topic, score them, produce the answers, commit.
+
+Delivery is at least once. One batch at a time, in the main thread: consume up to `max_batch_rows` messages, score
+them through the one runtime (champion and challenger, as `mlops serve` routes them), produce one output or
+dead-letter message per input message, flush the producer and check every delivery report, and only then commit the
+batch's offsets, synchronously. A crash or kill -9 at any point loses nothing: what was not committed is consumed
+again after a restart, and answered again (a duplicate, never a gap). Downstream jobs deduplicate on the input
+topic, partition and offset that every answer carries.
+
+Rebalances: librdkafka calls the assignment callbacks only inside `consume`, and every batch consumed before that
+call has been committed by then, so a revoked partition has nothing done and uncommitted. A commit refused because
+a rebalance took the partition away leaves its messages to the new owner (answered twice, not lost).
+
+Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM or SIGINT raise `Interrupted` in the main thread, but
+never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed, and the stream
+then leaves the group (`close`) and returns its counts; the CLI exits 0. The alias is followed as `mlops serve`
+follows it (`mlops_cli.online.following`): a thread re-reads it, and a new version is loaded, verified and warmed up
+there, then swapped in between two batches.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops_cli.errors import InputError, Interrupted, Unreachable
+from mlops_cli.interrupts import commit_window
+from mlops_cli.stream.messages import Codec, Incoming, Outgoing
+
+if TYPE_CHECKING:
+    from mlops_cli.online.following import Current, Followed
+    from mlops_cli.online.predlog import PredictionLog
+    from mlops_cli.registry import Registry
+    from mlops_cli.runtime import LoadOptions
+    from mlops_cli.stream.endpoint import Endpoint, StreamMetrics
+
+IDLE_POLL_S = 0.1  # how long one consume call waits for a first message when nothing is buffered
+LAG_EVERY_S = 1.0
+PROM_FILE_EVERY_S = 15.0  # node_exporter's textfile collector reads at scrape time; a few scrapes per rewrite
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    brokers: str
+    input_topic: str
+    output_topic: str
+    group: str
+    dead_letter_topic: str | None = None
+    key_column: str | None = None
+    challenger: str | None = None
+    challenger_share: float = 0.1
+    split_key: list[str] = field(default_factory=list)
+    max_batch_rows: int = 500
+    max_wait_ms: float = 0.0
+    log_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    prom_file: Path | None = None  # the same metrics as a node_exporter textfile, rewritten atomically
+    start_from: str = "earliest"
+    max_messages: int | None = None
+    idle_exit_s: float | None = None
+    poll_s: float = 0.5
+    timeout_s: float = 30.0  # connecting, and a batch's delivery: past it the broker is unreachable
+    session_timeout_ms: int = 10_000
+    kafka: dict[str, str] = field(default_factory=dict)  # more librdkafka settings (security, client.id, ...)
+    load: LoadOptions | None = None
+
+
+@dataclass
+class Counts:
+    messages_in: int = 0
+    messages_out: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits_failed: int = 0
+    switches: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Stream:
+    def __init__(self, registry: Registry, ref: str, options: StreamOptions) -> None:
+        from mlops_cli.online.following import Followed
+        from mlops_cli.online.routing import CHALLENGER, CHAMPION
+        from mlops_cli.runtime import LoadOptions
+
+        load = options.load or LoadOptions()
+        self.options = options
+        self.champion = Followed(registry, ref, CHAMPION, load)
+        self.challenger = Followed(registry, options.challenger, CHALLENGER, load) if options.challenger else None
+        self.counts = Counts()
+        self.stopped_by: str | None = None
+        self.port: int | None = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._metrics: StreamMetrics | None = None
+        self._log: PredictionLog | None = None
+        self._served: dict[str, Current] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to answer, per assigned partition
+        self._lag_at = 0.0
+        self._prom_at = 0.0
+        self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
+        self._joined = False
+        self._ready = False
+        self._stop = threading.Event()
+        self._kafka_error: str | None = None
+        self._kafka_code: int | None = None
+        self._down_since: float | None = None  # librdkafka said every broker is down; cleared when one answers
+
+    def models(self) -> list[Followed]:
+        return [f for f in (self.champion, self.challenger) if f is not None]
+
+    # --- start and stop ----------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Every model loaded, verified and warmed up before Kafka is touched (errors: exit 4 or 3)."""
+        from mlops_cli.online.routing import check_pair
+        from mlops_cli.runtime import threads
+
+        for followed in self.models():
+            followed.start()
+        # One BLAS/OpenMP thread, as a server worker: a fork-join per batch over 2 busy cores stalled up to 10 times
+        # longer. After the load: threadpoolctl limits only the libraries loaded by then (scikit-learn's OpenMP).
+        threads.pin_single()
+        if self.challenger is not None:
+            check_pair(self.champion, self.challenger)
+
+    def run(self, announce: Any = None) -> Counts:
+        """Consume until --max-messages, --idle-exit-s or a signal; returns the counts (`stopped_by` says why)."""
+        from mlops_cli.online.routing import Router
+        from mlops_cli.stream.endpoint import Endpoint, StreamMetrics
+
+        options = self.options
+        metrics = self._metrics = StreamMetrics()
+        for followed in self.models():
+            followed.on_switch = self._switched
+            current = followed.current
+            assert current is not None, "load() first"
+            metrics.served(followed, current, None)
+            self._served[followed.role] = current
+        router = Router(self.champion, self.challenger, options.challenger_share, options.split_key)
+        self.codec = Codec(router, options.output_topic, options.dead_letter_topic, options.key_column)
+        endpoint: Endpoint | None = None
+        follower = threading.Thread(target=self._follow, name="mlops-follow", daemon=True)
+        try:
+            self._connect()
+            if options.metrics_port is not None:
+                endpoint = Endpoint(options.metrics_host, options.metrics_port, metrics, self._readiness)
+                self.port = endpoint.port
+            if options.log_dir is not None:
+                self._log = self._open_log(options.log_dir)
+            follower.start()
+            self._consumer.subscribe(
+                [options.input_topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            )
+            self._ready = True
+            metrics.ready.set(1)
+            if announce is not None:
+                announce(self)
+            self._loop()
+        except Interrupted as stop:
+            self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed
+        finally:
+            self._ready = False
+            metrics.ready.set(0)
+            self._stop.set()
+            self._close(endpoint)
+        return self.counts
+
+    def _connect(self) -> None:
+        from confluent_kafka import KafkaException
+
+        options = self.options
+        common = {
+            "bootstrap.servers": options.brokers,
+            "client.id": "mlops-stream",
+            "error_cb": self._on_kafka_error,
+            "log_level": 2,  # librdkafka's own lines (every failed connect) would flood stderr; errors come via error_cb
+            **options.kafka,
+        }
+        try:
+            self._clients(common)
+        except KafkaException as exc:  # a setting librdkafka refuses (a --kafka-option's name or value)
+            raise InputError(f"Kafka client settings: {exc.args[0].str()}", "check --kafka-option") from None
+        wanted = [options.input_topic, options.output_topic]
+        if options.dead_letter_topic is not None:
+            wanted.append(options.dead_letter_topic)
+        for client in (self._consumer, self._producer):
+            try:
+                # All topics, not the named ones: naming a topic asks a broker that auto-creates topics to make it.
+                metadata = client.list_topics(timeout=options.timeout_s)
+            except KafkaException as exc:
+                raise Unreachable(
+                    f"no Kafka broker answered at {options.brokers} within {options.timeout_s:g} s "
+                    f"({self._kafka_error or exc.args[0].str()})",
+                    "check --brokers and that the broker is running",
+                ) from None
+        missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
+        if missing:
+            raise InputError(
+                f"no topic {', '.join(repr(t) for t in missing)} on {options.brokers}", "create the topics first"
+            )
+
+    def _clients(self, common: dict[str, Any]) -> None:
+        """The consumer (manual commits) and the idempotent producer."""
+        from confluent_kafka import Consumer, Producer
+
+        options = self.options
+        self._consumer = Consumer(
+            {
+                **common,
+                "group.id": options.group,
+                "enable.auto.commit": False,  # offsets are committed by the loop, after the answers are delivered
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": options.start_from,
+                "session.timeout.ms": options.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, options.session_timeout_ms // 3),
+            }
+        )
+        self._producer = Producer(
+            {
+                **common,
+                "enable.idempotence": True,  # broker-side retries neither reorder nor duplicate a batch's answers
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": int(options.timeout_s * 1000),
+            }
+        )
+
+    def _open_log(self, directory: Path) -> PredictionLog:
+        from mlops_cli.online.predlog import PredictionLog
+
+        metrics = self._metrics
+        assert metrics is not None
+
+        def counted(result: str, rows: int) -> None:
+            metrics.log_rows.labels(result).inc(rows)
+
+        return PredictionLog(directory, 0, on_rows=counted)
+
+    def _close(self, endpoint: Endpoint | None) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # leaves the group at once: its partitions go to the other members now
+        if self.options.prom_file is not None and self._metrics is not None:
+            self._update_lag()
+            self._write_prom_file(self.options.prom_file)
+        if self._log is not None:
+            self._log.close()
+        if endpoint is not None:
+            endpoint.close()
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        options = self.options
+        wait_s = options.max_wait_ms / 1000
+        self._idle_since = time.monotonic()
+        while True:
+            n = options.max_batch_rows
+            if options.max_messages is not None:
+                n = min(n, options.max_messages - self.counts.messages_in)
+                if n <= 0:
+                    self.stopped_by = "max-messages"
+                    return
+            batch = self._consume(n, wait_s)
+            now = time.monotonic()
+            if batch:
+                self._idle_since = now
+                self._process(batch, time.perf_counter())
+            elif options.idle_exit_s is not None and now - self._idle_since >= self._idle_limit(options.idle_exit_s):
+                self.stopped_by = "idle"
+                return
+            if now - self._lag_at >= LAG_EVERY_S:
+                self._lag_at = now
+                self._update_lag()
+                self._check_broker(now)
+            if options.prom_file is not None and now - self._prom_at >= PROM_FILE_EVERY_S:
+                self._prom_at = now
+                self._write_prom_file(options.prom_file)
+
+    def _idle_limit(self, idle_exit_s: float) -> float:
+        """Idle means no message since the last assignment. Before the first one (a group join takes a while), a
+        member that never gets a partition (more members than partitions) still stops, after --timeout-s."""
+        return idle_exit_s if self._joined else max(idle_exit_s, self.options.timeout_s)
+
+    def _consume(self, n: int, wait_s: float) -> list[Any]:
+        """Up to n messages: what is buffered now (or, with --max-wait-ms, what arrives within it), else the first
+        message to arrive within IDLE_POLL_S."""
+        from confluent_kafka import KafkaError
+
+        consumer = self._consumer
+        messages = consumer.consume(n, wait_s) or consumer.consume(1, IDLE_POLL_S)
+        out = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                out.append(message)
+            elif error.fatal():
+                raise Unreachable(f"the Kafka consumer failed: {error.str()}", "restart mlops stream")
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._say(f"kafka: {error.str()}")
+        return out
+
+    def _process(self, batch: list[Any], started: float) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        incoming = [Incoming(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in batch]
+        with commit_window():  # a signal waits until this batch is answered and committed
+            answered = self.codec.answer(incoming)
+            self._produce(answered.out)
+            self._commit(incoming)
+            dead = sum(1 for o in answered.out if o.dead)
+            self.counts.messages_in += len(batch)
+            self.counts.messages_out += len(answered.out) - dead
+            self.counts.dead_lettered += dead
+            self.counts.batches += 1
+        metrics.messages.labels("in").inc(len(batch))
+        metrics.messages.labels("out").inc(len(answered.out) - dead)
+        metrics.messages.labels("dead_letter").inc(dead)
+        if answered.routed is not None:
+            metrics.answered(answered.routed, answered.score_seconds)
+            if self._log is not None and answered.values is not None:
+                self._submit(answered, incoming[0], started)
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _produce(self, out: list[Outgoing]) -> None:
+        """Every answer acknowledged by the broker, or Unreachable (and nothing of the batch committed)."""
+        producer = self._producer
+        failed: list[Any] = []
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                failed.append(error)
+
+        for item in out:
+            while True:
+                try:
+                    producer.produce(item.topic, item.value, item.key, headers=item.headers, on_delivery=delivered)
+                    break
+                except BufferError:  # the producer's queue is full: let deliveries drain it
+                    producer.poll(0.05)
+        left = producer.flush(self.options.timeout_s)
+        if left or failed:
+            why = failed[0].str() if failed else f"{left} messages not acknowledged in {self.options.timeout_s:g} s"
+            raise Unreachable(
+                f"the broker did not take the answers ({why}); their input offsets were not committed",
+                "check the broker; a restart answers the uncommitted messages again",
+            )
+
+    def _commit(self, incoming: list[Incoming]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        metrics = self._metrics
+        assert metrics is not None
+        last: dict[tuple[str, int], int] = {}
+        for message in incoming:
+            last[(message.topic, message.partition)] = message.offset
+        offsets = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance gave a partition to another member (its new owner answers these messages again), or the
+            # coordinator is moving (the next batch's commit carries higher offsets): a duplicate, not a loss.
+            self.counts.commits_failed += 1
+            metrics.commits.labels("failed").inc()
+            self._say(f"commit failed, these messages will be answered again: {exc.args[0].str()}")
+            return
+        metrics.commits.labels("ok").inc()
+        for key, offset in last.items():
+            if key in self._positions:  # still assigned
+                self._positions[key] = offset + 1
+
+    def _submit(self, answered: Any, first: Incoming, started: float) -> None:
+        from mlops_cli.online.predlog import Entry
+
+        routed = answered.routed
+        spec = routed.parts[0].current.model.spec if routed.parts else self.champion.current.model.spec  # type: ignore[union-attr]
+        latency_ms = (time.perf_counter() - started) * 1000
+        request_id = f"{first.topic}/{first.partition}/{first.offset}"
+        assert self._log is not None
+        self._log.submit(Entry(answered.values, routed, spec, answered.ids, request_id, time.time(), latency_ms))
+
+    def _write_prom_file(self, path: Path) -> None:
+        from mlops_cli import io
+
+        metrics = self._metrics
+        assert metrics is not None
+        data = metrics.render()
+        try:
+            io.write_atomic(path, lambda fh: fh.write(data))
+        except OSError as exc:  # a full disk must not stop the scoring: /metrics and the next rewrite still say it
+            self._say(f"cannot write {path} ({exc.strerror or exc})")
+
+    # --- partitions, lag -----------------------------------------------------------------------------------------
+
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        for tp in partitions:
+            self._positions.setdefault((tp.topic, tp.partition), -1)
+        self._idle_since = time.monotonic()
+        self._joined = True
+        metrics.assigned.set(len(self._positions))
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        # Nothing to commit here: this runs inside `consume`, and every batch consumed before it was committed.
+        metrics = self._metrics
+        assert metrics is not None
+        for tp in partitions:
+            if self._positions.pop((tp.topic, tp.partition), None) is not None:
+                try:
+                    metrics.lag.remove(tp.topic, str(tp.partition))
+                except KeyError:
+                    pass
+        metrics.assigned.set(len(self._positions))
+
+    def _update_lag(self) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        for (topic, partition), position in list(self._positions.items()):
+            from confluent_kafka import TopicPartition
+
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except Exception:  # noqa: BLE001 (no fetch yet for this partition: its lag is not known yet)
+                continue
+            if high is None or high < 0:
+                continue
+            start = position if position >= 0 else low
+            metrics.lag.labels(topic, str(partition)).set(max(0, high - start))
+
+    # --- alias following, readiness, messages ----------------------------------------------------------------
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.options.poll_s):
+            for followed in self.models():
+                if followed.follows:
+                    followed.check()
+
+    def _switched(self, followed: Followed, result: str, new: Current | None, error: str | None) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        metrics.switches.labels(followed.role, result).inc()
+        if new is not None:
+            old = self._served.get(followed.role)
+            metrics.served(followed, new, old)
+            self._served[followed.role] = new
+            self.counts.switches.append(
+                {"role": followed.role, "from": old.version if old else None, "to": new.version, "at": time.time()}
+            )
+            self._say(f"{followed.role} {followed.ref}: now version {new.version}")
+        if error is not None:
+            self._say(f"{followed.role} {followed.ref}: switch failed, still scoring with the old version: {error}")
+
+    def _readiness(self) -> tuple[bool, dict[str, Any]]:
+        details = {
+            "models": [f.details() for f in self.models()],
+            "partitions": sorted(f"{t}/{p}" for t, p in self._positions),
+        }
+        return self._ready, details
+
+    def _on_kafka_error(self, error: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        self._kafka_error = error.str()
+        if error.code() == KafkaError._ALL_BROKERS_DOWN and self._down_since is None:
+            self._down_since = time.monotonic()
+        if self._ready and error.code() != self._kafka_code:  # one line per kind of error, not one per retry
+            self._say(f"kafka: {error.str()}")
+        self._kafka_code = error.code()
+
+    def _check_broker(self, now: float) -> None:
+        """While every broker is down: back (say so), or down for --timeout-s (exit 3; a restart loses nothing)."""
+        from confluent_kafka import KafkaException
+
+        down_since = self._down_since
+        if down_since is None:
+            return
+        try:
+            self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            if now - down_since >= self.options.timeout_s:
+                raise Unreachable(
+                    f"lost the Kafka broker at {self.options.brokers} for {self.options.timeout_s:g} s "
+                    f"({self._kafka_error})",
+                    "check the broker; a restart answers every uncommitted message",
+                ) from None
+            return
+        self._down_since, self._kafka_code = None, None
+        self._say("kafka: the broker answers again")
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(f"mlops stream: {line}", file=sys.stderr, flush=True)
