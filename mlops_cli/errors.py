@@ -4,13 +4,13 @@ answer with (the one error-to-status map: `http_status`).
 MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
  ├── InputError (exit 3, HTTP 400): MissingFile, EmptyInput, UnreadableFile, OutputExists,
  │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract),
- │     Unreachable (HTTP 503: a service the command needs, a Kafka broker, does not answer)
+ │     Unreachable (HTTP 503: a service the command needs, a Kafka broker or Redis, does not answer)
  │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
  │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
  └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
      │                       VersionMismatch, NothingToRollBack, AliasMoved
-     └── FeatureStoreError (the online feature store, Redis): StoreUnavailable, FeatureViewNotFound,
-                             FeatureViewLocked
+     └── FeatureStoreError (the online feature store, Redis): FeatureViewNotFound, FeatureViewLocked, and
+                             StoreUnavailable, which is also an Unreachable (exit 3)
 
 Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
 """
@@ -64,7 +64,7 @@ class OutputExists(InputError):
 
 
 class Unreachable(InputError):
-    """A service the command reads from or writes to (a Kafka broker) did not answer in time."""
+    """A service the command reads from or writes to (a Kafka broker, Redis) did not answer in time."""
 
     http_status = 503
 
@@ -146,8 +146,8 @@ class FeatureStoreError(RegistryError):
     """The online feature store failed or lacks what was asked for (in a server: 503, a service it needs)."""
 
 
-class StoreUnavailable(FeatureStoreError):
-    """Redis cannot be reached, or did not answer within the timeout."""
+class StoreUnavailable(Unreachable, FeatureStoreError):
+    """Redis cannot be reached, or did not answer within the timeout: exit 3 and HTTP 503, as a dead broker."""
 
 
 class FeatureViewNotFound(FeatureStoreError):
