@@ -3,7 +3,8 @@ answer with (the one error-to-status map: `http_status`).
 
 MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
  ├── InputError (exit 3, HTTP 400): MissingFile, EmptyInput, UnreadableFile, OutputExists,
- │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract)
+ │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract),
+ │     ClusterError (--engine dask: the scheduler cannot be reached, no workers, workers lost)
  │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
  │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
  └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
@@ -29,6 +30,10 @@ class MlopsError(Exception):
     def one_line(self) -> str:
         text = " ".join(self.message.split())
         return f"{text} ({self.hint})" if self.hint else text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        # Raised on a Dask worker and re-raised on the client: pickle keeps the hint (Exception pickles args only).
+        return type(self), (self.message, self.hint)
 
 
 class InputError(MlopsError):
@@ -58,6 +63,10 @@ class InvalidData(InputError):
 
 class OutputExists(InputError):
     pass
+
+
+class ClusterError(InputError):
+    """--engine dask: the scheduler cannot be reached, it has no workers, or the workers died under the run."""
 
 
 class RequestError(InputError):

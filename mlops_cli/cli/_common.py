@@ -90,6 +90,22 @@ RuntimeOpt = Annotated[
         help="What predicts: onnx (the version's verified ONNX file), sklearn, or auto (ONNX when the version has one).",
     ),
 ]
+EngineOpt = Annotated[
+    Literal["local", "dask"],
+    typer.Option(
+        "--engine",
+        help="Where the work runs: local (this process) or dask (a Dask cluster: --scheduler's, or a local one).",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        envvar="MLOPS_DASK_SCHEDULER",
+        metavar="ADDRESS",
+        help="With --engine dask: the scheduler of an existing cluster (tcp://host:8786); none starts a local one.",
+    ),
+]
 FormatOpt = Annotated[
     Literal["parquet", "csv"] | None,
     typer.Option("--format", help="Input format, overriding the extension: parquet or csv."),
@@ -109,6 +125,12 @@ def load_options(strict: bool = False, runtime: str = "auto") -> Any:
 
     state = _state()
     return LoadOptions(runtime, strict, allow_pickle=not (state.no_pickle or registry().refuses_pickle()))
+
+
+def engine_options(engine: str, scheduler: str | None) -> Any:
+    from mlops_cli.engines import EngineOptions
+
+    return EngineOptions(engine, scheduler if engine == "dask" else None)
 
 
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
