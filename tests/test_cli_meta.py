@@ -74,7 +74,18 @@ def _packages(modules: set[str]) -> set[str]:
 # Start-up is counted in modules, not seconds, so a busy machine cannot make these flaky. Measured medians on this
 # machine: `mlops --help` 0.12 s -> 0.06 s once help stopped rendering with rich (326 modules -> 160).
 DATA_LIBRARIES = {"pandas", "sklearn", "scipy", "numpy", "pyarrow", "joblib"}
-EXTRAS = {"uvicorn", "prometheus_client", "starlette", "onnxruntime", "skl2onnx", "skops", "httptools", "uvloop"}
+EXTRAS = {
+    "uvicorn",
+    "prometheus_client",
+    "starlette",
+    "onnxruntime",
+    "skl2onnx",
+    "skops",
+    "httptools",
+    "uvloop",
+    "dask",
+    "distributed",
+}
 
 
 def test_help_imports_no_heavy_library():

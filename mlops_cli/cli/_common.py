@@ -128,9 +128,17 @@ def load_options(strict: bool = False, runtime: str = "auto") -> Any:
 
 
 def engine_options(engine: str, scheduler: str | None) -> Any:
-    from mlops_cli.engines import EngineOptions
+    """--engine and --scheduler; MLOPS_DASK_CONNECT_TIMEOUT (seconds) bounds the wait for the scheduler."""
+    from mlops_cli.engines import CONNECT_TIMEOUT, EngineOptions
 
-    return EngineOptions(engine, scheduler if engine == "dask" else None)
+    raw = os.environ.get("MLOPS_DASK_CONNECT_TIMEOUT")
+    try:
+        timeout = float(raw) if raw else CONNECT_TIMEOUT
+    except ValueError:
+        raise typer.BadParameter(
+            f"MLOPS_DASK_CONNECT_TIMEOUT={raw!r}: give seconds", param_hint="--scheduler"
+        ) from None
+    return EngineOptions(engine, scheduler if engine == "dask" else None, connect_timeout=timeout)
 
 
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
