@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CURRENT, REFERENCE, ROOT, Cli
 
-from mlops_cli import io
+from mlops_cli import io, scoring
+from mlops_cli.errors import IntegrityError
 
 BIN = Path(sys.executable).parent
 # Figures that measure the run rather than the data: the only ones allowed to differ between engines.
@@ -145,6 +147,16 @@ def dirty(tmp_path_factory, current_frame, reg) -> Path:
     return _write_parts(frame, tmp_path_factory.mktemp("dirty") / "in.parquet", 20)
 
 
+PLAIN = ["--id-column", "flight", "--batch-size", "2500"]
+
+
+@pytest.fixture(scope="module")
+def big_local(reg, big, tmp_path_factory) -> tuple[dict[str, Any], Path]:
+    """The local engine's report and predictions on `big`, PLAIN options."""
+    out = tmp_path_factory.mktemp("big-local") / "local.parquet"
+    return _run(reg, "flights", big, out, *PLAIN), out
+
+
 def _run(reg: Cli, *args: Any, expect: int = 0) -> dict[str, Any]:
     result = reg("score-batch", *args, "--json")
     assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
@@ -166,7 +178,7 @@ def _same_report(local: dict[str, Any], dask: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "model, data, extra",
     [
-        ("flights", "big", ["--id-column", "flight", "--batch-size", "2500"]),
+        ("flights", "big", PLAIN),
         ("flights:1", "big", ["--challenger", "flights:2", "--split-key", "flight", "--challenger-share", "0.3"]),
         ("strict", "dirty", ["--on-invalid", "null", "--keep-all"]),
         ("strict", "dirty", ["--on-invalid", "skip", "--id-column", "flight", "--no-proba"]),
@@ -175,14 +187,18 @@ def _same_report(local: dict[str, Any], dask: dict[str, Any]) -> None:
 )
 def test_dask_equals_local(reg, cluster, tmp_path, request, model, data, extra):
     source = request.getfixturevalue(data)
-    local = _run(reg, model, source, tmp_path / "local.parquet", *extra)
+    if extra is PLAIN:
+        local, local_out = request.getfixturevalue("big_local")
+    else:
+        local_out = tmp_path / "local.parquet"
+        local = _run(reg, model, source, local_out, *extra)
     out = tmp_path / "dask.parquet"
     dask = _run(reg, model, source, out, *extra, "--engine", "dask", "--scheduler", cluster)
     _same_report(local, dask)
     assert sorted(p.name for p in out.iterdir()) == [f"part-{i:05d}.parquet" for i in range(20)]  # one per file
     assert pq.read_table(out / "part-00004.parquet").num_rows == 0  # the empty input file
-    expected = pd.read_parquet(tmp_path / "local.parquet")
-    pd.testing.assert_frame_equal(io.read_table(out), io.read_table(tmp_path / "local.parquet"))
+    expected = io.read_table(local_out)
+    pd.testing.assert_frame_equal(io.read_table(out), expected)
     assert len(expected) == dask["results"]["rows_written"]
     if data == "big" and "--challenger" not in extra:
         assert dask["results"]["models"][0]["prediction"]["quantiles_exact"] is False  # the sample was sampled
@@ -218,3 +234,106 @@ def test_unreachable_scheduler_is_one_line_naming_it(reg, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Dask scheduler at " + address)
     assert time.monotonic() - started < 30 and not (tmp_path / "out.parquet").exists()
+
+
+def test_bad_input_and_existing_output_fail_before_any_task(reg, cluster, tmp_path):
+    from conftest import CURRENT_CSV
+
+    out = tmp_path / "scores.parquet"
+    result = reg("score-batch", "flights", CURRENT_CSV, out, "--engine", "dask", "--scheduler", cluster)
+    assert result.exit_code == 3 and "--engine dask reads Parquet" in result.stderr and not out.exists()
+    out.mkdir()
+    result = reg("score-batch", "flights", CURRENT, out, "--engine", "dask", "--scheduler", cluster)
+    assert result.exit_code == 3 and "already exists" in result.stderr
+    result = reg("score-batch", "flights", CURRENT, tmp_path / "s.csv", "--engine", "dask", "--scheduler", cluster)
+    assert result.exit_code == 2
+
+
+def _mlops(reg: Cli, *args: Any) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "mlops_cli", "--registry", str(reg.registry), *map(str, args), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _hidden(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def _wait_for_parts(folder: Path, proc: subprocess.Popen, parts: int, timeout: float = 120) -> None:
+    """Until the run's hidden folder holds `parts` finished parts: the run is under way."""
+    deadline = time.monotonic() + timeout
+    while sum(len(list(h.glob("part-*.parquet"))) for h in _hidden(folder) if h.is_dir()) < parts:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run wrote no part"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_replaced_and_the_output_is_still_the_local_one(reg, cluster, tmp_path, big, big_local):
+    """kill -9 a worker while it runs a task: the scheduler runs its tasks again on the others; the parts it left
+    half-written are not published; the output and report are the local engine's."""
+    from distributed import Client
+
+    local, local_out = big_local
+    out = tmp_path / "dask.parquet"
+    with (tmp_path / "w3.log").open("w") as log:
+        victim = _start_worker(cluster, "w3", log)
+        try:
+            _wait_for_workers(cluster, 3)
+            proc = _mlops(reg, "score-batch", "flights", big, out, *PLAIN, "--engine", "dask", "--scheduler", cluster)
+            _wait_for_parts(tmp_path, proc, 1)
+            with Client(cluster, timeout=10, set_as_default=False) as client:
+                deadline = time.monotonic() + 60
+                while True:
+                    info = client.scheduler_info(n_workers=-1)["workers"]
+                    mine = [a for a, w in info.items() if w.get("name") == "w3"]
+                    if mine and client.processing(mine).get(mine[0]):
+                        break  # w3 holds a task right now
+                    assert time.monotonic() < deadline and proc.poll() is None, "w3 never ran a task"
+                    time.sleep(0.02)
+            victim.kill()
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            _stop([victim])
+    assert proc.returncode == 0, stderr
+    _same_report(local, {**json.loads(stdout)})
+    pd.testing.assert_frame_equal(io.read_table(out), io.read_table(local_out))
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{i:05d}.parquet" for i in range(20)]
+    assert _hidden(tmp_path) == []
+    _wait_for_workers(cluster, 2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_on_the_client_leaves_yesterdays_output(reg, cluster, tmp_path, big, signum):
+    out = tmp_path / "scores.parquet"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"yesterday")
+    proc = _mlops(
+        reg, "score-batch", "flights", big, out, "--batch-size", "1000", "--overwrite", "--engine", "dask",
+        "--scheduler", cluster,
+    )  # fmt: skip
+    _wait_for_parts(tmp_path, proc, 1)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert "nothing was written" in stderr
+    assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]
+    assert (out / "part-00000.parquet").read_bytes() == b"yesterday"
+    assert _hidden(tmp_path) == []
+
+
+def test_without_a_scheduler_a_local_cluster_runs_it(reg, tmp_path, dirty):
+    local = _run(reg, "strict", dirty, tmp_path / "local.parquet", "--on-invalid", "null")
+    dask = _run(reg, "strict", dirty, tmp_path / "dask.parquet", "--on-invalid", "null", "--engine", "dask")
+    assert dask["results"]["engine"]["scheduler"] is None and dask["results"]["engine"]["workers"] >= 1
+    _same_report(local, dask)
+
+
+def test_a_worker_refuses_an_artifact_other_than_the_clients(reg, tmp_path):
+    """The check each worker makes after LoadedModel.load verified the file against the registry: that it is the
+    artifact the client resolved (another registry copy on the worker, or a version re-created meanwhile)."""
+    from mlops_cli.registry import Registry
+
+    job = scoring._Job(reg.registry, (), scoring.ScoreOptions(), None, tmp_path, "parquet")  # type: ignore[arg-type]
+    assert scoring._load_verified(job, "flights:1", Registry(reg.registry).resolve("flights:1").summary()["sha256"])
+    with pytest.raises(IntegrityError, match="not the artifact the client verified"):
+        scoring._load_verified(job, "flights:1", "0" * 64)

@@ -71,7 +71,10 @@ def cluster(options: EngineOptions) -> Iterator[Cluster]:
             n_workers=options.workers or os.cpu_count() or 1,
             threads_per_worker=1,
             processes=True,
+            host="127.0.0.1",
+            # No dashboard; the scheduler's own HTTP endpoint on a free port, not 8787 (taken if another runs).
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
         )
         address = local_cluster.scheduler_address
