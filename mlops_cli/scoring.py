@@ -180,6 +180,7 @@ def _score_on_dask(
         raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
     refs = tuple((m.role, m.version.ref, m.version.summary()["sha256"]) for m in run.models)
     peaks: list[float] = []
+    task_seconds = 0.0
     done = 0
 
     def progress(i: int, partial: _Partial) -> None:
@@ -200,6 +201,7 @@ def _score_on_dask(
             for partial in partials:
                 run.absorb(partial)
                 peaks.append(partial.peak_rss_mb)
+                task_seconds += partial.seconds
             stray = {f.name for f in tmp.iterdir()} - {_part_name(p.index) for p in partitions}
             for name in stray:  # a killed worker's unfinished temporary file; its task ran again elsewhere
                 (tmp / name).unlink(missing_ok=True)
@@ -207,8 +209,16 @@ def _score_on_dask(
         if folder is None or not output_path.is_dir() or output_path.stat().st_ino != folder:
             raise Interrupted(exc.signum, f"nothing was written; {output_path} is as it was") from None
         # The signal arrived while the finished folder was being published: OUTPUT is whole, the rest is a report.
-        return {**described, "partitions": len(partitions), "worker_peak_rss_mb": max(peaks)}, exc
-    return {**described, "partitions": len(partitions), "worker_peak_rss_mb": max(peaks)}, None
+        interrupted: Interrupted | None = exc
+    else:
+        interrupted = None
+    engine_block = {
+        **described,
+        "partitions": len(partitions),
+        "worker_peak_rss_mb": max(peaks),
+        "task_seconds": task_seconds,
+    }
+    return engine_block, interrupted
 
 
 def _part_name(index: int) -> str:
@@ -220,6 +230,7 @@ def _score_partition(partition: Any, job: _Job, names: dict[int, Path]) -> _Part
     against its sha256 before it is unpickled (LoadedModel.load), once per worker process."""
     from mlops_cli.engines import dask as engine
 
+    started = time.perf_counter()
     models = []
     for role, ref, sha256 in job.models:
         key = (str(job.registry), ref, sha256, job.options.load, job.options.proba)
@@ -230,7 +241,7 @@ def _score_partition(partition: Any, job: _Job, names: dict[int, Path]) -> _Part
     schema = job.plan.schema
     with io.TableWriter(target, schema, parquet_options=_parquet_options(schema), overwrite=True) as writer:
         _score_file(run, partition.path, names[partition.index], job.fmt, writer.write)
-    return run.partial()
+    return replace(run.partial(), seconds=time.perf_counter() - started)
 
 
 def _load_verified(job: _Job, ref: str, sha256: str) -> LoadedModel:
@@ -551,6 +562,7 @@ class _Partial:
     reasons: dict[str, int]
     models: list[tuple[int, int, _Summary]]  # per model: rows routed, rows rejected, summary
     peak_rss_mb: float
+    seconds: float = 0.0  # the task's wall time on its worker
 
 
 class _Run:
