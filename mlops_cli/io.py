@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -185,6 +186,39 @@ def read_table(
     if table.num_rows == 0 and not allow_empty:
         raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
     return to_pandas(table)
+
+
+def read_parts(files: list[Path], *, columns: list[str] | None = None) -> tuple[pd.DataFrame, list[Part]]:
+    """Parquet files that may differ in columns (a prediction log across model versions) as one frame, in order: a
+    column a file lacks is null in its rows. Also, per file, its rows, columns and key-value metadata (what the
+    writer recorded beside the rows). Unlike `read_table`, no file is refused for its columns."""
+    import pyarrow as pa
+
+    tables, info = [], []
+    for file in files:
+        pf = _open_parquet(file)
+        try:
+            table = pf.read(columns=_present(pf, columns))
+        except _read_errors() as exc:
+            raise UnreadableFile(f"{file}: cannot read ({_first_line(exc)})", "check the file") from exc
+        meta = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items() if not k.startswith(b"ARROW")}
+        tables.append(table)
+        info.append(Part(file, table.num_rows, tuple(pf.schema_arrow.names), meta))
+    if not tables:
+        return to_pandas(pa.table({c: pa.array([], pa.null()) for c in columns or []})), []
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as exc:  # the same column with types that do not meet (text in one, numbers in another)
+        raise SchemaMismatch(f"{files[0].parent}: the files' columns do not agree ({_first_line(exc)})") from exc
+    return to_pandas(table), info
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    rows: int
+    columns: tuple[str, ...]
+    metadata: dict[str, str]
 
 
 def _same_columns(files: list[Path], tables: list[pa.Table]) -> None:
@@ -487,6 +521,11 @@ class TableWriter:
             )
             self._writer = pacsv.CSVWriter(self._stream, self.schema)
         return self
+
+    def annotate(self, metadata: dict[str, str]) -> None:
+        """Key-value metadata for the Parquet footer, written at close (CSV has nowhere to keep it)."""
+        if self.format == "parquet":
+            self._writer.add_key_value_metadata(metadata)
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         import pyarrow as pa

@@ -756,3 +756,44 @@ def render_retrain_history(report: Report, console: Console) -> None:
             job.get("error") or job.get("decision") or "",
         )
     console.print(table if report.results["jobs"] else f"no retrain jobs for {report.results['name']}")
+
+
+# --- monitor -------------------------------------------------------------------------------------------------
+
+_ALERT_STYLE = {"critical": "bold red", "warning": "dark_orange", "info": "cyan"}
+
+
+def render_monitor(report: Report, console: Console) -> None:
+    r, model = report.results, report.model or {}
+    w, s = r["window"], r["service"]
+    console.print(
+        f"[bold]monitor {model.get('name')}:{model.get('version')}[/] · {w['since']} → {w['until']} · "
+        f"{fmt(w['rows'])} rows from {w['path']}"
+    )
+    volume = f"rows {fmt(s['rows'])}" + (f", requests {fmt(s['requests'])}" if s["requests"] is not None else "")
+    lat = s["latency_seconds"]
+    latency = "latency " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in lat.items()) if lat else "latency not logged"
+    console.print(f"{volume} · {latency}")
+    if s.get("invalid_share") is not None:
+        reasons = sorted(s["invalid_by_reason"].items(), key=lambda kv: -kv[1])[:3]
+        console.print(
+            f"invalid rows {fmt(s['invalid_rows'])} ({s['invalid_share']:.2%})"
+            + (": " + ", ".join(f"{k} ({fmt(v)})" for k, v in reasons) if reasons else "")
+        )
+    for key, word in (("route_shares", "routes"), ("version_shares", "versions")):
+        if s.get(key):
+            console.print(f"{word}: " + ", ".join(f"{k} {v:.1%}" for k, v in s[key].items()))
+    console.print(f"prediction-log rows dropped by the server: {fmt(w['dropped_log_rows'])}")
+    if r["labels"]:
+        lb = r["labels"]
+        console.print(f"labels: {fmt(lb['matched_rows'])} rows matched on {lb['on']} ({fmt(lb['labels'])} labels)")
+    table = Table(title="alerts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in ("state", "severity", "rule", "finding"):
+        table.add_column(column, overflow="fold", no_wrap=column != "finding")
+    for alert in sorted(r["alerts"], key=lambda a: (not a["firing"], a["name"])):
+        state = f"[{_ALERT_STYLE[alert['severity']]}]FIRING[/]" if alert["firing"] else "[green]ok[/]"
+        table.add_row(state, alert["severity"], alert["name"], alert["summary"])
+    console.print(table)
+    if r["drift"]:
+        render_drift(Report("drift-report", results=r["drift"]), console)
+    _messages(report, console)

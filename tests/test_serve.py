@@ -322,6 +322,33 @@ def test_a_killed_worker_is_replaced_and_metrics_stay_bounded(registry, current_
         assert server.stop() == 0
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for whatever reaps in this container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_of_a_killed_supervisor_exit(registry, current_rows, tmp_path):
+    """kill -9 of the supervisor: its workers get SIGTERM from the kernel, drain and exit (the port is freed)."""
+    import os
+
+    with Server(registry, "flights@production", "--workers", "2", tmp=tmp_path) as server:
+        server.wait_ready()
+        workers = server.workers()
+        assert len(workers) == 2
+        server.process.kill()
+        server.process.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(map(_running, workers)):
+            time.sleep(0.1)
+        alive = [pid for pid in workers if _running(pid)]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "workers outlived their supervisor"
+
+
 def test_concurrent_requests_are_stacked_into_one_model_call(registry, current_rows, tmp_path):
     rows = rows_of(current_rows.head(1))
     with Server(registry, "flights@production", "--max-wait-ms", "20", tmp=tmp_path) as server:

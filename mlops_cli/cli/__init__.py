@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, drift, gates, models, register, retrain, score_batch, serve, verify
+from mlops_cli.cli import _common, abtest, drift, gates, models, monitor, register, retrain, score_batch, serve, verify
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -69,6 +69,7 @@ app.command("abtest", cls=command)(abtest.run)
 app.add_typer(retrain.app, name="retrain")
 app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
+app.command("monitor", cls=command)(monitor.run)
 
 
 def main() -> None:

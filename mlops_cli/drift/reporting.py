@@ -150,9 +150,13 @@ def drift_for_model(
     *,
     options: DriftOptions | None = None,
     reference: pd.DataFrame | None = None,
+    answered: pd.DataFrame | None = None,
 ) -> Report:
     """Drift of `current` against a registered version's stored reference sample (or `reference`), with
-    importance weighting, prediction drift and, when the target is present, performance against eval metrics."""
+    importance weighting, prediction drift and, when the target is present, performance against eval metrics.
+
+    `answered`: the rows of `current` this version answered, when others answered the rest (a prediction log
+    across a hot switch or a challenger split); prediction drift and performance are about those rows only."""
     options = options or DriftOptions()
     loaded = LoadedModel.load(registry, version, options.load)
     sample = io.read_table(version.file("sample.parquet"))
@@ -163,10 +167,14 @@ def drift_for_model(
     importance = model.feature_importance(registry, loaded, sample)
     rows, summary = compare(reference if reference is not None else sample, current, options, importance)
     messages = []
-    summary["prediction_drift"], why = model.prediction_drift(loaded, sample, current, reference, options)
+    own = current if answered is None else answered
+    if own.empty:
+        messages.append(f"prediction drift and performance skipped: {version.ref} answered no rows")
+        return _report(rows, summary, [], loaded.summary(), messages)
+    summary["prediction_drift"], why = model.prediction_drift(loaded, sample, own, reference, options)
     messages += [why] if why else []
-    if target and target in current.columns:
-        summary["performance"], why = model.performance(loaded, current, target)
+    if target and target in own.columns:
+        summary["performance"], why = model.performance(loaded, own, target)
         messages += [why] if why else []
     return _report(rows, summary, [], loaded.summary(), messages)
 

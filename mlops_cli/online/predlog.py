@@ -34,6 +34,7 @@ ROTATE_ROWS = 1_000_000
 MAX_QUEUED_ROWS = 100_000
 ROW_GROUP_ROWS = 16_384  # rows gathered before a Parquet row group is written
 ROW_GROUP_S = 5.0
+DROPPED_KEY = "mlops.dropped_rows"  # Parquet footer metadata: rows the server dropped before this file was published
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class PredictionLog:
         self._queued = 0
         self._lock = threading.Lock()
         self._files = 0
+        self._dropped = 0  # since the last published file, which records it for `mlops monitor`
         self._thread = threading.Thread(target=self._run, name="mlops-predlog", daemon=True)
         self._thread.start()
 
@@ -82,7 +84,7 @@ class PredictionLog:
                 full = False
                 self._queued += n
         if full:
-            self.on_rows("dropped", n)
+            self._drop(n)
             return False
         self._queue.put(entry)
         return True
@@ -118,7 +120,7 @@ class PredictionLog:
             if writer is not None and (
                 closing or writer.rows >= self.rotate_rows or now - writer.opened >= self.rotate_s
             ):
-                writer.publish()
+                writer.publish(self._take_dropped())
                 writer = None
             if closing:
                 return
@@ -133,7 +135,7 @@ class PredictionLog:
                 pa.Table.from_batches(batches).combine_chunks() if len(batches) > 1 else pa.Table.from_batches(batches)
             )
             if writer is not None and not writer.schema.equals(table.schema):
-                writer.publish()  # the served version's features changed: a new file for the new columns
+                writer.publish(self._take_dropped())  # the served version's features changed: a new file
                 writer = None
             if writer is None:
                 writer = _File(self._next_path(), table.schema)
@@ -144,12 +146,22 @@ class PredictionLog:
             print(
                 f"mlops serve: prediction log: {rows} rows not written ({type(exc).__name__}: {exc})", file=sys.stderr
             )
-            self.on_rows("dropped", rows)
+            self._drop(rows)
             if writer is not None:
                 writer.discard()
             return None
         self.on_rows("written", rows)
         return writer
+
+    def _drop(self, rows: int) -> None:
+        with self._lock:
+            self._dropped += rows
+        self.on_rows("dropped", rows)
+
+    def _take_dropped(self) -> int:
+        with self._lock:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
 
     def _next_path(self) -> Path:
         now = time.time()
@@ -176,7 +188,9 @@ class _File:
         self._writer.write(table)
         self.rows += table.num_rows
 
-    def publish(self) -> None:
+    def publish(self, dropped: int = 0) -> None:
+        """Close and rename into place, recording the rows dropped since the previous file (`DROPPED_KEY`)."""
+        self._writer.annotate({DROPPED_KEY: str(dropped)})
         self._writer.__exit__(None, None, None)
 
     def discard(self) -> None:

@@ -167,6 +167,7 @@ class _Supervisor:
             self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid:
             self.workers[pid] = (slot, time.monotonic())
@@ -174,12 +175,24 @@ class _Supervisor:
         code = 1
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            if not _stop_with(supervisor):
+                os._exit(0)
             code = _worker(slot, self.models, self.options, self.sock)
         except BaseException:  # noqa: BLE001 (a child never returns into the supervisor's code)
             traceback.print_exc(file=sys.stderr)
         finally:
             sys.stderr.flush()
             os._exit(code)
+
+
+def _stop_with(supervisor: int) -> bool:
+    """Ask Linux for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so that a kill -9 of the supervisor makes
+    its workers drain and exit rather than hold the port forever. False if it is already gone."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's own SIGTERM is the only stop
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    return os.getppid() == supervisor  # it may have died before the request took effect
 
 
 def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socket) -> int:
