@@ -97,10 +97,14 @@ class _Cluster:
             return (time.perf_counter() - start) / n
 
     def close(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs[1:] + self.procs[:1]:  # workers first
             proc.terminate()
         for proc in self.procs:
-            proc.wait(30)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _score(registry: Path, source: Path, out: Path, report: Path, *engine: str) -> dict[str, float]:

@@ -185,6 +185,8 @@ def _score_on_dask(
 
     def progress(i: int, partial: _Partial) -> None:
         nonlocal done
+        for m, (_, _, summary) in zip(run.models, partial.models, strict=True):
+            m.summary.take_sample(summary)  # now, not in order: the rest of the partial is small
         done += partial.counts[0]
         if options.on_progress is not None:
             options.on_progress(done, offset)
@@ -196,8 +198,8 @@ def _score_on_dask(
             folder = tmp.stat().st_ino
             described = cluster.describe()
             job = _Job(registry.root, refs, replace(options, on_progress=None), run.plan, tmp, fmt)
-            names = {p.index: where[p.path] for p in partitions}
-            partials = engine.map_partitions(cluster, _score_partition, partitions, job, names, on_result=progress)
+            tasks = [(p, where[p.path]) for p in partitions]
+            partials = engine.map_partitions(cluster, _score_partition, tasks, job, on_result=progress)
             for partial in partials:
                 run.absorb(partial)
                 peaks.append(partial.peak_rss_mb)
@@ -225,11 +227,13 @@ def _part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def _score_partition(partition: Any, job: _Job, names: dict[int, Path]) -> _Partial:
-    """On a worker: score one input file into its part. The models come from the registry, each verified
-    against its sha256 before it is unpickled (LoadedModel.load), once per worker process."""
+def _score_partition(task: tuple[Any, Path], job: _Job) -> _Partial:
+    """On a worker: score one input file into its part (`task`: the partition, and the name its errors give). The
+    models come from the registry, each verified against its sha256 before it is unpickled (LoadedModel.load), once
+    per worker process."""
     from mlops_cli.engines import dask as engine
 
+    partition, name = task
     started = time.perf_counter()
     models = []
     for role, ref, sha256 in job.models:
@@ -240,7 +244,7 @@ def _score_partition(partition: Any, job: _Job, names: dict[int, Path]) -> _Part
     target = job.folder / _part_name(partition.index)
     schema = job.plan.schema
     with io.TableWriter(target, schema, parquet_options=_parquet_options(schema), overwrite=True) as writer:
-        _score_file(run, partition.path, names[partition.index], job.fmt, writer.write)
+        _score_file(run, partition.path, name, job.fmt, writer.write)
     return replace(run.partial(), seconds=time.perf_counter() - started)
 
 
@@ -353,6 +357,14 @@ class _Summary:
             self._held += len(keys)
             if self._held >= 2 * QUANTILE_SAMPLE:
                 self._compact()
+
+    def take_sample(self, other: _Summary) -> None:
+        """Move `other`'s sample into this one's. The sample is a bottom-k by key, so order does not matter: the
+        client takes each partition's sample as it arrives and holds at most 2 x QUANTILE_SAMPLE rows, whatever
+        the number of partitions."""
+        for keys, values in zip(other._keys, other._values, strict=True):
+            self._sample(keys, values)
+        other._keys, other._values, other._held = [], [], 0
 
     def merge(self, other: _Summary) -> None:
         """Add the summary of the rows that follow this one's (the next partition)."""
@@ -626,6 +638,9 @@ class _Run:
 
     def partial(self) -> _Partial:
         """What the client needs of this run (no models: those stay on the worker)."""
+        for m in self.models:
+            if m.summary._held > QUANTILE_SAMPLE:
+                m.summary._compact()  # ship at most the sample's size
         return _Partial(
             counts=(self.rows_read, self.rows_scored, self.rows_rejected, self.rows_written, self.rows_without_key),
             batches=self.batches,

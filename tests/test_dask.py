@@ -4,6 +4,7 @@ kills and signals must leave no OUTPUT."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -164,7 +165,7 @@ def _run(reg: Cli, *args: Any, expect: int = 0) -> dict[str, Any]:
 
 
 def _same_report(local: dict[str, Any], dask: dict[str, Any]) -> None:
-    a, b = (dict(r["results"]) for r in (local, dask))
+    a, b = (copy.deepcopy(r["results"]) for r in (local, dask))
     assert a.pop("engine") == {"name": "local"}
     assert b["engine"]["name"] == "dask" and b["engine"]["partitions"] == 20
     for key in TIMINGS:
