@@ -129,8 +129,9 @@ def _write_parts(frame: pd.DataFrame, folder: Path, files: int) -> Path:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory, current_frame) -> Path:
-    """120,000 rows in 20 files: more rows than the quantile sample holds, so the sample is a real sample."""
-    frame = pd.concat([current_frame] * 4, ignore_index=True)
+    """150,000 rows in 20 files: the champion scores more rows than the quantile sample holds (70% of them), so
+    the sample is a real sample."""
+    frame = pd.concat([current_frame] * 5, ignore_index=True)
     return _write_parts(frame, tmp_path_factory.mktemp("big") / "in.parquet", 20)
 
 
@@ -148,14 +149,14 @@ def dirty(tmp_path_factory, current_frame, reg) -> Path:
     return _write_parts(frame, tmp_path_factory.mktemp("dirty") / "in.parquet", 20)
 
 
-PLAIN = ["--id-column", "flight", "--batch-size", "2500"]
+PLAIN = ["--id-column", "flight", "--batch-size", "5000", "--challenger", "flights:2", "--challenger-share", "0.3"]
 
 
 @pytest.fixture(scope="module")
 def big_local(reg, big, tmp_path_factory) -> tuple[dict[str, Any], Path]:
-    """The local engine's report and predictions on `big`, PLAIN options."""
+    """The local engine's report and predictions on `big`: flights with flights:2 as a 30% challenger."""
     out = tmp_path_factory.mktemp("big-local") / "local.parquet"
-    return _run(reg, "flights", big, out, *PLAIN), out
+    return _run(reg, "flights:1", big, out, *PLAIN), out
 
 
 def _run(reg: Cli, *args: Any, expect: int = 0) -> dict[str, Any]:
@@ -179,12 +180,11 @@ def _same_report(local: dict[str, Any], dask: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "model, data, extra",
     [
-        ("flights", "big", PLAIN),
-        ("flights:1", "big", ["--challenger", "flights:2", "--split-key", "flight", "--challenger-share", "0.3"]),
+        ("flights:1", "big", PLAIN),
         ("strict", "dirty", ["--on-invalid", "null", "--keep-all"]),
         ("strict", "dirty", ["--on-invalid", "skip", "--id-column", "flight", "--no-proba"]),
     ],
-    ids=["plain", "challenger", "null", "skip"],
+    ids=["challenger", "null", "skip"],
 )
 def test_dask_equals_local(reg, cluster, tmp_path, request, model, data, extra):
     source = request.getfixturevalue(data)
@@ -201,8 +201,10 @@ def test_dask_equals_local(reg, cluster, tmp_path, request, model, data, extra):
     expected = io.read_table(local_out)
     pd.testing.assert_frame_equal(io.read_table(out), expected)
     assert len(expected) == dask["results"]["rows_written"]
-    if data == "big" and "--challenger" not in extra:
-        assert dask["results"]["models"][0]["prediction"]["quantiles_exact"] is False  # the sample was sampled
+    if data == "big":
+        champion, challenger = dask["results"]["models"]
+        assert champion["prediction"]["quantiles_exact"] is False  # more than 100,000 rows: a real sample
+        assert challenger["rows_routed"] > 0 and dask["results"]["split"]["observed_share"] > 0.25
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -280,7 +282,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_still_the_local_one(reg, 
         victim = _start_worker(cluster, "w3", log)
         try:
             _wait_for_workers(cluster, 3)
-            proc = _mlops(reg, "score-batch", "flights", big, out, *PLAIN, "--engine", "dask", "--scheduler", cluster)
+            proc = _mlops(reg, "score-batch", "flights:1", big, out, *PLAIN, "--engine", "dask", "--scheduler", cluster)
             _wait_for_parts(tmp_path, proc, 1)
             with Client(cluster, timeout=10, set_as_default=False) as client:
                 deadline = time.monotonic() + 60
