@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: env demo test lint bench clean system container-test
 
-# Debian programs the tests run for real: promtool (the prometheus package) checks /metrics. Installed once.
-SYSTEM := /usr/bin/promtool
+# Debian programs the tests run for real: promtool (the prometheus package) checks /metrics and the alert rules;
+# prometheus scrapes `mlops serve` and node_exporter (prometheus-node-exporter) reads the jobs' --prom-file textfiles
+# in tests/test_ops_e2e.py; redis-server is the online feature store (tests start their own on 127.0.0.1, without
+# persistence). Installed once, by one apt-get (the first missing program installs them all).
+SYSTEM := /usr/bin/promtool /usr/bin/prometheus /usr/bin/prometheus-node-exporter /usr/bin/redis-server
 $(SYSTEM):
-	command -v apt-get >/dev/null || { echo "install promtool (Prometheus) by hand" >&2; exit 1; }
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	command -v apt-get >/dev/null || { echo "install Prometheus, node_exporter and redis-server by hand" >&2; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-node-exporter redis-server >/dev/null
 
 system: $(SYSTEM)
 

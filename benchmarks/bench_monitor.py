@@ -3,7 +3,7 @@
     python benchmarks/run.py monitor            # BENCH_ROWS=1000000 (default), BENCH_REPEATS=3
 
 The log: sample_data/current.parquet repeated to BENCH_ROWS rows, scored by the sample pipeline (score-batch,
---keep-all), with the columns `mlops serve` adds (request_id, received_at within the last hour, latency_ms, route),
+--keep-all, the label column dropped), with the columns `mlops serve` adds (request_id, received_at within the last hour, latency_ms, route),
 written as 10 files under LOG/<today>/ as the server writes them. drift-report reads the same rows from one Parquet
 file, with the logged probabilities as its prediction column (so neither re-scores). Each figure is the median of
 BENCH_REPEATS runs, the two commands alternating; both run as child processes (imports and hash checks included).
@@ -48,7 +48,7 @@ def _prepare() -> tuple[object, object, object]:
     tiled.to_parquet(source, index=False)
     measure(_mlops(registry, "score-batch", "sample:1", str(source), str(scored), "--keep-all", "--on-invalid", "null",
                    "-q"), env=ENV)  # fmt: skip
-    table = pq.read_table(scored)
+    table = pq.read_table(scored).drop_columns(["delayed"])  # a server's log holds no labels
     rng = np.random.default_rng(0)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     received = pd.Timestamp(start) + pd.to_timedelta(np.sort(rng.uniform(0, 3_500_000, ROWS)), unit="ms")

@@ -8,7 +8,9 @@ MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
  │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
  │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
  └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
-                             VersionMismatch, NothingToRollBack, AliasMoved
+     │                       VersionMismatch, NothingToRollBack, AliasMoved
+     └── FeatureStoreError (the online feature store, Redis): StoreUnavailable, FeatureViewNotFound,
+                             FeatureViewLocked
 
 Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
 """
@@ -140,6 +142,22 @@ class NothingToRollBack(RegistryError):
 
 class AliasMoved(RegistryError):
     """An alias moved between reading it and moving it (another process promoted meanwhile)."""
+
+
+class FeatureStoreError(RegistryError):
+    """The online feature store failed or lacks what was asked for (in a server: 503, a service it needs)."""
+
+
+class StoreUnavailable(FeatureStoreError):
+    """Redis cannot be reached, or did not answer within the timeout."""
+
+
+class FeatureViewNotFound(FeatureStoreError):
+    pass
+
+
+class FeatureViewLocked(FeatureStoreError):
+    """Another materialize of the same feature view is loading."""
 
 
 class Interrupted(KeyboardInterrupt):

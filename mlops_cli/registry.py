@@ -275,23 +275,8 @@ class Registry:
         names another lock of the model's (retrain holds `.retrain.lock` for a whole run)."""
         model_dir = self._model_dir(name)
         (model_dir / "versions").mkdir(parents=True, exist_ok=True)
-        fd = os.open(model_dir / file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise LockTimeout(
-                            f"could not lock {model_dir} within {timeout:.0f}s",
-                            "another mlops process is writing this model; retry later",
-                        ) from exc
-                    time.sleep(0.02)
+        with lock_file(model_dir / file, str(model_dir), timeout):
             yield model_dir
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _append_event(self, model_dir: Path, event: dict[str, Any]) -> None:
         """Append one event line, chained to the last; caller holds the lock."""
@@ -454,6 +439,28 @@ class Registry:
     def record_event(self, name: str, event: dict[str, Any]) -> None:
         with self.lock(name) as model_dir:
             self._append_event(model_dir, event)
+
+
+@contextlib.contextmanager
+def lock_file(path: Path, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if absent); LockTimeout naming `what` after `timeout` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise LockTimeout(
+                        f"could not lock {what} within {timeout:.0f}s",
+                        "another mlops process is writing this model; retry later",
+                    ) from exc
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _logged_target(events: list[dict[str, Any]], alias: str) -> str | None:

@@ -758,6 +758,36 @@ def render_retrain_history(report: Report, console: Console) -> None:
     console.print(table if report.results["jobs"] else f"no retrain jobs for {report.results['name']}")
 
 
+def render_features(report: Report, console: Console) -> None:
+    r = report.results
+    views = r["views"] if "views" in r else [r["view"]]
+    table = Table(title=f"feature views in {r['store']}", title_justify="left")
+    for column in ("view", "version", "entity", "features", "rows", "TTL (s)", "loaded (UTC)", "source sha256"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v["name"],
+            str(v["version"]),
+            v["entity"],
+            str(len(v["features"])),
+            f"{v['rows']:,}",
+            str(v["ttl_s"]) if v["ttl_s"] is not None else "none",
+            v["loaded_at"],
+            str(v["source"].get("sha256", ""))[:12],
+        )
+    console.print(table if views else f"no feature views in {r['store']}")
+    if "keys_dropped" in r:
+        console.print(
+            f"version {r['view']['version']} is live (previous: {r['previous_version'] or 'none'}); "
+            f"{r['keys_dropped']:,} keys of the previous version dropped; {_rate(r.get('rows_per_second'))}"
+        )
+    _messages(report, console)
+
+
+def _rate(value: Any) -> str:
+    return f"{value:,.0f} rows/s" if value else ""
+
+
 # --- monitor -------------------------------------------------------------------------------------------------
 
 _ALERT_STYLE = {"critical": "bold red", "warning": "dark_orange", "info": "cyan"}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_cli import __version__
+
+if TYPE_CHECKING:
+    from mlops_cli.observe.alerts import Alert
 
 SCHEMA_VERSION = 1
 
@@ -31,6 +34,7 @@ class Report:
     messages: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=utc_now)
     failure_code: int = 1
+    alerts: list[Alert] = field(default_factory=list)  # rules this run evaluated beyond its command's (see observe)
 
     @property
     def exit_code(self) -> int:

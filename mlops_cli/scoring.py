@@ -56,6 +56,7 @@ class ScoreOptions:
     overwrite: bool = False
     load: LoadOptions = LoadOptions()  # --runtime, --strict, --no-pickle
     engine: EngineOptions = EngineOptions()  # --engine, --scheduler
+    features: Any = None  # --features: a BatchFeatureOptions (mlops_cli.features.batch); ids completed from a view
     on_progress: Callable[[int, int | None], None] | None = None  # (rows read so far, total rows if known)
 
 
@@ -71,17 +72,24 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
         raise InputError(
             f"{input_path}: --engine dask reads Parquet (a file or a folder of them)", "convert the CSV to Parquet"
         )
+    if on_dask and options.features is not None:
+        raise InputError("--features does not run on --engine dask yet", "drop one of them")
     output_format = "parquet" if on_dask else io.detect_format(output_path)
     parts = io.parts(input_path)  # a missing or empty input fails here, before the models are unpickled
     models = [_Model.load(registry, ref, "champion", options)]
     if options.challenger is not None:
         models.append(_Model.load(registry, options.challenger, "challenger", options))
-    plan = _plan(input_path, parts, input_format, output_format, models, options, split_key)
+    features = None
+    if options.features is not None:
+        from mlops_cli.features.batch import BatchFeatures
+
+        features = BatchFeatures(options.features, models[0].model)
+    plan = _plan(input_path, parts, input_format, output_format, models, options, split_key, features)
     # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
     # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
     # imports for the GIL and slow the start by more than the whole hash costs.)
     fingerprint = io.Background(io.fingerprint, input_path, 0)
-    run = _Run(models, plan, options)
+    run = _Run(models, plan, options, features=features)
     where = {p: p if len(parts) > 1 else input_path for p in parts}  # what an error message names
     if on_dask:
         engine, interrupted = _score_on_dask(registry, run, input_path, output_path, where, input_format)
@@ -91,6 +99,9 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     seconds = time.perf_counter() - started
     results = run.results(output_path, output_format, input_format, seconds)
     results["engine"] = engine
+    if features is not None:
+        results["features"] = features.results()
+        features.close()
     report = Report("score-batch", results=results, inputs=inputs, model=models[0].model.summary())
     if run.rows_rejected:
         report.messages.append(
@@ -487,23 +498,29 @@ def _plan(
     models: list[_Model],
     options: ScoreOptions,
     split_key: list[str],
+    features: Any = None,
 ) -> _Plan:
     """Check every file's columns against the models and options, before any output exists."""
     schemas = [io.schema(part, input_format) for part in parts]
     first = schemas[0]
     kept = list(first.names) if options.keep_all else list(dict.fromkeys(options.id_columns + options.keep_columns))
+    provided = features.provided if features is not None else []  # what the feature view adds to each row
     for part, part_schema in zip(parts, schemas, strict=True):
         where = str(part) if len(parts) > 1 else str(input_path)
         for m in models:
-            m.model.spec.require_features(part_schema.names, where=where)
+            m.model.spec.require_features([*part_schema.names, *provided], where=where)
         absent = [c for c in dict.fromkeys(kept + split_key) if c not in part_schema.names]
         if absent:
             raise SchemaMismatch(
                 f"{where} has no column(s) {absent} (named by --id-column, --keep-columns or --split-key)",
                 f"its columns are {part_schema.names[:20]}",
             )
-    features = list(dict.fromkeys(f for m in models for f in m.model.spec.feature_names))
-    read = list(dict.fromkeys(kept + features + split_key))
+    needed = list(dict.fromkeys(f for m in models for f in m.model.spec.feature_names))
+    read = list(dict.fromkeys(kept + needed + split_key))
+    if features is not None:
+        features.plan(list(first.names), needed)
+        read = [c for c in read if c not in features.looked_up] + [features.options.entity_column]
+        read = list(dict.fromkeys(read))
     column_types = text_column_types(read) if input_format == "csv" else None
 
     champion = models[0]
@@ -521,6 +538,10 @@ def _plan(
     outputs += [("model_name", pa.string()), ("model_version", pa.string())]
     if options.on_invalid == "null":
         outputs.append((REASON_COLUMN, pa.string()))
+    if features is not None and features.options.on_missing == "fill":
+        from mlops_cli.features.batch import FILLED_COLUMN
+
+        outputs.append((FILLED_COLUMN, pa.string()))
     clash = [c for c in kept if c in {name for name, _ in outputs}]
     if clash:
         raise SchemaMismatch(
@@ -582,8 +603,12 @@ class _Run:
     (`first_index` is the global index of its first row) and returns its `partial()`; the client `absorb`s the
     partials in partition order."""
 
-    def __init__(self, models: list[_Model], plan: _Plan, options: ScoreOptions, first_index: int = 0) -> None:
+    def __init__(
+        self, models: list[_Model], plan: _Plan, options: ScoreOptions, first_index: int = 0, features: Any = None
+    ) -> None:
         self.models = models
+        self.features = features
+        self._filled: list[str | None] | None = None
         self.plan = plan
         self.options = options
         self.first_index = first_index
@@ -597,6 +622,9 @@ class _Run:
         """The output rows of `batch`, whose first row is row `row` (0-based) of the file `where`."""
         n = batch.num_rows
         keys = sample_keys(self.first_index + self.rows_read, n)
+        if self.features is not None:
+            batch, filled = self.features.complete(batch, self.rows_read)
+            self._filled = filled if self.features.options.on_missing == "fill" else None
         self.rows_read += n
         self.batches += 1
         routes = self._routes(batch)
@@ -731,6 +759,9 @@ class _Run:
             columns.append(pc.if_else(mask, challenger.version, champion.version))
         if self.options.on_invalid == "null":
             columns.append(pa.array(_reason_texts(n, reasons), type=pa.string()))
+        if self._filled is not None:
+            filled = np.array(self._filled, dtype=object)
+            columns.append(pa.array(select(filled).tolist(), type=pa.string()))
         return pa.RecordBatch.from_arrays(columns, schema=plan.schema)
 
     def _model_class(self, m: _Model, label: Any) -> int | None:

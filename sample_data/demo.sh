@@ -89,12 +89,34 @@ server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 python sample_data/serve_client.py "http://127.0.0.1:$PORT" sample_data/current.parquet --wait-ready
 python sample_data/serve_client.py "http://127.0.0.1:$PORT" sample_data/current.parquet --seconds 4 \
-    --promote-after-s 1 --promote flights:2
+    --promote-after-s 1 --promote flights:2 --labels-out "$OUT/labels.parquet"
 step curl -s "http://127.0.0.1:$PORT/readyz"
 echo
 kill -TERM "$server" && wait "$server"
 trap - EXIT
-step mlops drift-report "$OUT/predictions" --model flights@production -q -o "$OUT/drift-online.json"
 step mlops models history flights
+
+# --- monitoring (monitor) ---
+# The morning after: the last hour of the server's log judged against flights:2's stored reference, with the
+# outcomes that arrived since joined on the ids the client sent. Alerts go to a local receiver standing in for Slack
+# or Alertmanager (the URL from the environment, as a crontab would keep it out of sight), and the run's metrics to
+# a node_exporter textfile. Alerts fire (summer is not the Jan-Apr reference): reported, exit 0.
+python sample_data/webhook_receiver.py "$OUT/alerts.jsonl" >"$OUT/receiver.port" &
+receiver=$!
+trap 'kill "$receiver" 2>/dev/null || true' EXIT
+while [ ! -s "$OUT/receiver.port" ]; do sleep 0.1; done
+export MLOPS_ALERT_WEBHOOK="http://127.0.0.1:$(cat "$OUT/receiver.port")/hooks/mlops"
+step mlops monitor flights@production --logs "$OUT/predictions" --window 1h \
+    --labels "$OUT/labels.parquet" --label-column delayed --on id --alert-format alertmanager --prom-file "$OUT/monitor.prom"
+unset MLOPS_ALERT_WEBHOOK
+kill "$receiver" && trap - EXIT
+printf '\n%s\n' "alerts the receiver got ($OUT/alerts.jsonl):"
+python -c 'import json, sys
+for line in open(sys.argv[1]):
+    body = json.loads(line)
+    for a in body.get("alerts", [body]):
+        print("  ", a.get("status"), a.get("labels", {}).get("alertname"), "-", a.get("annotations", {}).get("summary"))
+' "$OUT/alerts.jsonl"
+step grep -E '^mlops_(job_last_success|drift_detected|alerts_firing|monitor_latency)' "$OUT/monitor.prom"
 
 printf '\nDemo finished. Registry: %s\n' "$MLOPS_REGISTRY"

@@ -2,7 +2,11 @@
 promotes another version part-way through, and prints what came back: status codes and the versions that answered.
 
     python sample_data/serve_client.py URL ROWS.parquet --wait-ready
-    python sample_data/serve_client.py URL ROWS.parquet --seconds 4 --promote-after-s 1 --promote flights:2
+    python sample_data/serve_client.py URL ROWS.parquet --seconds 4 --promote-after-s 1 --promote flights:2 \
+        --labels-out labels.parquet
+
+Each request sends one row with an id (`q<n>`, unique per request). --labels-out writes the ids answered and their
+rows' `delayed` outcome: the labels that "arrive later" for `mlops monitor --labels ... --on id`.
 
 Exit 1 if any request failed.
 """
@@ -37,10 +41,10 @@ def _rows(path: str, n: int) -> list[dict]:
     return rows
 
 
-def _post(host: str, port: int, row: dict) -> tuple[int, str]:
+def _post(host: str, port: int, row: dict, row_id: str) -> tuple[int, str]:
     connection = http.client.HTTPConnection(host, port, timeout=30)
     try:
-        body = json.dumps({"rows": [row]}).encode()
+        body = json.dumps({"rows": [row], "ids": [row_id]}).encode()
         connection.request("POST", "/predict", body, {"content-type": "application/json"})
         response = connection.getresponse()
         response.read()
@@ -58,6 +62,7 @@ def main() -> int:
     parser.add_argument("--promote", help="NAME:VERSION to promote to production part-way through")
     parser.add_argument("--promote-after-s", type=float, default=1.0)
     parser.add_argument("--wait-ready", action="store_true", help="only wait until /readyz answers 200")
+    parser.add_argument("--labels-out", help="write the answered ids and their outcomes here (Parquet)")
     args = parser.parse_args()
     address = urlsplit(args.url)
     host, port = address.hostname or "127.0.0.1", address.port or 80
@@ -79,6 +84,7 @@ def main() -> int:
 
     rows = _rows(args.rows, 1_000)
     results: list[tuple[int, str]] = []
+    answered: list[tuple[str, object]] = []
     lock = threading.Lock()
     start = time.monotonic()
     end = start + args.seconds
@@ -86,10 +92,13 @@ def main() -> int:
     def work(offset: int) -> None:
         i = offset
         while time.monotonic() < end:
-            result = _post(host, port, rows[i % len(rows)])
-            i += args.threads
+            row = rows[i % len(rows)]
+            result = _post(host, port, row, f"q{i}")
             with lock:
                 results.append(result)
+                if result[0] == 200:
+                    answered.append((f"q{i}", row.get("delayed")))
+            i += args.threads
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(args.threads)]
     for t in threads:
@@ -106,6 +115,12 @@ def main() -> int:
     print(f"  {len(results)} requests in {seconds:.1f} s from {args.threads} threads")
     print(f"  status codes: {dict(sorted(statuses.items()))}")
     print(f"  answered by version: {dict(sorted(versions.items()))}")
+    if args.labels_out:
+        import pyarrow as pa
+
+        labels = {"id": [i for i, _ in answered], "delayed": [y for _, y in answered]}
+        pq.write_table(pa.table(labels), args.labels_out)
+        print(f"  labels of {len(answered)} answered rows: {args.labels_out}")
     return 0 if set(statuses) == {200} else 1
 
 

@@ -85,6 +85,7 @@ EXTRAS = {
     "uvloop",
     "dask",
     "distributed",
+    "redis",
 }
 
 

@@ -248,3 +248,36 @@ def test_monitor_on_a_served_log(cli, tmp_path):
     labelled = int(rows["delayed"].notna().sum())
     assert report["results"]["labels"]["matched_rows"] == labelled
     assert report["results"]["drift"]["summary"]["performance"]["rows"] == labelled
+
+
+def test_monitor_textfile_and_alerts_go_out_once(cli, scored, tmp_path):
+    """The window's metrics as a node_exporter textfile (promtool-clean, values from the report), and its alerts
+    delivered through the webhook once when they start firing, not again while they keep firing."""
+    from test_observe import Receiver, promtool, series, values
+
+    logs = tmp_path / "logs"
+    write_log(logs, scored.iloc[:2000], at=NOW - dt.timedelta(hours=1), dropped=3)
+    prom = tmp_path / "monitor.prom"
+    args = ("monitor", "flights:1", "--logs", logs, "--prom-file", prom, "--alert-format", "json", "--json")
+    with Receiver((200, {})) as receiver:
+        first = cli(*args, "--alert-webhook", receiver.url)
+        assert first.exit_code == 0, first.stderr
+        report = json.loads(first.stdout)
+        firing = {a["name"] for a in report["results"]["alerts"] if a["firing"]}
+        assert "dropped_log_rows" in firing
+        assert len(receiver.requests) == 1
+        sent = json.dumps(receiver.bodies[0])
+        assert all(name in sent for name in firing)
+        assert cli(*args, "--alert-webhook", receiver.url).exit_code == 0
+        assert len(receiver.requests) == 1  # still firing: nothing new to say
+    got = values(promtool(prom))
+    service = report["results"]["service"]
+    assert got[series("mlops_monitor_dropped_log_rows", "monitor", model="flights")] == 3
+    assert got[series("mlops_job_input_rows", "monitor", model="flights")] == 2000
+    p99 = got[series("mlops_monitor_latency_seconds", "monitor", model="flights", quantile="0.99")]
+    assert p99 == pytest.approx(service["latency_seconds"]["p99"])
+    drifted = report["results"]["drift"]["summary"]["verdict"] == "drift"
+    assert got[series("mlops_drift_detected", "monitor", model="flights")] == float(drifted)
+    assert got[series("mlops_alerts_firing", "monitor", model="flights", severity="warning")] == sum(
+        1 for a in report["results"]["alerts"] if a["firing"] and a["severity"] == "warning"
+    )

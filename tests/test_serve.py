@@ -292,14 +292,26 @@ def test_sigterm_drains_flushes_the_log_and_exits_0(registry, current_rows, tmp_
     assert [i["rows"] for i in inputs if i["path"] == str(log_dir)] == [len(log)], inputs
 
 
+def _predicted(server: Server) -> float:
+    metrics = server.get("/metrics")[2].decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith('mlops_serve_requests_total{code="200",handler="/predict"}')
+    )  # fmt: skip
+
+
 def test_a_killed_worker_is_replaced_and_metrics_stay_bounded(registry, current_rows, tmp_path):
     rows = rows_of(current_rows.head(1))
     with Server(registry, "flights@production", "--workers", "2", tmp=tmp_path) as server:
         server.wait_ready()
         folder = next(tmp_path.glob("mlops-serve-metrics-*"))
-        for _ in range(3):
+        for round_ in range(3):
             for _ in range(10):
                 assert server.post_json("/predict", {"rows": rows})[0] == 200
+            # a worker counts a request once its answer is sent: wait for the count before killing one
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _predicted(server) < 10 * (round_ + 1):
+                time.sleep(0.05)
             victim = server.workers()[0]
             import os
 
@@ -312,11 +324,7 @@ def test_a_killed_worker_is_replaced_and_metrics_stay_bounded(registry, current_
         files = sorted(p.name for p in folder.iterdir())
         assert all(name.endswith(("_0.db", "_1.db")) for name in files), files  # named by slot, not by pid
         metrics = server.get("/metrics")[2].decode()
-        total = sum(
-            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-            if line.startswith('mlops_serve_requests_total{code="200",handler="/predict"}')
-        )  # fmt: skip
-        assert total >= 30  # the dead workers' counts were kept
+        assert _predicted(server) >= 30  # the dead workers' counts were kept
         check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         assert server.stop() == 0

@@ -11,7 +11,20 @@ from typing import Annotated
 import typer
 
 from mlops_cli import __version__
-from mlops_cli.cli import _common, abtest, drift, gates, models, monitor, register, retrain, score_batch, serve, verify
+from mlops_cli.cli import (
+    _common,
+    abtest,
+    drift,
+    features,
+    gates,
+    models,
+    monitor,
+    register,
+    retrain,
+    score_batch,
+    serve,
+    verify,
+)
 
 app = typer.Typer(
     cls=_common.MlopsGroup,
@@ -70,6 +83,7 @@ app.add_typer(retrain.app, name="retrain")
 app.command("verify", cls=command)(verify.run)
 app.command("serve", cls=command)(serve.run)
 app.command("monitor", cls=command)(monitor.run)
+app.add_typer(features.app, name="features")
 
 
 def main() -> None:

@@ -43,6 +43,14 @@ class Invocation:
     stdout: TextIO | None = None  # the real stdout while the command runs (model code's prints go to stderr)
     owns_process: bool = False  # the console script, not an in-process runner: see `_interruptible`
     reported: bool = False  # the report went out: an error after that must not print a second one
+    prom_file: Path | None = None  # --prom-file: the run's node_exporter textfile
+    prom_read: bool = False  # the textfile's previous last-success has been read (before this run wrote it)
+    prom_previous: float | None = None
+    alert_webhook: str | None = None  # --alert-webhook / MLOPS_ALERT_WEBHOOK: a secret, never printed
+    alert_format: str = "slack"
+    alert_timeout: float = 30.0
+    params: dict[str, Any] = field(default_factory=dict)  # the command's parameters (its model, for the metrics)
+    started: float = 0.0  # time.time() when the command started
 
 
 def _state() -> Invocation:
@@ -76,6 +84,54 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace output files that already exist.", callback=_report_option("overwrite")),
 ]
+
+
+def _webhook(ctx: typer.Context, value: str | None) -> str | None:
+    from mlops_cli.observe.webhook import check_url
+
+    if value:
+        problem = check_url(value)
+        if problem is not None:
+            raise typer.BadParameter(problem)  # never the value: it holds a secret
+    ctx.ensure_object(Invocation).alert_webhook = value or None
+    return value
+
+
+PromFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prom-file",
+        metavar="PATH",
+        help="Also write the run's Prometheus metrics to PATH (node_exporter textfile format, atomically).",
+        callback=_report_option("prom_file"),
+    ),
+]
+AlertWebhookOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--alert-webhook",
+        metavar="URL",
+        envvar="MLOPS_ALERT_WEBHOOK",
+        show_default=False,
+        help="POST alerts that start or stop firing to URL (a secret: never printed).",
+        callback=_webhook,
+    ),
+]
+AlertFormatOpt = Annotated[
+    Literal["slack", "alertmanager", "json"],
+    typer.Option("--alert-format", help="Webhook payload shape.", callback=_report_option("alert_format")),
+]
+AlertTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--alert-timeout",
+        min=0.1,
+        metavar="SECONDS",
+        help="Give up delivering alerts after this long, retries included.",
+        callback=_report_option("alert_timeout"),
+    ),
+]
+
 StrictOpt = Annotated[
     bool,
     typer.Option(
@@ -155,8 +211,57 @@ def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = s
     return out
 
 
+def _job_command(command: str) -> str:
+    """The `command` label of a run's metrics and alerts: the report's name (`retrain run` reports as retrain)."""
+    return {"retrain run": "retrain"}.get(command, command)
+
+
+def _job_model(state: Invocation, report: Report | None = None) -> str:
+    """The `model` label: the NAME of the model the command was given (the same on a failed run as on a good one),
+    or the report's model, or "" for a command without one."""
+    from mlops_cli.refs import parse_ref
+
+    for param in ("ref", "model", "champion", "name"):
+        value = state.params.get(param)
+        if isinstance(value, str) and value:
+            try:
+                return parse_ref(value).name
+            except MlopsError:
+                return ""  # an invalid name: no label a registry could hold
+    return str((report.model or {}).get("name") or "") if report is not None else ""
+
+
+def _observe(state: Invocation, exit_code: int, report: Report | None) -> list[str]:
+    """Deliver this run's alerts (when a webhook is set) and write its --prom-file. Returns messages for the report
+    (a failed delivery); a textfile that cannot be written raises OSError."""
+    import time
+
+    if state.prom_file is None and state.alert_webhook is None:
+        return []
+    from mlops_cli.observe import alerts, job, promfile, webhook
+    from mlops_cli.observe.promfile import Run
+
+    command = _job_command(state.command)
+    run = Run(command, _job_model(state, report), exit_code, state.started or time.time(), time.time(), report)
+    evaluated = alerts.evaluated(command, report, exit_code)
+    sinks = job.Sinks(
+        state.prom_file,
+        state.alert_webhook,
+        state.alert_format,
+        webhook.Policy(total_s=state.alert_timeout, read_s=min(10.0, state.alert_timeout)),
+    )
+    messages = job.deliver(state.registry, run, evaluated, sinks)
+    if state.prom_file is not None:
+        if not state.prom_read:  # once: an error after this run wrote the file must not take its success as old
+            state.prom_previous = promfile.previous_success(state.prom_file, run)
+            state.prom_read = True
+        job.write_metrics(state.prom_file, run, evaluated, state.prom_previous)
+    return messages
+
+
 def emit(report: Report, render: str | None) -> None:
-    """The one report writer: -o FILE (atomic), --json on stdout, or tables; then exit with the verdict.
+    """The one report writer: alerts and --prom-file, -o FILE (atomic), --json on stdout, or tables; then exit
+    with the verdict.
 
     `render` names the table function in `mlops_cli.render`, imported only to print tables (so --json and -q never
     import rich)."""
@@ -164,6 +269,14 @@ def emit(report: Report, render: str | None) -> None:
 
     state = _state()
     report.messages.extend(m for m in state.warnings if m not in report.messages)
+    try:
+        observed = _observe(state, report.exit_code, report)
+    except OSError as exc:
+        raise InputError(
+            f"{state.prom_file}: cannot write the metrics ({exc.strerror or exc})", "check the folder"
+        ) from exc
+    _warn(state, observed)
+    report.messages.extend(observed)
     data = report.envelope()
     stdout = state.stdout or sys.stdout
     with commit_window():  # the report goes out whole: a signal now waits until it is written everywhere
@@ -185,6 +298,13 @@ def emit(report: Report, render: str | None) -> None:
     raise typer.Exit(report.exit_code)
 
 
+def _warn(state: Invocation, messages: list[str]) -> None:
+    """A failed alert delivery on stderr too: with --json or -q no table shows the report's messages."""
+    if not state.quiet:
+        for message in messages:
+            sys.stderr.write(f"warning: {message}\n")
+
+
 def _print_error(line: str) -> None:
     sys.stderr.write(f"error: {line}\n")
 
@@ -198,12 +318,29 @@ def _error_report(state: Invocation, code: int, message: str) -> None:
 
     if state.reported:
         return
-    data = envelope(state.command, status="error", exit_code=code, messages=[*state.warnings, message])
+    observed: list[str] = []
+    if code != 2:  # a usage error ran nothing: no job to report on
+        with contextlib.suppress(Exception):  # the error being reported wins over a failure to observe it
+            observed = _observe(state, code, None)
+    _warn(state, observed)
+    data = envelope(state.command, status="error", exit_code=code, messages=[*state.warnings, message, *observed])
     if state.output is not None and (state.overwrite or not state.output.exists()):
         with contextlib.suppress(Exception):  # the error being reported wins over a failure to record it
             io.write_json(state.output, data, overwrite=state.overwrite)
     if state.as_json:
         sys.stdout.write(io.dumps_json(data))
+
+
+SECRET_OPTIONS = ("--alert-webhook",)  # their values are secrets: never written, not even in a crash file
+
+
+def _redacted(argv: list[str]) -> list[str]:
+    out, hide = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        out.append("***" if hide else f"{name}=***" if eq and name in SECRET_OPTIONS else arg)
+        hide = not hide and not eq and arg in SECRET_OPTIONS
+    return out
 
 
 def _save_traceback(state: Invocation) -> Path:
@@ -212,7 +349,7 @@ def _save_traceback(state: Invocation) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"mlops-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"mlops {state.command}\n{' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+        fh.write(f"mlops {state.command}\n{' '.join(_redacted(sys.argv))}\n\n{traceback.format_exc()}")
     return Path(name)
 
 
@@ -344,12 +481,15 @@ class MlopsCommand(TyperCommand):
     model code prints sent to stderr, since stdout carries the report."""
 
     def invoke(self, ctx: Any) -> Any:
+        from mlops_cli import io
+
         state = ctx.ensure_object(Invocation)
+        state.params = dict(ctx.params)
         if state.output is not None:
             # Typer has run every option's callback by now: refuse an existing -o FILE before any work.
-            from mlops_cli import io
-
             io.check_output(state.output, state.overwrite)
+        if state.prom_file is not None:
+            io.check_output(state.prom_file, overwrite=True)  # a folder, or one missing: before any work
         with _model_output_to_stderr() as stdout:
             state.stdout = stdout
             try:
@@ -400,8 +540,11 @@ class MlopsGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         if ctx.parent is not None:  # a nested group (`models`): the root already handles everything
             return super().invoke(ctx)
+        import time
+
         state = ctx.ensure_object(Invocation)
         state.command = _command_path(self, ctx)
+        state.started = time.time()
         showwarning = warnings.showwarning
         warnings.showwarning = _warning_printer(state)  # type: ignore[assignment]
         restore = _interruptible(state.owns_process)

@@ -6,10 +6,14 @@ from typing import Annotated, Any, Literal
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -155,6 +159,10 @@ def run(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Decide whether the treatment (or challenger) really wins: exit 0 if it does, 1 if not.
 

@@ -6,10 +6,14 @@ from typing import Annotated, Literal
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -79,6 +83,10 @@ def run(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """What changed between reference and current data, per feature and in the predictions."""
     from mlops_cli import drift, io

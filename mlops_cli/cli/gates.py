@@ -7,9 +7,13 @@ from typing import Annotated
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -39,6 +43,10 @@ def smoke_test(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Release gate: load, infer, validate outputs, consistency, determinism, round-trip, latency, edge cases."""
     from mlops_cli import gates
@@ -87,6 +95,10 @@ def checklist(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Release gate: the pre-deployment checklist; exit 0 only when every required item passes."""
     from mlops_cli import gates

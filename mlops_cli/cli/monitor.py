@@ -6,10 +6,14 @@ from typing import Annotated
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -57,6 +61,10 @@ def run(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Judge a window of the prediction log: service levels, drift, performance once labels arrive, and alerts."""
     from mlops_cli import monitor

@@ -7,10 +7,14 @@ import typer
 from typer.core import TyperGroup
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     JsonOpt,
     MlopsCommand,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -106,6 +110,10 @@ def run(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Check the champion, retrain on new data when a trigger fires, promote only a proven winner."""
     from mlops_cli import retrain as retrain_lib

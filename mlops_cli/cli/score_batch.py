@@ -7,11 +7,15 @@ from typing import Annotated, Literal
 import typer
 
 from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
     EngineOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     SchedulerOpt,
@@ -74,6 +78,22 @@ def run(
             help="Column(s) whose hash picks the model (default: the first --id-column).",
         ),
     ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features", metavar="URL", help="Complete rows from this Redis feature store (redis://HOST:PORT/DB)."
+        ),
+    ] = None,
+    feature_view: Annotated[str | None, typer.Option(metavar="NAME", help="The feature view to read.")] = None,
+    entity_column: Annotated[
+        str | None, typer.Option(metavar="COL", help="The input column holding the entity id.")
+    ] = None,
+    on_missing_feature: Annotated[
+        Literal["reject", "fill"],
+        typer.Option(
+            help="An unknown entity: fail (exit 3), or fill from the reference profile (features_filled column)."
+        ),
+    ] = "reject",
     fmt: FormatOpt = None,
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
@@ -83,6 +103,10 @@ def run(
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Score every row of a Parquet/CSV file (or folder) with a registered model, streaming, into a predictions file.
 
@@ -117,7 +141,17 @@ def run(
     elif not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise typer.BadParameter(f"{predictions}: name it .parquet, .csv or .csv.gz", param_hint="OUTPUT")
 
+    online = [features, feature_view, entity_column]
+    if any(v is not None for v in online) and not all(v is not None for v in online):
+        raise typer.BadParameter("give all three, or none", param_hint="--features/--feature-view/--entity-column")
+
     from mlops_cli.scoring import ScoreOptions, score_batch
+
+    feature_options = None
+    if features is not None:
+        from mlops_cli.features.batch import BatchFeatureOptions
+
+        feature_options = BatchFeatureOptions(features, feature_view, entity_column, on_missing_feature)  # type: ignore[arg-type]
 
     options = ScoreOptions(
         id_columns=list(id_column or []),
@@ -133,6 +167,7 @@ def run(
         overwrite=overwrite,
         load=load_options(strict, runtime),
         engine=engine_options(engine, scheduler),
+        features=feature_options,
     )
     if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
         report = score_batch(registry(), ref, data, predictions, options=options)

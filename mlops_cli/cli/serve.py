@@ -53,6 +53,34 @@ def run(
         float, typer.Option(min=0.0, help="On SIGTERM, answer as not ready this long before closing the socket.")
     ] = 0.0,
     drain_s: Annotated[float, typer.Option(min=0.0, help="On SIGTERM, wait this long for requests in flight.")] = 30.0,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            "--features",
+            metavar="URL",
+            help="Look up missing features by entity id in this Redis (redis://HOST:PORT/DB).",
+        ),
+    ] = None,
+    feature_view: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The feature view to look up (mlops features materialize).")
+    ] = None,
+    entity_column: Annotated[
+        str | None, typer.Option(metavar="COL", help="The request column holding the entity id.")
+    ] = None,
+    on_missing_feature: Annotated[
+        Literal["reject", "fill"],
+        typer.Option(
+            help="An unknown entity or a feature the view lacks: reject the request (422), or fill from the version's "
+            "reference profile and flag the row."
+        ),
+    ] = "reject",
+    feature_cache_s: Annotated[
+        float, typer.Option(min=0.0, help="Keep looked-up entities in memory this long (0: no cache).")
+    ] = 5.0,
+    feature_cache_entries: Annotated[int, typer.Option(min=0, help="Entities kept in memory per worker.")] = 100_000,
+    feature_timeout_s: Annotated[
+        float, typer.Option(min=0.001, help="Redis connect and read timeout (503 after it).")
+    ] = 0.25,
     strict: StrictOpt = False,
     runtime: RuntimeOpt = "auto",
 ) -> None:
@@ -68,6 +96,10 @@ def run(
         raise typer.BadParameter("a challenger needs --split-key COL", param_hint="--split-key")
     if challenger is not None and not 0 < challenger_share < 1:
         raise typer.BadParameter("use a share strictly between 0 and 1", param_hint="--challenger-share")
+
+    online = [features, feature_view, entity_column]
+    if any(v is not None for v in online) and not all(v is not None for v in online):
+        raise typer.BadParameter("give all three, or none", param_hint="--features/--feature-view/--entity-column")
 
     from mlops_cli.errors import EmptyInput, InputError, MissingFile
 
@@ -88,6 +120,20 @@ def run(
 
     from mlops_cli.serve import process
     from mlops_cli.serve.app import ServeOptions
+
+    feature_options = None
+    if features is not None:
+        from mlops_cli.serve.features import FeatureOptions
+
+        feature_options = FeatureOptions(
+            url=features,
+            view=feature_view,  # type: ignore[arg-type]
+            entity_column=entity_column,  # type: ignore[arg-type]
+            on_missing=on_missing_feature,
+            cache_s=feature_cache_s,
+            cache_entries=feature_cache_entries,
+            timeout_s=feature_timeout_s,
+        )
 
     options = ServeOptions(
         host=host,
@@ -111,6 +157,7 @@ def run(
         shutdown_delay_s=shutdown_delay_s,
         drain_s=drain_s,
         load=load_options(strict, runtime),
+        features=feature_options,
     )
     models = process.load(registry(), ref, options)
     sock = process.listen(host, port)

@@ -4,7 +4,18 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, emit, registry
+from mlops_cli.cli._common import (
+    AlertFormatOpt,
+    AlertTimeoutOpt,
+    AlertWebhookOpt,
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    PromFileOpt,
+    QuietOpt,
+    emit,
+    registry,
+)
 
 
 def run(
@@ -13,6 +24,10 @@ def run(
     output: OutputOpt = None,
     quiet: QuietOpt = False,
     overwrite: OverwriteOpt = False,
+    prom_file: PromFileOpt = None,
+    alert_webhook: AlertWebhookOpt = None,
+    alert_format: AlertFormatOpt = "slack",
+    alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
     """Check the registry, or one model: every file against its manifest, every manifest against its registration
     event, the event log's hash chain and the aliases. Lists every problem; exit 4 if there is any."""

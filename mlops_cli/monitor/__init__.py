@@ -7,9 +7,11 @@ decision rule. Prediction drift compares the logged answers of the monitored ver
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_cli import io
 from mlops_cli.drift import DriftOptions, drift_for_model
 from mlops_cli.monitor.log import Labels, Window, join_labels, read_window, service_levels, window
 from mlops_cli.monitor.policy import DEFAULT_POLICY, evaluate, load_policy
@@ -43,9 +45,11 @@ def monitor(
         if others.any():  # another model's rows in the same folder: not this model's traffic
             messages.append(f"{int(others.sum()):,} rows of other models left out")
             frame = frame[~others].reset_index(drop=True)
-    label_info = None
+    label_info, inputs = None, [{"path": str(logs), "files": source["files"], "rows": len(frame)}]
     if labels is not None:
+        digest = io.Background(io.fingerprint, labels.path)  # the labels' sha256 while they are joined
         frame, label_info = join_labels(frame, labels, fmt)
+        inputs.append(digest.result())
     results: dict[str, Any] = {
         "window": {**win.as_dict(), **source, "rows": len(frame)},
         "service": service_levels(frame),
@@ -67,15 +71,15 @@ def monitor(
         messages += drifted.messages
         model_block = drifted.model or version.summary()
     alerts = evaluate(policy, results)
-    results["alerts"] = alerts
+    results["alerts"] = [dataclasses.asdict(a) for a in alerts]
     results["policy"] = policy
-    firing = [a for a in alerts if a["firing"]]
+    firing = [a for a in alerts if a.firing]
     return Report(
         "monitor",
+        alerts=alerts,  # delivered (deduplicated) with every command's by observe, when a webhook is set
         results=results,
         model=model_block,
-        inputs=[{"path": str(logs), "rows": results["window"]["rows"]}]
-        + ([{"path": str(labels.path), "rows": label_info["labels"]}] if labels and label_info else []),
+        inputs=inputs,  # the log is a live folder: its files and rows identify the window, not a hash
         messages=messages,
         passed=not (fail_on_alert and firing),
     )

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_cli.errors import InputError, UnreadableFile
-
-SEVERITIES = ("critical", "warning", "info")
+from mlops_cli.observe.alerts import SEVERITIES, Alert
 
 # rule: its settings. `threshold` means, per rule: latency_p99 seconds; invalid_share and dataset_drift a share of
 # rows / of features; metric_drop the drop in the metric's own unit; min_volume rows; dropped_log_rows rows.
@@ -80,25 +79,15 @@ def load_policy(path: Path | None) -> dict[str, dict[str, Any]]:
     return policy
 
 
-def evaluate(policy: dict[str, dict[str, Any]], results: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate(policy: dict[str, dict[str, Any]], results: dict[str, Any]) -> list[Alert]:
     """Every enabled rule that the window's results let us judge, firing or not (a rule that cannot be judged, such
     as latency on a file without it, is left out: its last state stands)."""
     service, drift = results["service"], results.get("drift")
     summary = drift["summary"] if drift else None
-    out: list[dict[str, Any]] = []
+    out: list[Alert] = []
 
     def judge(name: str, firing: bool, summary_line: str, value: float | None, threshold: float | None) -> None:
-        rule = policy[name]
-        out.append(
-            {
-                "name": name,
-                "severity": rule["severity"],
-                "firing": bool(firing),
-                "summary": summary_line,
-                "value": value,
-                "threshold": threshold,
-            }
-        )
+        out.append(Alert(name, policy[name]["severity"], bool(firing), summary_line, value, threshold))
 
     rules = {name: rule for name, rule in policy.items() if rule["enabled"]}
     if "min_volume" in rules:

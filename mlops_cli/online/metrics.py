@@ -41,6 +41,8 @@ LATENCY_BUCKETS = (
 )
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the predicted score, 0.05 .. 0.95
+SWITCH_RESULTS = ("switched", "failed")
+LOG_RESULTS = ("written", "dropped")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -110,10 +112,36 @@ class Metrics:
         self.ready = Gauge(p + "ready", "1 when the worker takes traffic", multiprocess_mode="livemin")
         self.log_rows = Counter(p + "log_rows_total", "Prediction-log rows, written or dropped", ["result"])
         self.shadow_rows = Counter(p + "shadow_rows_total", "Rows sent to the shadow model, by result", ["result"])
+        # Online features (--features): every row that lacked a feature is one lookup of its entity.
+        self.feature_lookups = Counter(p + "feature_lookups_total", "Entities looked up for rows that lacked features")
+        self.feature_cache = Counter(
+            p + "feature_cache_lookups_total", "Entity lookups in the in-process cache, by result", ["result"]
+        )
+        self.feature_store = Counter(
+            p + "feature_store_lookups_total", "Entity lookups in the feature store, by result", ["result"]
+        )
+        self.feature_seconds = Histogram(
+            p + "feature_lookup_duration_seconds", "Time of one feature store round trip", buckets=LATENCY_BUCKETS
+        )
+        self.feature_fallbacks = Counter(
+            p + "feature_fallbacks_total",
+            "Rows whose features were incomplete, by reason and what the policy did",
+            ["reason", "action"],
+        )
+        self.feature_store_errors = Counter(
+            p + "feature_store_errors_total", "Feature store calls that failed (Redis down or too slow)"
+        )
+        self.feature_store_up = Gauge(
+            p + "feature_store_up", "1 when the feature store answered the last call", multiprocess_mode="livemin"
+        )
 
     def served(self, followed: Followed, current: Current, previous: Current | None) -> None:
         if previous is not None:
             self.info.labels(*_info(followed, previous)).set(0)
+        elif followed.follows:
+            # Exported at 0 from the start: an alert on increase() cannot see a counter's first step from absent to 1.
+            for result in SWITCH_RESULTS:
+                self.switches.labels(followed.role, result)
         self.info.labels(*_info(followed, current)).set(1)
         self.loaded_at.labels(followed.role).set(current.loaded_at)
 
@@ -144,6 +172,22 @@ class Metrics:
                 histogram = self.score.labels(version)
                 for value in values.tolist():
                     histogram.observe(value)
+
+    # --- the lookup observer (mlops_cli.features.lookup) ---------------------------------------------------------
+
+    def feature_cache_result(self, hits: int, misses: int) -> None:
+        self.feature_lookups.inc(hits + misses)
+        if hits:
+            self.feature_cache.labels("hit").inc(hits)
+        if misses:
+            self.feature_cache.labels("miss").inc(misses)
+
+    def feature_store_result(self, found: int, unknown: int, seconds: float) -> None:
+        self.feature_seconds.observe(seconds)
+        if found:
+            self.feature_store.labels("hit").inc(found)
+        if unknown:
+            self.feature_store.labels("miss").inc(unknown)
 
 
 def _info(followed: Followed, current: Current) -> tuple[str, ...]:

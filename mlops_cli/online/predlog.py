@@ -7,7 +7,9 @@ most `rotate_s` seconds of rows. Requests hand their rows to a bounded queue and
 queue is full the rows are dropped and counted (`mlops_serve_log_rows_total{result="dropped"}`), never silently.
 
 The columns are score-batch's (ids, the features as registered, `prediction`, `proba_*`, `model_name`,
-`model_version`, `invalid_reason`) plus `request_id`, `received_at`, `latency_ms` and `route`.
+`model_version`, `invalid_reason`) plus `request_id`, `received_at`, `latency_ms` and `route`. A server with online
+features (`--features`) adds `feature_view`, `entity_id`, `feature_view_version`, `features_from_store` (the features that came
+from the store, comma-joined), `features_filled` and `feature_fallback` (filled from the reference profile, and why).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mlops_cli.errors import MlopsError
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from mlops_cli.features.assemble import Assembled
     from mlops_cli.online.routing import Routed
     from mlops_cli.runtime.spec import ModelSpec
 
@@ -48,6 +51,7 @@ class Entry:
     request_id: str
     received_at: float
     latency_ms: float
+    features: Assembled | None = None  # where the features came from, with online features
 
 
 class PredictionLog:
@@ -236,6 +240,14 @@ def _batch(entry: Entry) -> pa.RecordBatch:
     add("received_at", pa.array([int(entry.received_at * 1000)] * n, pa.timestamp("ms", tz="UTC")))
     add("latency_ms", pa.array([entry.latency_ms] * n, pa.float64()))
     add("route", pa.array(routed.route, pa.string()))
+    if entry.features is not None:
+        assembled = entry.features
+        add("feature_view", pa.array([assembled.view] * n, pa.string()))
+        add("entity_id", pa.array(assembled.entity_ids or [None] * n, pa.string()))
+        add("feature_view_version", pa.array([assembled.version] * n, pa.int64()))
+        add("features_from_store", pa.array(assembled.from_store, pa.string()))
+        add("features_filled", pa.array(assembled.filled, pa.string()))
+        add("feature_fallback", pa.array(assembled.fallback, pa.string()))
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 

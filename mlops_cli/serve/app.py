@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from mlops_cli.online.metrics import Metrics
     from mlops_cli.online.predlog import PredictionLog
     from mlops_cli.runtime import LoadOptions
+    from mlops_cli.serve.features import FeatureOptions, OnlineFeatures
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # probes never need the token
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -68,6 +69,7 @@ class ServeOptions:
     shutdown_delay_s: float = 0.0
     drain_s: float = 30.0
     load: LoadOptions | None = None
+    features: FeatureOptions | None = None  # --features: rows may carry an entity id instead of the features
 
 
 @dataclass
@@ -116,6 +118,7 @@ class App:
         self.draining = False
         self.max_body = int(options.max_body_mb * 1024 * 1024)
         self._served: dict[str, Current] = {}
+        self.features: OnlineFeatures | None = None
         self._wake = threading.Event()
         self._force = False
         self._stop = threading.Event()
@@ -152,6 +155,10 @@ class App:
             max_queued_rows=self.options.max_queued_rows,
         )
         self.batcher.start()
+        if self.options.features is not None:
+            from mlops_cli.serve.features import OnlineFeatures
+
+            self.features = OnlineFeatures(self.options.features, self.metrics)
         threading.Thread(target=self._follow, name="mlops-follow", daemon=True).start()
         self.ready = True
         self.metrics.ready.set(1)
@@ -172,6 +179,8 @@ class App:
             self.shadow.close()
         if self.log is not None:
             self.log.close(timeout=self.options.drain_s)
+        if self.features is not None:
+            self.features.close()
 
     def recheck(self) -> None:
         """SIGHUP: re-read the aliases now, and retry a version that failed."""
@@ -193,6 +202,8 @@ class App:
             for followed in self.models.all():
                 if followed.follows:
                     followed.check(force=force)
+            if self.features is not None:
+                self.features.check_health()
 
     def _switched(self, followed: Followed, result: str, new: Current | None, error: str | None) -> None:
         self.metrics.switches.labels(followed.role, result).inc()
@@ -308,7 +319,22 @@ class App:
     def _reader(self) -> protocols.Reader:
         champion = self.router.champion.current
         features = champion.model.spec.feature_names if champion is not None else []
-        return protocols.Reader(self.router.columns(), features, self.options.max_request_rows)
+        if self.features is None:
+            return protocols.Reader(self.router.columns(), features, self.options.max_request_rows)
+        from mlops_cli.features.assemble import ABSENT
+
+        names = self.features.names(self.router.columns())
+        return protocols.Reader(names, features, self.options.max_request_rows, absent=ABSENT)
+
+    async def _complete(self, rows: protocols.Rows) -> protocols.Rows:
+        """With online features: every feature of every row, from the row, the store or the policy."""
+        if self.features is None:
+            return rows
+        if not self.ready:
+            raise NotReady("the server is not ready", "retry shortly" if not self.draining else "it is shutting down")
+        served = [f.current for f in (self.router.champion, self.router.challenger) if f is not None]
+        features = list(dict.fromkeys(n for c in served if c is not None for n in c.model.spec.feature_names))
+        return await self.features.complete(rows, features, self.router.champion.current)
 
     async def _score(self, request: _Request, rows: protocols.Rows) -> Routed:
         if not self.ready or self.batcher is None:
@@ -323,7 +349,16 @@ class App:
 
             spec = champion.model.spec
             self.log.submit(
-                Entry(rows.values, routed, spec, rows.ids, request.request_id, request.received_at, latency_ms)
+                Entry(
+                    rows.values,
+                    routed,
+                    spec,
+                    rows.ids,
+                    request.request_id,
+                    request.received_at,
+                    latency_ms,
+                    rows.features,
+                )
             )
         if self.shadow is not None and rows.n:
             self.shadow.submit(rows, request, latency_ms)
@@ -331,13 +366,13 @@ class App:
 
     async def _predict(self, request: _Request) -> _Response:
         _require_json(request)
-        rows = self._reader().mlops(protocols.loads(request.body))
+        rows = await self._complete(self._reader().mlops(protocols.loads(request.body)))
         routed = await self._score(request, rows)
         body = {
             "status": "ok",
             "request_id": request.request_id,
             "model": self.models.champion.ref.name,
-            "predictions": protocols.answer_rows(routed, rows.ids),
+            "predictions": protocols.answer_rows(routed, rows.ids, rows.features),
         }
         return _answer(body, routed)
 
@@ -350,7 +385,7 @@ class App:
             rows = reader.mlflow_json(protocols.loads(request.body))
         else:
             raise UnsupportedMediaType("/invocations takes application/json or text/csv", "set the Content-Type header")
-        routed = await self._score(request, rows)
+        routed = await self._score(request, await self._complete(rows))
         return _answer({"predictions": routed.prediction}, routed)
 
     # --- the Open Inference Protocol ---------------------------------------------------------------------------
@@ -403,7 +438,7 @@ class App:
     async def _v2_infer(self, request: _Request) -> _Response:
         _require_json(request)
         body = protocols.loads(request.body)
-        rows = self._reader().v2(body)
+        rows = await self._complete(self._reader().v2(body))
         routed = await self._score(request, rows)
         answer = {
             "model_name": self.models.champion.ref.name,
@@ -420,11 +455,16 @@ class App:
 
     async def _readyz(self, request: _Request) -> _Response:
         models = [f.details() for f in self.models.all()]
+        extra = {"features": self.features.details()} if self.features is not None else {}
+        store_down = self.features is not None and self.features.error is not None
+        if self.ready and not store_down:
+            return _json(200, {"status": "ready", "models": models, **extra})
         if self.ready:
-            return _json(200, {"status": "ready", "models": models})
-        reason = "draining (SIGTERM)" if self.draining else "the model is still loading"
-        exc = NotReady(f"not ready: {reason}", "wait, or see the server's log")
-        return _json(503, {**_envelope(exc), "models": models})
+            exc = NotReady(f"not ready: the feature store is down: {self.features.error}", "see Redis")  # type: ignore[union-attr]
+        else:
+            reason = "draining (SIGTERM)" if self.draining else "the model is still loading"
+            exc = NotReady(f"not ready: {reason}", "wait, or see the server's log")
+        return _json(503, {**_envelope(exc), "models": models, **extra})
 
     async def _models(self, request: _Request) -> _Response:
         return _json(200, {"models": [f.details() for f in self.models.all()]})
@@ -489,7 +529,16 @@ class _Shadow:
             if self.log is not None and current is not None:
                 spec = current.model.spec
                 self.log.submit(
-                    Entry(rows.values, routed, spec, rows.ids, request.request_id, request.received_at, latency_ms)
+                    Entry(
+                        rows.values,
+                        routed,
+                        spec,
+                        rows.ids,
+                        request.request_id,
+                        request.received_at,
+                        latency_ms,
+                        rows.features,
+                    )
                 )
 
 

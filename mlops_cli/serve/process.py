@@ -64,6 +64,10 @@ def load(registry: Registry, ref: str, options: ServeOptions) -> Models:
                 f"{challenger.ref} is a {spec_b.task}, {champion.ref} a {spec_a.task}",
                 "a challenger must do the champion's job",
             )
+    if options.features is not None:
+        from mlops_cli.serve.features import check
+
+        check(options.features, champion.current)  # type: ignore[arg-type]
     return Models(champion, challenger, shadow)
 
 
@@ -215,6 +219,9 @@ def _worker(slot: int, models: Models, options: ServeOptions, sock: socket.socke
 
         def counted(result: str, rows: int) -> None:
             recorder.log_rows.labels(result).inc(rows)
+
+        for result in metrics.LOG_RESULTS:
+            recorder.log_rows.labels(result)  # exported at 0, so an alert on increase() sees the first drop
 
         log = PredictionLog(options.log_dir, slot, rotate_s=options.log_rotate_s, on_rows=counted)
     app = App(models, options, recorder, log)

@@ -28,15 +28,17 @@ class Rows:
     values: dict[str, list[Any]]  # column -> one JSON value per row, for the columns the models read
     n: int
     ids: list[Any] | None = None
+    features: Any = None  # with online features: the `Assembled` rows (where each feature came from)
 
 
 class Reader:
     """Turns a body into `Rows` for the columns `names` (in the models' feature order: a V2 matrix's columns)."""
 
-    def __init__(self, names: list[str], features: list[str], max_rows: int) -> None:
+    def __init__(self, names: list[str], features: list[str], max_rows: int, absent: Any = None) -> None:
         self.names = names
         self.features = features
         self.max_rows = max_rows
+        self.absent = absent  # what a row that lacks a column holds: None, or a marker when features are looked up
         self.max_columns = len(names) + MAX_EXTRA_COLUMNS
 
     # --- mlops ---------------------------------------------------------------------------------------------------
@@ -69,7 +71,8 @@ class Reader:
                     f"row {i + 1} has {len(record):,} columns; the model reads {len(self.names)}",
                     "send the columns the model reads",
                 )
-        values = {name: [record.get(name) for record in records] for name in self.names}
+        absent = self.absent
+        values = {name: [record.get(name, absent) for record in records] for name in self.names}
         return self._checked(values, len(records))
 
     def split(self, columns: Any, data: Any) -> Rows:
@@ -178,7 +181,7 @@ class Reader:
     def _checked(self, values: dict[str, list[Any]], n: int) -> Rows:
         for name, column in values.items():
             for i, value in enumerate(column):
-                if not isinstance(value, SCALARS):
+                if not isinstance(value, SCALARS) and value is not self.absent:
                     raise SchemaMismatch(
                         f"column {name!r} holds a list or an object at row {i + 1}", "send one plain value per cell"
                     )
@@ -213,8 +216,9 @@ def _plain(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def answer_rows(routed: Any, ids: list[Any] | None) -> list[dict[str, Any]]:
-    """The mlops answer: one object per row, score-batch's columns."""
+def answer_rows(routed: Any, ids: list[Any] | None, features: Any = None) -> list[dict[str, Any]]:
+    """The mlops answer: one object per row, score-batch's columns (and, with online features, the view's version
+    and any features filled from the reference profile)."""
     import math
 
     from mlops_cli.runtime import proba_column
@@ -231,6 +235,8 @@ def answer_rows(routed: Any, ids: list[Any] | None) -> list[dict[str, Any]]:
         row["route"] = routed.route[i]
         if routed.reasons[i] is not None:
             row["invalid_reason"] = routed.reasons[i]
+        if features is not None:
+            row.update(features.flags(i))
         out.append(row)
     return out
 

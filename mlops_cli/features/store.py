@@ -1,0 +1,236 @@
+"""The online feature store: Redis, as `materialize` writes it and lookups read it.
+
+One feature view NAME lives under the prefix `P = mlops:fv:NAME`:
+
+    P              the current version's record (JSON: version, entity, features and their kinds, TTL, rows, the
+                   source table's sha256): the pointer readers follow, replaced in one SET when a load completes
+    P:seq          the last version number handed out (INCR)
+    P:lock         the materialize loading now ("host pid token"), with an expiry it renews every batch
+    P:v<N>:<id>    entity <id>'s values in version N: a JSON array in the record's feature order, with the TTL
+    mlops:fv       the set of view names
+
+Unlike Feast's layout (one hash per entity holding every view's fields, overwritten in place), each load writes a
+version of its own and readers switch with the pointer, so a reader never sees half a table or two loads mixed.
+A lookup is one Lua script: it reads the pointer and the entities' keys in one atomic step, so a lookup that
+races a flip (and the old version's deletion) gets one version whole, never a mix or a hole.
+
+The client never hangs and never retries: redis-py 8 retries a failed command 10 times with exponential backoff,
+and waits 5 s on a socket by default; a request that needs Redis must fail fast (503) instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlops_cli.errors import FeatureStoreError, FeatureViewNotFound, InputError, StoreUnavailable
+
+ROOT = "mlops:fv"
+TIMEOUT_S = 0.25  # connect and read: Redis answers a lookup in well under a millisecond on a healthy network
+DROP_BATCH = 10_000  # keys per SCAN step and per UNLINK when a version is dropped
+
+# KEYS[1]: the view's pointer; ARGV: entity ids. Returns {record or false, value or false per id}.
+_LOOKUP = """
+local record = redis.call('GET', KEYS[1])
+if not record then return {false} end
+local prefix = KEYS[1] .. ':v' .. cjson.decode(record)['version'] .. ':'
+local out = {record}
+for i, id in ipairs(ARGV) do out[i + 1] = redis.call('GET', prefix .. id) end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A feature view's version, as its pointer holds it."""
+
+    name: str
+    version: int
+    entity: str
+    features: list[str]
+    kinds: dict[str, str]
+    ttl_s: int | None
+    rows: int
+    source: dict[str, Any]
+    loaded_at: str
+    raw: bytes = b""
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Feature name -> position in an entity's values."""
+        return {f: i for i, f in enumerate(self.features)}
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Record:
+        data = json.loads(raw)
+        return cls(
+            data["name"],
+            int(data["version"]),
+            data["entity"],
+            list(data["features"]),
+            dict(data["kinds"]),
+            data.get("ttl_s"),
+            int(data["rows"]),
+            dict(data.get("source") or {}),
+            data["loaded_at"],
+            raw,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "entity": self.entity,
+            "features": self.features,
+            "kinds": self.kinds,
+            "ttl_s": self.ttl_s,
+            "rows": self.rows,
+            "source": self.source,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def pointer(name: str) -> str:
+    return f"{ROOT}:{name}"
+
+
+def version_prefix(name: str, version: int) -> str:
+    return f"{pointer(name)}:v{version}:"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and reports (a password is a secret: never printed)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Store:
+    """A Redis connection pool with short timeouts and no retries, and the view-level operations."""
+
+    def __init__(self, url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int = 16) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise InputError(
+                "online features need the redis client", "install the extra: pip install 'mlops-cli[redis]'"
+            ) from exc
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InputError(f"{redacted(url)}: not a Redis URL", "use redis://HOST:PORT/DB")
+        self.url = redacted(url)
+        self.timeout_s = timeout_s
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._redis_error = redis.RedisError
+        try:
+            pool = redis.ConnectionPool.from_url(
+                url,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),  # the default retries 10 times with backoff: seconds, not a 503
+                max_connections=max_connections,
+            )
+        except ValueError as exc:
+            raise InputError(f"{self.url}: {exc}", "use redis://HOST:PORT/DB") from exc
+        self.client = redis.Redis(connection_pool=pool)
+        self._lookup = self.client.register_script(_LOOKUP)
+
+    # --- errors ------------------------------------------------------------------------------------------------
+
+    def unavailable(self, exc: BaseException) -> StoreUnavailable:
+        what = "did not answer in time" if "imeout" in type(exc).__name__ else "cannot be reached"
+        return StoreUnavailable(
+            f"the feature store {self.url} {what} ({_first_line(exc)})", "check that Redis is running and reachable"
+        )
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a client call; Redis errors become FeatureStoreError (unreachable: StoreUnavailable)."""
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as exc:
+            raise self.unavailable(exc) from exc
+        except self._redis_error as exc:
+            raise FeatureStoreError(
+                f"the feature store {self.url} refused: {_first_line(exc)}", "see Redis's log"
+            ) from exc
+
+    # --- reading -----------------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self.call(self.client.ping)
+
+    def record(self, name: str) -> Record | None:
+        raw = self.call(self.client.get, pointer(name))
+        return Record.parse(raw) if raw is not None else None
+
+    def require(self, name: str) -> Record:
+        record = self.record(name)
+        if record is None:
+            raise FeatureViewNotFound(
+                f"no feature view {name!r} in {self.url}", "load it first: mlops features materialize ... --name NAME"
+            )
+        return record
+
+    def names(self) -> list[str]:
+        return sorted(m.decode() for m in self.call(self.client.smembers, ROOT))
+
+    def lookup(self, name: str, ids: list[str]) -> tuple[bytes | None, list[bytes | None]]:
+        """The pointer's raw record and each id's raw values, read in one atomic step (None: no such view/entity)."""
+        answer = self.call(self._lookup, keys=[pointer(name)], args=ids)
+        if not answer or answer[0] is None:
+            return None, [None] * len(ids)
+        return answer[0], list(answer[1:])
+
+    # --- maintenance -------------------------------------------------------------------------------------------
+
+    def drop_prefix(self, prefix: str, keep: str | None = None) -> int:
+        """UNLINK every key under `prefix` (but those under `keep`), a SCAN step at a time; returns the count."""
+        dropped = 0
+        cursor = 0
+        while True:
+            cursor, keys = self.call(self.client.scan, cursor, match=f"{_glob(prefix)}*", count=DROP_BATCH)
+            if keep is not None:
+                keys = [k for k in keys if not k.decode(errors="replace").startswith(keep)]
+            if keys:
+                dropped += int(self.call(self.client.unlink, *keys))
+            if cursor == 0:
+                return dropped
+
+    def close(self) -> None:
+        self.client.connection_pool.disconnect()
+
+
+def _glob(text: str) -> str:
+    """`text` with SCAN's glob characters escaped (a view name may hold none, but an id may)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def entity_text(value: Any) -> str | None:
+    """An entity id's key text from a JSON value, as `scoring.key_text` casts a table's column (integers in
+    decimal, integral floats without `.0`, booleans as true/false): a request's id finds what a Parquet or CSV load
+    wrote. None for a null or a value that is not a scalar id."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value
+    return None
