@@ -5,6 +5,7 @@ MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
  ├── InputError (exit 3, HTTP 400): MissingFile, EmptyInput, UnreadableFile, OutputExists,
  │     SchemaMismatch and InvalidData (HTTP 422: rows that break the input contract),
  │     Unreachable (HTTP 503: a service the command needs, a Kafka broker or Redis, does not answer)
+ │       └── ClusterError (--engine dask: the scheduler cannot be reached, no workers, workers lost)
  │   └── RequestError: what only a server's caller can get wrong or meet: Malformed 400, Unauthorized 401,
  │         NotFound 404, TooLarge 413, UnsupportedMediaType 415, Overloaded 429, NotReady 503, DeadlineExceeded 504
  └── RegistryError (exit 4, HTTP 503): ModelNotFound, VersionExists, IntegrityError, InvalidName, LockTimeout,
@@ -32,6 +33,10 @@ class MlopsError(Exception):
     def one_line(self) -> str:
         text = " ".join(self.message.split())
         return f"{text} ({self.hint})" if self.hint else text
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        # Raised on a Dask worker and re-raised on the client: pickle keeps the hint (Exception pickles args only).
+        return type(self), (self.message, self.hint)
 
 
 class InputError(MlopsError):
@@ -67,6 +72,10 @@ class Unreachable(InputError):
     """A service the command reads from or writes to (a Kafka broker, Redis) did not answer in time."""
 
     http_status = 503
+
+
+class ClusterError(Unreachable):
+    """--engine dask: the scheduler cannot be reached, it has no workers, or the workers died under the run."""
 
 
 class RequestError(InputError):

@@ -62,6 +62,11 @@ def parts(path: Path) -> list[Path]:
     return _files(path)
 
 
+def part_rows(path: Path) -> list[tuple[Path, int]]:
+    """(file, rows) for each Parquet file behind `path`, in `parts` order, from the footers alone."""
+    return [(f, _open_parquet(f).metadata.num_rows) for f in _files(path)]
+
+
 def row_count(path: Path, fmt: str | None = None) -> int | None:
     """Rows of a Parquet file or folder, from the footers alone; None for CSV (known only once it is read)."""
     if detect_format(path, fmt) != "parquet":
@@ -285,6 +290,14 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise MissingFile(f"{path.parent}: output folder does not exist", "create it first")
 
 
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """`check_output` for an output that is a folder of parts (--engine dask)."""
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists", "pass --overwrite to replace it, or choose another path")
+    if not path.parent.is_dir():
+        raise MissingFile(f"{path.parent}: output folder does not exist", "create it first")
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -352,6 +365,71 @@ def _link_new(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder that other processes may still be writing into (a cancelled Dask task finishing its part):
+    their new files make rmdir fail, so try again a few times."""
+    import shutil
+    import time
+
+    for attempt in range(20):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == 19:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden folder beside `path` to fill; on success it becomes `path` by one rename, on failure (or a
+    signal) it is removed, and `path` stays as it was.
+
+    With overwrite, the previous `path` (file or folder) is first renamed aside and removed after the new one is in
+    place: between the two renames, inside one commit window, `path` is briefly absent; a crash exactly there leaves
+    the previous output in `.NAME.*.old`, never a half-written one at `path`.
+    """
+    tmp: Path | None = None
+    try:
+        with commit_window():
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+            os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+    except BaseException:
+        if tmp is not None:
+            with commit_window():
+                remove_tree(tmp)
+        raise
+    with commit_window():
+        old: Path | None = None
+        moved = False
+        try:
+            fsync_dir(tmp)
+            if path.exists() or path.is_symlink():
+                if not overwrite:
+                    raise OutputExists(
+                        f"{path} appeared while this run was writing it (another run?)", "nothing was replaced"
+                    )
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+                os.replace(path, old / "previous")
+                moved = True
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            if moved:  # put the previous output back
+                with contextlib.suppress(OSError):
+                    os.replace(old / "previous", path)  # type: ignore[operator]
+            remove_tree(tmp)
+            if old is not None:
+                remove_tree(old)
+            raise
+        if old is not None:
+            remove_tree(old)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:

@@ -10,12 +10,13 @@ goes to the same model in every run, on every machine (see `split_hash`).
 
 from __future__ import annotations
 
+import functools
 import resource
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops_cli import io
+from mlops_cli.engines import EngineOptions
 from mlops_cli.errors import EmptyInput, InputError, Interrupted, InvalidData, SchemaMismatch
 from mlops_cli.profile import QUANTILES
 from mlops_cli.registry import Registry, Version
@@ -53,17 +55,26 @@ class ScoreOptions:
     input_format: str | None = None
     overwrite: bool = False
     load: LoadOptions = LoadOptions()  # --runtime, --strict, --no-pickle
+    engine: EngineOptions = EngineOptions()  # --engine, --scheduler
     features: Any = None  # --features: a BatchFeatureOptions (mlops_cli.features.batch); ids completed from a view
     on_progress: Callable[[int, int | None], None] | None = None  # (rows read so far, total rows if known)
 
 
 def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Path, *, options: ScoreOptions) -> Report:
-    """Score every row of `input_path` with `ref` (and the challenger) and write the predictions to `output_path`."""
+    """Score every row of `input_path` with `ref` (and the challenger) and write the predictions to `output_path`
+    (with `--engine dask`, a folder of Parquet parts, one per input file)."""
     started = time.perf_counter()
     split_key = _check_options(options)
-    _check_paths(input_path, output_path, options.overwrite)
-    output_format = io.detect_format(output_path)
+    on_dask = options.engine.name == "dask"
+    _check_paths(input_path, output_path, options.overwrite, folder=on_dask)
     input_format = io.detect_format(input_path, options.input_format)
+    if on_dask and input_format != "parquet":
+        raise InputError(
+            f"{input_path}: --engine dask reads Parquet (a file or a folder of them)", "convert the CSV to Parquet"
+        )
+    if on_dask and options.features is not None:
+        raise InputError("--features does not run on --engine dask yet", "drop one of them")
+    output_format = "parquet" if on_dask else io.detect_format(output_path)
     parts = io.parts(input_path)  # a missing or empty input fails here, before the models are unpickled
     models = [_Model.load(registry, ref, "champion", options)]
     if options.challenger is not None:
@@ -78,46 +89,20 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
     # imports for the GIL and slow the start by more than the whole hash costs.)
     fingerprint = io.Background(io.fingerprint, input_path, 0)
-    run = _Run(models, plan, options, input_path, features)
-    # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
-    # the write: keep it for the columns where it pays (labels, ids, model names).
-    dictionary = [f.name for f in plan.schema if not pa.types.is_floating(f.type)]
-    writer = io.TableWriter(
-        output_path, plan.schema, parquet_options={"use_dictionary": dictionary}, overwrite=options.overwrite
-    )
-    interrupted: Interrupted | None = None
-    try:
-        with writer:
-            for batch in io.iter_batches(
-                input_path,
-                batch_size=options.batch_size,
-                columns=plan.read,
-                column_types=plan.column_types,
-                fmt=input_format,
-            ):
-                writer.write(run.score(batch))
-                if options.on_progress is not None:
-                    options.on_progress(run.rows_read, plan.total_rows)
-            if run.rows_read == 0:
-                raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
-    except Interrupted as exc:
-        if not writer.committed:
-            raise Interrupted(exc.signum, f"nothing was written; {output_path} is as it was") from None
-        # The signal arrived while the finished output was being committed (a commit window): the output is
-        # whole and the rest is a report, so the run completes and says so.
-        interrupted = exc
+    run = _Run(models, plan, options, features=features)
+    where = {p: p if len(parts) > 1 else input_path for p in parts}  # what an error message names
+    if on_dask:
+        engine, interrupted = _score_on_dask(registry, run, input_path, output_path, where, input_format)
+    else:
+        engine, interrupted = _score_locally(run, input_path, output_path, where, input_format)
     inputs = [{**fingerprint.result(), "rows": run.rows_read}]
     seconds = time.perf_counter() - started
     results = run.results(output_path, output_format, input_format, seconds)
+    results["engine"] = engine
     if features is not None:
         results["features"] = features.results()
         features.close()
-    report = Report(
-        "score-batch",
-        results=results,
-        inputs=inputs,
-        model=models[0].model.summary(),
-    )
+    report = Report("score-batch", results=results, inputs=inputs, model=models[0].model.summary())
     if run.rows_rejected:
         report.messages.append(
             f"{run.rows_rejected:,} of {run.rows_read:,} rows were not scored "
@@ -128,6 +113,162 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
             f"{interrupted.signal_name} arrived while the finished output was being committed; it was completed"
         )
     return report
+
+
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    # Dictionary-encoding high-cardinality floats (probabilities) only to fall back costs more than the rest of
+    # the write: keep it for the columns where it pays (labels, ids, model names).
+    return {"use_dictionary": [f.name for f in schema if not pa.types.is_floating(f.type)]}
+
+
+def _score_file(run: _Run, file: Path, where: Path, fmt: str, write: Callable[[pa.RecordBatch], None]) -> None:
+    """Stream one input file through `run` into `write`, batch by batch: the one loop of both engines."""
+    row = 0
+    options, plan = run.options, run.plan
+    for batch in io.iter_batches(
+        file, batch_size=options.batch_size, columns=plan.read, column_types=plan.column_types, fmt=fmt
+    ):
+        write(run.score(batch, where=where, row=row))
+        row += batch.num_rows
+        if options.on_progress is not None:
+            options.on_progress(run.rows_read, plan.total_rows)
+
+
+def _score_locally(
+    run: _Run, input_path: Path, output_path: Path, where: dict[Path, Path], fmt: str
+) -> tuple[dict[str, Any], Interrupted | None]:
+    """The local engine: the files in order, in this process, into one output file."""
+    from mlops_cli.engines import local
+
+    writer = io.TableWriter(
+        output_path, run.plan.schema, parquet_options=_parquet_options(run.plan.schema), overwrite=run.options.overwrite
+    )
+    try:
+        with writer:
+            for _ in local.map_partitions(lambda file: _score_file(run, file, where[file], fmt, writer.write), where):
+                pass
+            if run.rows_read == 0:
+                raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
+    except Interrupted as exc:
+        if not writer.committed:
+            raise Interrupted(exc.signum, f"nothing was written; {output_path} is as it was") from None
+        # The signal arrived while the finished output was being committed (a commit window): the output is
+        # whole and the rest is a report, so the run completes and says so.
+        return {"name": "local"}, exc
+    return {"name": "local"}, None
+
+
+# --- the Dask engine ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a Dask worker needs to score a partition: the registry, the exact versions and their sha256 (the
+    client resolved any alias once: a promotion mid-run must not split the run between two models), the plan."""
+
+    registry: Path
+    models: tuple[tuple[str, str, str], ...]  # (role, NAME:VERSION, artifact sha256)
+    options: ScoreOptions
+    plan: _Plan
+    folder: Path
+    fmt: str
+
+
+def _score_on_dask(
+    registry: Registry, run: _Run, input_path: Path, output_path: Path, where: dict[Path, Path], fmt: str
+) -> tuple[dict[str, Any], Interrupted | None]:
+    """The Dask engine: one task per input file, each writing its part into a hidden folder beside OUTPUT; the
+    client merges the partials in file order and publishes the folder by one rename once every part is written."""
+    from mlops_cli.engines import Partition
+    from mlops_cli.engines import dask as engine
+
+    options = run.options
+    partitions, offset = [], 0
+    for i, (file, rows) in enumerate(io.part_rows(input_path)):
+        partitions.append(Partition(i, file, offset, rows))
+        offset += rows
+    if offset == 0:
+        raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
+    refs = tuple((m.role, m.version.ref, m.version.summary()["sha256"]) for m in run.models)
+    peaks: list[float] = []
+    task_seconds = 0.0
+    done = 0
+
+    def progress(i: int, partial: _Partial) -> None:
+        nonlocal done
+        for m, (_, _, summary) in zip(run.models, partial.models, strict=True):
+            m.summary.take_sample(summary)  # now, not in order: the rest of the partial is small
+        done += partial.counts[0]
+        if options.on_progress is not None:
+            options.on_progress(done, offset)
+
+    folder: int | None = None  # the hidden folder's inode: after a signal, whether it became OUTPUT
+    described: dict[str, Any] = {}
+    try:
+        with engine.cluster(options.engine) as cluster, io.atomic_dir(output_path, overwrite=options.overwrite) as tmp:
+            folder = tmp.stat().st_ino
+            described = cluster.describe()
+            job = _Job(registry.root, refs, replace(options, on_progress=None), run.plan, tmp, fmt)
+            tasks = [(p, where[p.path]) for p in partitions]
+            partials = engine.map_partitions(cluster, _score_partition, tasks, job, on_result=progress)
+            for partial in partials:
+                run.absorb(partial)
+                peaks.append(partial.peak_rss_mb)
+                task_seconds += partial.seconds
+            stray = {f.name for f in tmp.iterdir()} - {_part_name(p.index) for p in partitions}
+            for name in stray:  # a killed worker's unfinished temporary file; its task ran again elsewhere
+                (tmp / name).unlink(missing_ok=True)
+    except Interrupted as exc:
+        if folder is None or not output_path.is_dir() or output_path.stat().st_ino != folder:
+            raise Interrupted(exc.signum, f"nothing was written; {output_path} is as it was") from None
+        # The signal arrived while the finished folder was being published: OUTPUT is whole, the rest is a report.
+        interrupted: Interrupted | None = exc
+    else:
+        interrupted = None
+    engine_block = {
+        **described,
+        "partitions": len(partitions),
+        "worker_peak_rss_mb": max(peaks),
+        "task_seconds": task_seconds,
+    }
+    return engine_block, interrupted
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def _score_partition(task: tuple[Any, Path], job: _Job) -> _Partial:
+    """On a worker: score one input file into its part (`task`: the partition, and the name its errors give). The
+    models come from the registry, each verified against its sha256 before it is unpickled (LoadedModel.load), once
+    per worker process."""
+    from mlops_cli.engines import dask as engine
+
+    partition, name = task
+    started = time.perf_counter()
+    models = []
+    for role, ref, sha256 in job.models:
+        key = (str(job.registry), ref, sha256, job.options.load, job.options.proba)
+        loaded = engine.worker_cached(key, functools.partial(_load_verified, job, ref, sha256))
+        models.append(_Model(role, ref, loaded, _Summary(loaded.classes, loaded.with_proba)))
+    run = _Run(models, job.plan, job.options, first_index=partition.offset)
+    target = job.folder / _part_name(partition.index)
+    schema = job.plan.schema
+    with io.TableWriter(target, schema, parquet_options=_parquet_options(schema), overwrite=True) as writer:
+        _score_file(run, partition.path, name, job.fmt, writer.write)
+    return replace(run.partial(), seconds=time.perf_counter() - started)
+
+
+def _load_verified(job: _Job, ref: str, sha256: str) -> LoadedModel:
+    from mlops_cli.errors import IntegrityError
+
+    loaded = LoadedModel.load(Registry(job.registry), ref, job.options.load, proba=job.options.proba)
+    if loaded.summary().get("sha256") != sha256:
+        raise IntegrityError(
+            f"{ref} on this worker is not the artifact the client verified (sha256 differs)",
+            "give every worker the same registry",
+        )
+    return loaded
 
 
 # --- options and paths ----------------------------------------------------------------------------------------
@@ -153,8 +294,11 @@ def _check_options(options: ScoreOptions) -> list[str]:
     return list(key)
 
 
-def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
-    io.check_output(output_path, overwrite)
+def _check_paths(input_path: Path, output_path: Path, overwrite: bool, *, folder: bool = False) -> None:
+    if folder:
+        io.check_output_dir(output_path, overwrite)
+    else:
+        io.check_output(output_path, overwrite)
     if not input_path.exists():
         return  # reading it raises the one clear error
     source, target = input_path.resolve(), output_path.resolve()
@@ -169,11 +313,14 @@ def _check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
 
 
 class _Summary:
-    """The distribution of one model's predictions, accumulated batch by batch in bounded memory.
+    """The distribution of one model's predictions, accumulated batch by batch in bounded memory, and mergeable:
+    partitions scored apart (Dask workers) merge into the summary one process would have built.
 
-    Counts, class shares and means are exact. Quantiles come from a uniform random sample of QUANTILE_SAMPLE
-    predictions (bottom-k by a per-row random key drawn from one seeded stream, so the sample, and the report, do
-    not depend on the batch size); up to QUANTILE_SAMPLE rows scored they are exact.
+    Counts and class shares are exact. Means fold the per-batch sums (and, for regressors, per-batch moments by
+    Chan et al.'s pairwise update) in row order, so any partitioning gives the same bits as one pass. Quantiles come
+    from a uniform random sample of QUANTILE_SAMPLE predictions: the rows with the smallest keys, a key being a hash
+    of the row's global index (`sample_keys`), so the sample depends neither on the batch size nor on the
+    partitioning; up to QUANTILE_SAMPLE rows scored they are exact.
     """
 
     def __init__(self, classes: np.ndarray | None, with_proba: bool) -> None:
@@ -182,14 +329,14 @@ class _Summary:
         self.scored = 0
         self.class_counts = np.zeros(len(classes) if classes is not None else 0, dtype=np.int64)
         width = len(classes) if with_proba and classes is not None else 1
-        self.sums = np.zeros(width)
-        self.mean, self.m2 = 0.0, 0.0  # regressor: Chan et al.'s pairwise update of mean and squared deviations
         self.low, self.high = np.inf, -np.inf
         self._width = width
+        self._sums: list[np.ndarray] = []  # per batch, in row order: folded by result()
+        self._moments: list[tuple[int, float, float]] = []  # regressor, per batch: rows, mean, squared deviations
         self._keys: list[np.ndarray] = []  # the sample: chunks of (key, values), compacted now and then
         self._values: list[np.ndarray] = []
         self._held = 0
-        self._threshold = np.inf  # once compacted: a key at or above this can never enter the sample
+        self._threshold: np.uint64 | None = None  # once compacted: a key at or above this never enters the sample
 
     def add(self, prediction: np.ndarray, proba: np.ndarray | None, keys: np.ndarray) -> None:
         n = len(prediction)
@@ -202,18 +349,19 @@ class _Summary:
         else:
             values = prediction.astype(float)[:, None]
             batch_mean = float(values.mean())
-            delta = batch_mean - self.mean
-            total = self.scored + n
-            self.m2 += float(((values - batch_mean) ** 2).sum()) + delta * delta * self.scored * n / total
-            self.mean += delta * n / total
+            self._moments.append((n, batch_mean, float(((values - batch_mean) ** 2).sum())))
             self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
         self.scored += n
         if values is None:  # a classifier without probabilities: class shares only
             return
-        self.sums += np.array([values[:, i].sum() for i in range(values.shape[1])])  # 20x faster than axis=0
-        enter = keys < self._threshold
-        if not enter.all():
-            keys, values = keys[enter], values[enter]
+        self._sums.append(np.array([values[:, i].sum() for i in range(values.shape[1])]))  # 20x faster than axis=0
+        self._sample(keys, values)
+
+    def _sample(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if self._threshold is not None:
+            enter = keys < self._threshold
+            if not enter.all():
+                keys, values = keys[enter], values[enter]
         if len(keys):
             self._keys.append(keys)
             self._values.append(values)
@@ -221,14 +369,32 @@ class _Summary:
             if self._held >= 2 * QUANTILE_SAMPLE:
                 self._compact()
 
+    def take_sample(self, other: _Summary) -> None:
+        """Move `other`'s sample into this one's. The sample is a bottom-k by key, so order does not matter: the
+        client takes each partition's sample as it arrives and holds at most 2 x QUANTILE_SAMPLE rows, whatever
+        the number of partitions."""
+        for keys, values in zip(other._keys, other._values, strict=True):
+            self._sample(keys, values)
+        other._keys, other._values, other._held = [], [], 0
+
+    def merge(self, other: _Summary) -> None:
+        """Add the summary of the rows that follow this one's (the next partition)."""
+        self.scored += other.scored
+        self.class_counts += other.class_counts
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        self._sums += other._sums
+        self._moments += other._moments
+        for keys, values in zip(other._keys, other._values, strict=True):
+            self._sample(keys, values)
+
     def _compact(self) -> np.ndarray:
         """Keep the QUANTILE_SAMPLE rows with the smallest keys; return their values."""
-        keys = np.concatenate(self._keys) if self._keys else np.empty(0)
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.uint64)
         values = np.concatenate(self._values) if self._values else np.empty((0, self._width))
         if len(keys) > QUANTILE_SAMPLE:
             keep = np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]
             keys, values = keys[keep], values[keep]
-            self._threshold = float(keys.max())
+            self._threshold = keys.max()
         self._keys, self._values, self._held = [keys], [values], len(keys)
         return values
 
@@ -239,17 +405,34 @@ class _Summary:
         sample = self._compact()
         quantiles = np.quantile(sample, QUANTILES, axis=0) if len(sample) else None
         if self.classes is None:
-            std = (self.m2 / (self.scored - 1)) ** 0.5 if self.scored > 1 else 0.0
-            out.update(mean=self.mean, std=std, min=self.low, max=self.high)
+            count, mean, m2 = 0, 0.0, 0.0
+            for n, batch_mean, squares in self._moments:
+                delta = batch_mean - mean
+                total = count + n
+                m2 += squares + delta * delta * count * n / total
+                mean += delta * n / total
+                count = total
+            std = (m2 / (count - 1)) ** 0.5 if count > 1 else 0.0
+            out.update(mean=mean, std=std, min=self.low, max=self.high)
             if quantiles is not None:
                 out["quantiles"] = _quantiles(quantiles[:, 0])
             return out
         labels = [str(c) for c in self.classes]
         out["class_shares"] = dict(zip(labels, (self.class_counts / self.scored).tolist(), strict=True))
         if self.with_proba and quantiles is not None:
-            out["proba_mean"] = dict(zip(labels, (self.sums / self.scored).tolist(), strict=True))
+            sums = np.zeros(self._width)
+            for batch_sums in self._sums:
+                sums += batch_sums
+            out["proba_mean"] = dict(zip(labels, (sums / self.scored).tolist(), strict=True))
             out["proba_quantiles"] = {label: _quantiles(quantiles[:, i]) for i, label in enumerate(labels)}
         return out
+
+
+def sample_keys(first: int, n: int) -> np.ndarray:
+    """The quantile sample's key of rows first .. first + n - 1 (global row indices): splitmix64's output for that
+    index of its stream (seeded by SAMPLE_SEED). A bijection on 64 bits, so keys never tie."""
+    index = np.arange(first + 1, first + n + 1, dtype=np.uint64)
+    return splitmix64(index * _GOLDEN + np.uint64(SAMPLE_SEED))
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:
@@ -403,33 +586,47 @@ def _kept_type(type_: pa.DataType, input_format: str, output_format: str) -> pa.
 # --- scoring --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Partial:
+    """One partition's counts and prediction summaries, sent back from a worker."""
+
+    counts: tuple[int, int, int, int, int]  # rows read, scored, rejected, written, without a split key
+    batches: int
+    reasons: dict[str, int]
+    models: list[tuple[int, int, _Summary]]  # per model: rows routed, rows rejected, summary
+    peak_rss_mb: float
+    seconds: float = 0.0  # the task's wall time on its worker
+
+
 class _Run:
-    """Scores batch after batch and keeps the counts the report needs."""
+    """Scores batch after batch and keeps the counts the report needs. A run on a Dask worker covers one partition
+    (`first_index` is the global index of its first row) and returns its `partial()`; the client `absorb`s the
+    partials in partition order."""
 
     def __init__(
-        self, models: list[_Model], plan: _Plan, options: ScoreOptions, input_path: Path, features: Any = None
+        self, models: list[_Model], plan: _Plan, options: ScoreOptions, first_index: int = 0, features: Any = None
     ) -> None:
         self.models = models
         self.features = features
         self._filled: list[str | None] | None = None
         self.plan = plan
         self.options = options
-        self.input_path = input_path
+        self.first_index = first_index
         self.rows_read = self.rows_scored = self.rows_rejected = self.rows_written = self.rows_without_key = 0
         self.batches = 0
         self.reasons: Counter[str] = Counter()
-        self._sample_keys = np.random.default_rng(SAMPLE_SEED)
         self._pred_type = plan.schema.field("prediction").type
         self._class_index = {c: i for i, c in enumerate(plan.classes)}
 
-    def score(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        n, offset = batch.num_rows, self.rows_read
+    def score(self, batch: pa.RecordBatch, *, where: Path, row: int) -> pa.RecordBatch:
+        """The output rows of `batch`, whose first row is row `row` (0-based) of the file `where`."""
+        n = batch.num_rows
+        keys = sample_keys(self.first_index + self.rows_read, n)
         if self.features is not None:
-            batch, filled = self.features.complete(batch, offset)
+            batch, filled = self.features.complete(batch, self.rows_read)
             self._filled = filled if self.features.options.on_missing == "fill" else None
         self.rows_read += n
         self.batches += 1
-        sample_keys = self._sample_keys.random(n)
         routes = self._routes(batch)
         invalid = np.zeros(n, dtype=bool)
         reasons: dict[str, np.ndarray] = {}
@@ -454,10 +651,10 @@ class _Run:
             if len(answer.prediction) == 0:
                 continue
             prediction, proba = answer.prediction, answer.proba
-            m.summary.add(prediction, proba, sample_keys if rows is None else sample_keys[rows])
+            m.summary.add(prediction, proba, keys if rows is None else keys[rows])
             scored.append((m, rows, prediction, proba))
         if invalid.any() and self.options.on_invalid == "fail":
-            raise self._invalid_error(batch, offset, reasons)
+            raise self._invalid_error(batch, where, row, reasons)
         n_invalid = int(invalid.sum())
         self.rows_rejected += n_invalid
         self.rows_scored += n - n_invalid
@@ -466,6 +663,34 @@ class _Run:
         out = self._assemble(batch, n, routes, scored, invalid, reasons, keep)
         self.rows_written += out.num_rows
         return out
+
+    def partial(self) -> _Partial:
+        """What the client needs of this run (no models: those stay on the worker)."""
+        for m in self.models:
+            if m.summary._held > QUANTILE_SAMPLE:
+                m.summary._compact()  # ship at most the sample's size
+        return _Partial(
+            counts=(self.rows_read, self.rows_scored, self.rows_rejected, self.rows_written, self.rows_without_key),
+            batches=self.batches,
+            reasons=dict(self.reasons),
+            models=[(m.routed, m.rejected, m.summary) for m in self.models],
+            peak_rss_mb=peak_rss_mb(),
+        )
+
+    def absorb(self, partial: _Partial) -> None:
+        """Add the partial of the partition that follows the rows absorbed so far."""
+        read, scored, rejected, written, without_key = partial.counts
+        self.rows_read += read
+        self.rows_scored += scored
+        self.rows_rejected += rejected
+        self.rows_written += written
+        self.rows_without_key += without_key
+        self.batches += partial.batches
+        self.reasons.update(partial.reasons)
+        for m, (routed, model_rejected, summary) in zip(self.models, partial.models, strict=True):
+            m.routed += routed
+            m.rejected += model_rejected
+            m.summary.merge(summary)
 
     def _routes(self, batch: pa.RecordBatch) -> list[np.ndarray | None]:
         """Row indices per model; None means every row of the batch goes to the champion."""
@@ -546,7 +771,9 @@ class _Run:
         hits = np.flatnonzero(classes == label)
         return int(hits[0]) if len(hits) else None
 
-    def _invalid_error(self, batch: pa.RecordBatch, offset: int, reasons: dict[str, np.ndarray]) -> InvalidData:
+    def _invalid_error(
+        self, batch: pa.RecordBatch, where: Path, offset: int, reasons: dict[str, np.ndarray]
+    ) -> InvalidData:
         details = []
         for label, mask in reasons.items():
             rows = np.flatnonzero(mask)
@@ -559,7 +786,7 @@ class _Run:
             details.append(f"{label} (row{'s' if len(rows) > 1 else ''} {shown}{example})")
         total = int(np.logical_or.reduce(list(reasons.values())).sum())
         return InvalidData(
-            f"{self.input_path}: {total:,} row(s) cannot be scored: {'; '.join(details)}",
+            f"{where}: {total:,} row(s) cannot be scored: {'; '.join(details)}",
             "fix the data, or pass --on-invalid skip (leave such rows out) or --on-invalid null "
             "(keep them with a null prediction and the reason)",
         )
@@ -626,6 +853,7 @@ def peak_rss_mb() -> float:
 
 # --- the challenger split -------------------------------------------------------------------------------------
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 

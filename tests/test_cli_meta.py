@@ -75,7 +75,7 @@ def _packages(modules: set[str]) -> set[str]:
 # machine: `mlops --help` 0.12 s -> 0.06 s once help stopped rendering with rich (326 modules -> 160).
 DATA_LIBRARIES = {"pandas", "sklearn", "scipy", "numpy", "pyarrow", "joblib"}
 EXTRAS = {"uvicorn", "prometheus_client", "starlette", "onnxruntime", "skl2onnx", "skops", "httptools", "uvloop",
-          "redis", "confluent_kafka"}  # fmt: skip
+          "redis", "confluent_kafka", "dask", "distributed"}  # fmt: skip
 
 
 def test_help_imports_no_heavy_library():

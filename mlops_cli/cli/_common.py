@@ -146,6 +146,22 @@ RuntimeOpt = Annotated[
         help="What predicts: onnx (the version's verified ONNX file), sklearn, or auto (ONNX when the version has one).",
     ),
 ]
+EngineOpt = Annotated[
+    Literal["local", "dask"],
+    typer.Option(
+        "--engine",
+        help="Where the work runs: local (this process) or dask (a Dask cluster: --scheduler's, or a local one).",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        envvar="MLOPS_DASK_SCHEDULER",
+        metavar="ADDRESS",
+        help="With --engine dask: the scheduler of an existing cluster (tcp://host:8786); none starts a local one.",
+    ),
+]
 FormatOpt = Annotated[
     Literal["parquet", "csv"] | None,
     typer.Option("--format", help="Input format, overriding the extension: parquet or csv."),
@@ -165,6 +181,20 @@ def load_options(strict: bool = False, runtime: str = "auto") -> Any:
 
     state = _state()
     return LoadOptions(runtime, strict, allow_pickle=not (state.no_pickle or registry().refuses_pickle()))
+
+
+def engine_options(engine: str, scheduler: str | None) -> Any:
+    """--engine and --scheduler; MLOPS_DASK_CONNECT_TIMEOUT (seconds) bounds the wait for the scheduler."""
+    from mlops_cli.engines import CONNECT_TIMEOUT, EngineOptions
+
+    raw = os.environ.get("MLOPS_DASK_CONNECT_TIMEOUT")
+    try:
+        timeout = float(raw) if raw else CONNECT_TIMEOUT
+    except ValueError:
+        raise typer.BadParameter(
+            f"MLOPS_DASK_CONNECT_TIMEOUT={raw!r}: give seconds", param_hint="--scheduler"
+        ) from None
+    return EngineOptions(engine, scheduler if engine == "dask" else None, connect_timeout=timeout)
 
 
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:

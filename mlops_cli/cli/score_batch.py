@@ -10,6 +10,7 @@ from mlops_cli.cli._common import (
     AlertFormatOpt,
     AlertTimeoutOpt,
     AlertWebhookOpt,
+    EngineOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
@@ -17,8 +18,10 @@ from mlops_cli.cli._common import (
     PromFileOpt,
     QuietOpt,
     RuntimeOpt,
+    SchedulerOpt,
     StrictOpt,
     emit,
+    engine_options,
     load_options,
     registry,
 )
@@ -95,6 +98,8 @@ def run(
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
     runtime: RuntimeOpt = "auto",
+    engine: EngineOpt = "local",
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -108,6 +113,9 @@ def run(
     Memory depends on --batch-size, not the file size. Rows that break the model's schema follow --on-invalid. The
     output is written to a temporary file and renamed when complete: a failure, SIGTERM or Ctrl-C leaves OUTPUT as
     it was. With --challenger, a stable hash of --split-key sends the same keys to the challenger in every run.
+    With --engine dask, each input file is a task on a Dask cluster and OUTPUT is a folder of Parquet parts, one
+    per input file, published by one rename when all are written; the predictions and the report are the local
+    engine's.
     """
     keep = _columns(keep_columns)
     key = _columns(split_key)
@@ -124,7 +132,13 @@ def run(
             )
     if output is not None and output.resolve() == predictions.resolve():
         raise typer.BadParameter("the JSON report and the predictions cannot share a file", param_hint="-o")
-    if not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
+    if engine == "dask":
+        if predictions.name.lower().endswith((".csv", ".csv.gz")):
+            raise typer.BadParameter(
+                f"{predictions}: --engine dask writes a folder of Parquet parts; name it e.g. predictions.parquet",
+                param_hint="OUTPUT",
+            )
+    elif not predictions.name.lower().endswith((".parquet", ".csv", ".csv.gz")):
         raise typer.BadParameter(f"{predictions}: name it .parquet, .csv or .csv.gz", param_hint="OUTPUT")
 
     online = [features, feature_view, entity_column]
@@ -152,6 +166,7 @@ def run(
         input_format=fmt,
         overwrite=overwrite,
         load=load_options(strict, runtime),
+        engine=engine_options(engine, scheduler),
         features=feature_options,
     )
     if quiet or not sys.stderr.isatty():  # no progress bar: spare cron runs rich's import
