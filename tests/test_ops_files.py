@@ -35,8 +35,10 @@ _SERVE_NAMES = """
 import json, sys
 from mlops_cli.online import metrics
 metrics.use_folder(sys.argv[1])
+from prometheus_client.metrics import MetricWrapperBase
 found = {}
-for collector in vars(metrics.Metrics()).values():
+collectors = [c for c in vars(metrics.Metrics()).values() if isinstance(c, MetricWrapperBase)]
+for collector in collectors:
     for family in collector.describe():
         found[family.name + ("_total" if family.type == "counter" else "")] = family.type
 print(json.dumps(found))
