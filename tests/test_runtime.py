@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from mlops_cli.errors import InvalidData, SchemaMismatch
 from mlops_cli.register import RegisterOptions, register
@@ -231,3 +231,46 @@ def test_latency_of_a_fast_model_is_judged_on_the_median_round(model):
     assert result["within_budget"] is True and result["rounds"] == latency.ROUNDS
     assert result["calls"] == 50 * latency.ROUNDS and result["threads"] == 1
     assert result["spread_ms"][0] <= result["median_round_p99_ms"] <= result["spread_ms"][1]
+
+
+class _Counted(FunctionTransformer):
+    """A pass-through step that counts its transform calls."""
+
+    calls = 0
+
+    def transform(self, X):  # noqa: N803
+        type(self).calls += 1
+        return super().transform(X)
+
+
+class _LowThreshold(LogisticRegression):
+    """predict() says 1 from a probability of 0.3 on, inside a Pipeline (not one of scikit-learn's threshold
+    classifiers, so the runtime must find out by comparing)."""
+
+    def predict(self, X):  # noqa: N803
+        return np.where(self.predict_proba(X)[:, 1] >= 0.3, 1, 0)
+
+
+def test_first_rows_check_runs_a_pipelines_transformers_once_and_keeps_predicts_answers():
+    """During the first-rows check, a Pipeline's predict_proba and predict share one pass of its transformers
+    (half the cost of a one-row call); the answers are still the pipeline's own predict, row for row."""
+    frame = _data()
+    encode = ColumnTransformer(
+        [("colour", OneHotEncoder(handle_unknown="ignore"), ["colour"])], remainder="passthrough"
+    )
+    pipeline = make_pipeline(_Counted(), encode, _LowThreshold(max_iter=500)).fit(frame[FEATURES], frame["y"])
+    spec = ModelSpec.from_manifest({"task": "classifier", "classes": [0, 1], "features": infer(frame, FEATURES)})
+    agreeing = LoadedModel.of(make_pipeline(_Counted(), clone(encode), LogisticRegression(max_iter=500)).fit(
+        frame[FEATURES], frame["y"]), spec)  # fmt: skip
+    rows = _data(300, seed=11)[FEATURES]
+    _Counted.calls = 0
+    answers = [agreeing.score(rows.iloc[[i]]).prediction[0] for i in range(20)]
+    assert _Counted.calls == 20  # one pass per batch while the check runs (it was two)
+    assert agreeing.predictor._checking
+    np.testing.assert_array_equal(answers, agreeing.estimator.predict(rows.iloc[:20]))
+    model = LoadedModel.of(pipeline, spec)
+    got = np.concatenate([model.score(rows.iloc[[i]]).prediction for i in range(len(rows))])
+    np.testing.assert_array_equal(got, pipeline.predict(rows))
+    assert model.predictor._argmax_is_predict is False
+    for i in range(0, len(rows), 37):  # the same numbers as the pipeline's own call on the same row
+        np.testing.assert_array_equal(model.score(rows.iloc[[i]]).proba, pipeline.predict_proba(rows.iloc[[i]]))

@@ -69,13 +69,13 @@ class Predictor:
         try:
             if not self.with_proba:
                 return _one_dimensional(np.asarray(self.estimator.predict(data))), None
-            proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
             if self._checking:
-                self._check(data, proba, len(proba))
-            if self._argmax_is_predict:
-                prediction = self._argmax(proba)
+                proba, prediction = self._checked(data)
             else:
-                prediction = np.asarray(self.estimator.predict(data))
+                proba = np.asarray(self.estimator.predict_proba(data), dtype=float)
+                prediction = (
+                    self._argmax(proba) if self._argmax_is_predict else np.asarray(self.estimator.predict(data))
+                )
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidData(
                 f"the model cannot score this data ({type(exc).__name__}: {short(exc)})",
@@ -83,21 +83,45 @@ class Predictor:
             ) from exc
         return _one_dimensional(prediction), proba
 
-    def _check(self, data: Any, proba: np.ndarray, rows: int) -> None:
+    def _checked(self, data: Any) -> tuple[np.ndarray, np.ndarray]:
+        """A batch scored during the first-rows check: (proba, prediction), `predict` compared with the argmax on
+        the rows still to check. A Pipeline's transformers run once for both calls (Pipeline.predict_proba and
+        .predict are its transformers' `transform` then the final step's method: the same numbers, half the cost
+        of a one-row call, which a ColumnTransformer dominates)."""
+        import numpy as np
+
+        model, xt = self.estimator, data
+        if _is_pipeline(model):
+            for _, step in model.steps[:-1]:
+                if step is not None and step != "passthrough":
+                    xt = step.transform(xt)
+            model = model.steps[-1][1]
+        proba = np.asarray(model.predict_proba(xt), dtype=float)
         with self._lock:
-            if not self._checking:
-                return
-            n = min(rows, CHECK_ROWS - self._checked_rows)
-            head = data[:n] if self._as_array else data.iloc[:n]
-            if not self._agrees(head, proba[:n]):
-                self._argmax_is_predict = False
-            self._checked_rows += n
-            self._checking = self._argmax_is_predict and self._checked_rows < CHECK_ROWS
+            if self._checking:
+                n = min(len(proba), CHECK_ROWS - self._checked_rows)
+                if not np.array_equal(np.asarray(model.predict(_head(xt, n))), self._argmax(proba[:n])):
+                    self._argmax_is_predict = False
+                self._checked_rows += n
+                self._checking = self._argmax_is_predict and self._checked_rows < CHECK_ROWS
+            agrees = self._argmax_is_predict
+        return proba, self._argmax(proba) if agrees else np.asarray(model.predict(xt))
 
     def _argmax(self, proba: np.ndarray) -> np.ndarray:
         import numpy as np
 
         return self.classes[np.argmax(proba, axis=1)]  # type: ignore[index]
+
+
+def _is_pipeline(estimator: Any) -> bool:
+    from sklearn.pipeline import Pipeline
+
+    return isinstance(estimator, Pipeline) and len(estimator.steps) > 1
+
+
+def _head(data: Any, n: int) -> Any:
+    """The first `n` rows of a DataFrame, an array or a sparse matrix."""
+    return data.iloc[:n] if hasattr(data, "iloc") else data[:n]
 
 
 def _one_dimensional(prediction: np.ndarray) -> np.ndarray:
