@@ -811,10 +811,14 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
                 checks["p99_c32_le_mlflow_p99_c8"] = {"value": [ours_p99, theirs_p99], "met": ours_p99 <= theirs_p99}
             gap = round(r["p50_c1_ms"][ours] - r["in_process_predict_proba"]["p50_ms"], 3)
             checks["p50_c1_within_0.5ms_of_predict_proba"] = {"value": gap, "met": gap <= 0.5}
+            if "starlette" in r["p50_c1_ms"]:  # what HTTP and JSON alone add: the floor under that gap
+                floor = round(r["p50_c1_ms"]["starlette"] - r["in_process_predict_proba"]["p50_ms"], 3)
+                checks["p50_c1_within_0.5ms_of_predict_proba"]["starlette_gap"] = floor
             if ours == "mlops":
-                if "logging_cost_c32" in r["ratios"]:
-                    cost = r["ratios"]["logging_cost_c32"]
-                    checks["logging_cost_c32_le_5pct"] = {"value": cost, "met": cost <= 0.05}
+                for c in ("c1", "c32"):  # the issue: logging costs <= 5% of throughput, at either concurrency
+                    if f"logging_cost_{c}" in r["ratios"]:
+                        cost = r["ratios"][f"logging_cost_{c}"]
+                        checks[f"logging_cost_{c}_le_5pct"] = {"value": cost, "met": cost <= 0.05}
                 scrape = r["scrape"]["mlops"]["p50_ms"]
                 checks["scrape_lt_50ms"] = {"value": scrape, "met": scrape < 50}
             entry[ours] = checks
@@ -864,7 +868,16 @@ def _table(results: dict[str, Any]) -> str:
                 )
     lines.append("\ntargets:")
     for key, value in results["targets"].items():
-        lines.append(f"  {key}: {json.dumps(value)}")
+        if "met" in value:
+            lines.append(f"  {key}: {value['value']} {'met' if value['met'] else 'MISSED'}")
+            continue
+        for server, checks in value.items():
+            for check, got in checks.items():
+                extra = {k: v for k, v in got.items() if k not in ("value", "met")}
+                lines.append(
+                    f"  {key} {server} {check}: {got['value']} {'met' if got['met'] else 'MISSED'}"
+                    + (f" {json.dumps(extra)}" if extra else "")
+                )
     return "\n".join(lines)
 
 
