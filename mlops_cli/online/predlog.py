@@ -257,7 +257,7 @@ def _batch(entries: list[Entry]) -> pa.RecordBatch:
     features: list[Mapping[str, Any]] = []
     if all(name in first.values for name in spec.feature_names):
         try:  # the features as the model took them (coerced); a column the contract could not read is logged null
-            values = {name: each(lambda e, name=name: e.values[name]) for name in spec.feature_names}
+            values = {name: [v for e in entries for v in e.values[name]] for name in spec.feature_names}
             features = [contract.validate(contract.from_values(values, spec), spec)[0]]
         except MlopsError:
             if len(entries) > 1:  # one request's unreadable column must not null the others': each on its own
