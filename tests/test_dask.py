@@ -459,3 +459,51 @@ def test_drift_report_unreachable_scheduler_is_one_line_naming_it():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Dask scheduler at " + address)
     assert time.monotonic() - started < 30 and proc.stdout == ""
+
+
+def test_a_killed_scheduler_is_exit_3_in_bounded_time_and_no_output(reg, tmp_path, big):
+    """kill -9 of the scheduler mid-run: the client must not wait for it (Dask's client would retry for its whole
+    connect timeout, then log): one line, exit 3, nothing written."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    log = (tmp_path / "cluster.log").open("w")
+    scheduler = subprocess.Popen(
+        [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    procs = [scheduler]
+    out = tmp_path / "run" / "scores.parquet"
+    out.parent.mkdir()
+    client = None
+    try:
+        procs.append(_start_worker(address, "lone", log))
+        _wait_for_workers(address, 1)
+        env = {**os.environ, "MLOPS_DASK_CONNECT_TIMEOUT": "5", "PYTHONPATH": str(ROOT)}
+        client = subprocess.Popen(
+            [sys.executable, "-m", "mlops_cli", "--registry", reg.registry, "score-batch", "flights:1", big, out]
+            + ["--batch-size", "2000", "--engine", "dask", "--scheduler", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".") for p in out.parent.iterdir()):  # the parts' hidden folder: running
+            assert client.poll() is None and time.monotonic() < deadline, client.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        scheduler.kill()
+        killed = time.monotonic()
+        stdout, stderr = client.communicate(timeout=60)
+        assert time.monotonic() - killed < 20
+        assert client.returncode == 3, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: lost the Dask scheduler at " + address), stderr
+        assert stdout == "" and list(out.parent.iterdir()) == []
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        _stop(procs)
+        log.close()

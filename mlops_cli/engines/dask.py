@@ -79,6 +79,7 @@ def cluster(options: EngineOptions) -> Iterator[Cluster]:
         )
         address = local_cluster.scheduler_address
     try:
+        _quiet_client_logs()
         try:
             client = distributed.Client(address, timeout=options.connect_timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -96,6 +97,13 @@ def cluster(options: EngineOptions) -> Iterator[Cluster]:
         if local_cluster is not None:
             with contextlib.suppress(Exception):
                 local_cluster.close(timeout=5)
+
+
+def _quiet_client_logs() -> None:
+    """A lost scheduler is one ClusterError line: the client's own reconnect attempts and their tracebacks (logged
+    at ERROR by distributed while it gives up) would bury it, so this process's client loggers say only CRITICAL."""
+    for name in ("distributed.client", "distributed.utils", "distributed.core", "distributed.comm"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _ready_workers(client: Any, address: str, timeout: float) -> int:
@@ -147,6 +155,11 @@ def map_partitions(
             pending.discard(i)
             if future.status == "error" or future.status == "cancelled":
                 if future.status == "cancelled":
+                    if client.status != "running":  # the client cancels every future when the scheduler goes
+                        raise ClusterError(
+                            f"lost the Dask scheduler at {cluster.address} mid-run (connection closed)",
+                            "check that the scheduler is running; nothing was written",
+                        )
                     if failed is None or i < failed:  # cancelled by someone else: the scheduler lost it
                         raise ClusterError(f"a task of this run was cancelled on the cluster at {cluster.address}")
                     continue
