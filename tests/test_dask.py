@@ -507,3 +507,23 @@ def test_a_killed_scheduler_is_exit_3_in_bounded_time_and_no_output(reg, tmp_pat
             client.wait()
         _stop(procs)
         log.close()
+
+
+def test_a_worker_keeps_only_the_last_models_it_used():
+    from mlops_cli.engines import dask as engine
+
+    built: list[str] = []
+
+    def build(name: str) -> Any:
+        built.append(name)
+        return object()
+
+    engine._CACHE.clear()
+    first = engine.worker_cached("a", lambda: build("a"))
+    engine.worker_cached("b", lambda: build("b"))
+    assert engine.worker_cached("a", lambda: build("a")) is first  # used again: kept, and now the most recent
+    engine.worker_cached("c", lambda: build("c"))  # evicts b, the least recently used
+    assert list(engine._CACHE) == ["a", "c"] and len(engine._CACHE) == engine.CACHED_MODELS
+    engine.worker_cached("b", lambda: build("b"))
+    assert built == ["a", "b", "c", "b"]
+    engine._CACHE.clear()

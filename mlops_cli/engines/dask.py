@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,10 @@ from typing import Any
 from mlops_cli.engines import EngineOptions
 from mlops_cli.errors import ClusterError, VersionMismatch
 
-_CACHE: dict[Any, Any] = {}
+_CACHE: OrderedDict[Any, Any] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+CACHED_MODELS = 2  # per worker process: a champion and its challenger; a long-lived worker serving many runs of
+# other models (or versions after a promotion) keeps the last ones used, not every one it ever loaded
 
 
 @dataclass
@@ -199,8 +202,12 @@ def _remote_error(future: Any, cluster: Cluster) -> BaseException:
 
 
 def worker_cached(key: Any, build: Callable[[], Any]) -> Any:
-    """One value per worker process and key (a verified, loaded model): built once, then shared by its threads."""
+    """One value per worker process and key (a verified, loaded model): built once, then shared by its threads;
+    the CACHED_MODELS most recently used are kept."""
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = build()
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHED_MODELS:
+            _CACHE.popitem(last=False)
         return _CACHE[key]
