@@ -125,7 +125,7 @@ def _scan(task: tuple[Path, Any, list[str], list[str]]) -> dict[str, dict[str, A
                 high = int(np.searchsorted(x, np.inf, side="left"))
                 end = int(np.searchsorted(x, np.inf, side="right"))
                 finite = x[low:high]
-                at = np.linspace(0, len(finite) - 1, SPLIT_POINTS).round().astype(int) if len(finite) else []
+                at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
                 part.update(
                     numeric=True,
                     nan=len(x) - end,
@@ -177,6 +177,7 @@ def _gather(task: _Range) -> tuple[np.ndarray, np.ndarray]:
     for side in (task.reference, task.current):
         pieces = []
         for file in side.files if side is not None else ():
+            assert side is not None
             x = _numbers(_read(file, side.schema, [task.name])[task.name])
             assert x is not None  # the scan checked
             keep = np.isfinite(x)
@@ -253,7 +254,12 @@ def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[
 def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
     """Counts below each PSI edge (right-closed bins) and each histogram edge ([a, b) bins), per side."""
     r, c = rng
-    return [np.searchsorted(x, e, side=s) for x in (r, c) for e, s in ((psi_edges, "right"), (grid, "left"))]
+    return [
+        np.searchsorted(r, psi_edges, side="right"),
+        np.searchsorted(r, grid, side="left"),
+        np.searchsorted(c, psi_edges, side="right"),
+        np.searchsorted(c, grid, side="left"),
+    ]
 
 
 def _samples(rng: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -425,7 +431,7 @@ class _Columns:
         points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
         pooled = np.sort(np.concatenate(points))
         count = max(1, RANGES_PER_WORKER * self.cluster.workers)
-        splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1])) if count > 1 else []
+        splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
         bounds = [None, *map(float, splitters), None]
         current = self.current if cur_numeric else None
         tasks = [_Range(name, lo, hi, self.reference, current) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
