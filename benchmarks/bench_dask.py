@@ -13,6 +13,11 @@ Measured here:
   * peak RSS of the client and of each worker (the report's engine.worker_peak_rss_mb);
   * the scheduler's per-task overhead (1,000 no-op tasks) and the per-row cost of a task (engine.task_seconds).
 Projected: throughput for 500M rows on 10 and 100 workers, from those costs, and which one limits it.
+
+drift-report (BENCH_DASK_DRIFT_ROWS, default 1,000,000 rows a side; `BENCH_DASK_ONLY=drift` runs only this part):
+the same generated folders as REFERENCE and CURRENT (two seeds), both engines alternating, on a fresh cluster; the
+workers' peak RSS is read from the workers themselves (getrusage) after the runs, and the dask report is checked
+equal to the local one (every number to 1e-9).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from bench_scoring import COLUMNS, N_FEATURES, _models  # noqa: E402
 
 DATA = OUT / "dask"
 SIZES = [int(n) for n in os.environ.get("BENCH_DASK_ROWS", "1000000,4000000").split(",")]
+DRIFT_ROWS = int(os.environ.get("BENCH_DASK_DRIFT_ROWS", "1000000"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 PART = 100_000  # rows per input file (a partition)
 TIME_TARGET = 1.3  # issue 15: dask on one machine at most 1.3x local
@@ -96,6 +102,18 @@ class _Cluster:
             client.gather(client.map(abs, range(n), pure=False))
             return (time.perf_counter() - start) / n
 
+    def worker_peak_mb(self) -> float:
+        """The highest peak RSS among the workers, over their lifetime."""
+        import resource
+
+        from distributed import Client
+
+        def peak() -> float:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        with Client(self.address, timeout=30, set_as_default=False) as client:
+            return max(client.run(peak).values())
+
     def close(self) -> None:
         for proc in self.procs[1:] + self.procs[:1]:  # workers first
             proc.terminate()
@@ -122,8 +140,53 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def _drift(reference: Path, current: Path, report: Path, *engine: str) -> dict[str, float]:
+    report.unlink(missing_ok=True)
+    argv = [python(), "-m", "mlops_cli", "drift-report", str(reference), str(current), "-q", "-o", str(report)]
+    return measure([*argv, *engine], env={"PYTHONPATH": str(ROOT)})
+
+
+def drift() -> dict[str, object]:
+    """drift-report --engine dask against --engine local at DRIFT_ROWS rows a side."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    reference, current = _data(DRIFT_ROWS), _data(DRIFT_ROWS + PART)
+    work = DATA / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    cluster = _Cluster()
+    try:
+        local, dask = [], []
+        for _ in range(REPEATS):
+            local.append(_drift(reference, current, work / "drift-local.json"))
+            engine = ("--engine", "dask", "--scheduler", cluster.address)
+            dask.append(_drift(reference, current, work / "drift-dask.json", *engine))
+        worker_peak = cluster.worker_peak_mb()
+    finally:
+        cluster.close()
+    from test_dask import _walk  # the test's comparison: every number to 1e-9
+
+    a, b = (json.loads((work / f"drift-{e}.json").read_text()) for e in ("local", "dask"))
+    for r in (a, b):
+        r.pop("created_at")
+        r["results"].pop("engine", None)
+    seconds_local, seconds_dask = _median(local, "seconds"), _median(dask, "seconds")
+    return {
+        "rows_per_side": DRIFT_ROWS,
+        "features": N_FEATURES,
+        "local_seconds": round(seconds_local, 2),
+        "dask_seconds": round(seconds_dask, 2),
+        "dask_over_local": round(seconds_dask / seconds_local, 3),
+        "local_peak_mb": round(_median(local, "peak_mb"), 1),
+        "dask_client_peak_mb": round(_median(dask, "peak_mb"), 1),
+        "dask_worker_peak_mb": round(worker_peak, 1),
+        "reports_equal": _walk(a, b) == [],
+    }
+
+
 def main() -> None:
     subprocess.run([python(), "-m", "compileall", "-q", str(ROOT / "mlops_cli")], check=True)
+    if os.environ.get("BENCH_DASK_ONLY") == "drift":
+        save("dask-drift", drift())
+        return
     registry, _ = _models()
     results: dict[str, object] = {"repeats": REPEATS, "rows_per_file": PART, "cores": os.cpu_count()}
     work = DATA / "runs"
@@ -186,6 +249,7 @@ def main() -> None:
             "limited_by": limit,
         }
     results["projection_500m_rows"] = projection
+    results["drift_report"] = drift()
     save("dask", results)
 
 

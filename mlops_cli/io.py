@@ -83,17 +83,17 @@ def _open_parquet(file: Path) -> Any:
         # grows with the file size instead of the batch size.
         return pq.ParquetFile(file, pre_buffer=False)
     except (pa.ArrowException, OSError) as exc:
-        raise UnreadableFile(f"{file}: not a readable Parquet file ({_first_line(exc)})", "re-create the file") from exc
+        raise UnreadableFile(f"{file}: not a readable Parquet file ({first_line(exc)})", "re-create the file") from exc
 
 
-def _read_errors() -> tuple[type[BaseException], ...]:
+def read_errors() -> tuple[type[BaseException], ...]:
     """What a damaged file raises while it is read: Arrow's errors, the OS's (a truncated .gz), the codec's."""
     import pyarrow as pa
 
     return (pa.ArrowException, OSError, UnicodeDecodeError)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -109,8 +109,8 @@ def _csv_reader(file: Path, column_types: dict[str, Any] | None, columns: list[s
         # (measured: 436 MB at 0.5M rows, 705 MB at 4M); single-threaded it stays flat and, here, is no slower.
         read = pacsv.ReadOptions(block_size=1 << 20, use_threads=False)
         return pacsv.open_csv(file, read_options=read, convert_options=convert)
-    except _read_errors() as exc:
-        raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
+    except read_errors() as exc:
+        raise UnreadableFile(f"{file}: not a readable CSV file ({first_line(exc)})", "check the file") from exc
 
 
 def schema(path: Path, fmt: str | None = None) -> pa.Schema:
@@ -120,8 +120,8 @@ def schema(path: Path, fmt: str | None = None) -> pa.Schema:
         return _open_parquet(file).schema_arrow
     try:
         return _csv_reader(file, None, None).schema
-    except _read_errors() as exc:
-        raise UnreadableFile(f"{file}: not a readable CSV file ({_first_line(exc)})", "check the file") from exc
+    except read_errors() as exc:
+        raise UnreadableFile(f"{file}: not a readable CSV file ({first_line(exc)})", "check the file") from exc
 
 
 def iter_batches(
@@ -141,8 +141,8 @@ def iter_batches(
                 yield from pf.iter_batches(batch_size=batch_size, columns=_present(pf, columns))
             else:
                 yield from _rebatch(_csv_reader(file, column_types, columns), batch_size)
-        except _read_errors() as exc:
-            raise UnreadableFile(f"{file}: cannot read ({_first_line(exc)})", "check the file") from exc
+        except read_errors() as exc:
+            raise UnreadableFile(f"{file}: cannot read ({first_line(exc)})", "check the file") from exc
 
 
 def _rebatch(reader: Any, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -178,11 +178,11 @@ def read_table(
             tables = [pacsv.read_csv(f, convert_options=convert) for f in files]
         else:
             tables = [_open_parquet(f).read(columns=_present(_open_parquet(f), columns)) for f in files]
-        _same_columns(files, tables)
+        same_columns(files, [t.column_names for t in tables])
         # Permissive: an int column in one part and a float column in another become float, as one file would hold.
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    except _read_errors() as exc:
-        raise UnreadableFile(f"{path}: cannot read ({_first_line(exc)})", "check the file") from exc
+    except read_errors() as exc:
+        raise UnreadableFile(f"{path}: cannot read ({first_line(exc)})", "check the file") from exc
     if table.num_rows == 0 and not allow_empty:
         raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
     return to_pandas(table)
@@ -199,8 +199,8 @@ def read_parts(files: list[Path], *, columns: list[str] | None = None) -> tuple[
         pf = _open_parquet(file)
         try:
             table = pf.read(columns=_present(pf, columns))
-        except _read_errors() as exc:
-            raise UnreadableFile(f"{file}: cannot read ({_first_line(exc)})", "check the file") from exc
+        except read_errors() as exc:
+            raise UnreadableFile(f"{file}: cannot read ({first_line(exc)})", "check the file") from exc
         meta = {k.decode(): v.decode() for k, v in (pf.metadata.metadata or {}).items() if not k.startswith(b"ARROW")}
         tables.append(table)
         info.append(Part(file, table.num_rows, tuple(pf.schema_arrow.names), meta))
@@ -209,7 +209,7 @@ def read_parts(files: list[Path], *, columns: list[str] | None = None) -> tuple[
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:  # the same column with types that do not meet (text in one, numbers in another)
-        raise SchemaMismatch(f"{files[0].parent}: the files' columns do not agree ({_first_line(exc)})") from exc
+        raise SchemaMismatch(f"{files[0].parent}: the files' columns do not agree ({first_line(exc)})") from exc
     return to_pandas(table), info
 
 
@@ -221,11 +221,10 @@ class Part:
     metadata: dict[str, str]
 
 
-def _same_columns(files: list[Path], tables: list[pa.Table]) -> None:
+def same_columns(files: list[Path], columns: list[list[str]]) -> None:
     """The parts of a folder are one table: a part with other columns is refused, not filled with nulls."""
-    first = set(tables[0].column_names)
-    for file, table in zip(files[1:], tables[1:], strict=True):
-        names = set(table.column_names)
+    first = set(columns[0])
+    for file, names in zip(files[1:], map(set, columns[1:]), strict=True):
         if names != first:
             missing, extra = sorted(first - names), sorted(names - first)
             raise SchemaMismatch(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -340,6 +342,191 @@ def test_a_worker_refuses_an_artifact_other_than_the_clients(reg, tmp_path):
     assert scoring._load_verified(job, "flights:1", Registry(reg.registry).resolve("flights:1").summary()["sha256"])
     with pytest.raises(IntegrityError, match="not the artifact the client verified"):
         scoring._load_verified(job, "flights:1", "0" * 64)
+
+
+# --- drift-report on the cluster -------------------------------------------------------------------------------
+
+
+def _drift_frame(n: int, shift: float, seed: int) -> pd.DataFrame:
+    """Every kind of column the drift statistics treat apart: floats with NaNs and infinities, many ties, a point
+    mass (zero-inflated), a constant, text and boolean categories, low-cardinality integers, integer and text
+    identifiers, text with nulls."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(shift, 1, n)
+    x[rng.random(n) < 0.05] = np.nan
+    if shift:
+        x[:3] = [np.inf, -np.inf, np.inf]
+    return pd.DataFrame(
+        {
+            "x": x,
+            "ties": np.round(rng.normal(50 + 3 * shift, 10, n)),
+            "const": np.full(n, 7.0),
+            "rain": np.where(rng.random(n) < 0.7, 0.0, rng.exponential(2 + shift, n)),
+            "city": rng.choice(["paris", "lyon", "nice", "lille"], n, p=[0.4, 0.3, 0.2, 0.1] if not shift else None),
+            "level": rng.integers(0, 4 + int(shift), n),
+            "id": np.arange(n) + seed * 10**6,
+            "code": [f"c{v}" for v in rng.integers(0, 3 * n, n)],
+            "flag": rng.random(n) < 0.3 + 0.2 * shift,
+            "maybe": np.where(rng.random(n) < 0.5, None, rng.choice(["a", "b", "c"], n)),
+        }
+    )
+
+
+@pytest.fixture(scope="module", params=[(900, 1_500), (3_000, 12_000)], ids=["exact-p", "asymptotic-p"])
+def drift_data(request, tmp_path_factory) -> tuple[Path, Path]:
+    """REFERENCE in 3 files, CURRENT in 20 (one empty, half under month=1/). At the first size scipy's exact KS
+    p-value runs on the whole samples; at the second the asymptotic one."""
+    ref_rows, cur_rows = request.param
+    root = tmp_path_factory.mktemp("drift")
+    ref = root / "ref.parquet"
+    ref.mkdir()
+    frame = _drift_frame(ref_rows, 0.0, 1)
+    for i, part in enumerate(np.array_split(np.arange(ref_rows), 3)):
+        pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False), ref / f"part-{i}.parquet")
+    return ref, _write_parts(_drift_frame(cur_rows, 0.5, 2), root / "cur.parquet", 20)
+
+
+def _walk(local: Any, dask: Any, where: str = "$") -> list[str]:
+    """Every difference between two JSON documents: keys, lengths, strings, and floats beyond 1e-9."""
+    if isinstance(local, dict) and isinstance(dask, dict):
+        out = [f"{where}: keys {sorted(set(local) ^ set(dask))}"] if set(local) != set(dask) else []
+        return out + [d for k in set(local) & set(dask) for d in _walk(local[k], dask[k], f"{where}.{k}")]
+    if isinstance(local, list) and isinstance(dask, list):
+        if len(local) != len(dask):
+            return [f"{where}: {len(local)} vs {len(dask)} items"]
+        return [d for i, (a, b) in enumerate(zip(local, dask, strict=True)) for d in _walk(a, b, f"{where}[{i}]")]
+    if isinstance(local, float) or isinstance(dask, float):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (local, dask))
+        if numbers and math.isclose(local, dask, rel_tol=1e-9, abs_tol=1e-9):
+            return []
+    elif local == dask and type(local) is type(dask):
+        return []
+    return [f"{where}: {local!r} (local) vs {dask!r} (dask)"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--stattest", "psi", "--numeric", "id,level", "--categorical", "ties"]],
+    ids=["auto", "psi-forced-kinds"],
+)
+def test_drift_report_on_dask_equals_local(cluster, tmp_path, drift_data, extra):
+    ref, cur = drift_data
+    reg = Cli(tmp_path / "registry")  # no model: drift between two datasets
+    pages = {engine: tmp_path / f"{engine}.html" for engine in ("local", "dask")}
+    local = reg.json("drift-report", ref, cur, "--html", pages["local"], *extra)
+    dask = reg.json(
+        "drift-report", ref, cur, "--html", pages["dask"], *extra, "--engine", "dask", "--scheduler", cluster
+    )
+    assert dask["results"].pop("engine") == {"name": "dask", "scheduler": cluster, "workers": 2}
+    for report in (local, dask):
+        report.pop("created_at")
+        report["results"].pop("html")
+    assert _walk(local, dask) == []
+    statuses = {r["name"]: (r["kind"], r["status"]) for r in dask["results"]["features"]}
+    assert len(statuses) == 10 and statuses["x"] == ("numeric", "ok")  # not a run where nothing was compared
+    # The page and the table come from the same report through the same writers.
+    page = [re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "T", p.read_text()) for p in pages.values()]
+    assert page[0] == page[1]
+    table = [
+        reg("drift-report", ref, cur, *extra, *e).stdout for e in ([], ["--engine", "dask", "--scheduler", cluster])
+    ]
+    assert table[0] == table[1]
+
+
+def test_drift_report_unreachable_scheduler_is_one_line_naming_it():
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    env = {**os.environ, "MLOPS_DASK_CONNECT_TIMEOUT": "2", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlops_cli",
+            "drift-report",
+            REFERENCE,
+            CURRENT,
+            "--engine",
+            "dask",
+            "--scheduler",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Dask scheduler at " + address)
+    assert time.monotonic() - started < 30 and proc.stdout == ""
+
+
+def test_a_killed_scheduler_is_exit_3_in_bounded_time_and_no_output(reg, tmp_path, big):
+    """kill -9 of the scheduler mid-run: the client must not wait for it (Dask's client would retry for its whole
+    connect timeout, then log): one line, exit 3, nothing written."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    log = (tmp_path / "cluster.log").open("w")
+    scheduler = subprocess.Popen(
+        [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    procs = [scheduler]
+    out = tmp_path / "run" / "scores.parquet"
+    out.parent.mkdir()
+    client = None
+    try:
+        procs.append(_start_worker(address, "lone", log))
+        _wait_for_workers(address, 1)
+        env = {**os.environ, "MLOPS_DASK_CONNECT_TIMEOUT": "5", "PYTHONPATH": str(ROOT)}
+        client = subprocess.Popen(
+            [sys.executable, "-m", "mlops_cli", "--registry", reg.registry, "score-batch", "flights:1", big, out]
+            + ["--batch-size", "2000", "--engine", "dask", "--scheduler", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".") for p in out.parent.iterdir()):  # the parts' hidden folder: running
+            assert client.poll() is None and time.monotonic() < deadline, client.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        scheduler.kill()
+        killed = time.monotonic()
+        stdout, stderr = client.communicate(timeout=60)
+        assert time.monotonic() - killed < 20
+        assert client.returncode == 3, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: lost the Dask scheduler at " + address), stderr
+        assert stdout == "" and list(out.parent.iterdir()) == []
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        _stop(procs)
+        log.close()
+
+
+def test_a_worker_keeps_only_the_last_models_it_used():
+    from mlops_cli.engines import dask as engine
+
+    built: list[str] = []
+
+    def build(name: str) -> Any:
+        built.append(name)
+        return object()
+
+    engine._CACHE.clear()
+    first = engine.worker_cached("a", lambda: build("a"))
+    engine.worker_cached("b", lambda: build("b"))
+    assert engine.worker_cached("a", lambda: build("a")) is first  # used again: kept, and now the most recent
+    engine.worker_cached("c", lambda: build("c"))  # evicts b, the least recently used
+    assert list(engine._CACHE) == ["a", "c"] and len(engine._CACHE) == engine.CACHED_MODELS
+    engine.worker_cached("b", lambda: build("b"))
+    assert built == ["a", "b", "c", "b"]
+    engine._CACHE.clear()
 
 
 def test_a_result_taken_by_the_client_is_freed_on_its_worker(cluster):

@@ -9,6 +9,7 @@ from mlops_cli.cli._common import (
     AlertFormatOpt,
     AlertTimeoutOpt,
     AlertWebhookOpt,
+    EngineOpt,
     FormatOpt,
     JsonOpt,
     OutputOpt,
@@ -16,9 +17,11 @@ from mlops_cli.cli._common import (
     PromFileOpt,
     QuietOpt,
     RuntimeOpt,
+    SchedulerOpt,
     StrictOpt,
     columns,
     emit,
+    engine_options,
     load_options,
     registry,
 )
@@ -76,6 +79,8 @@ def run(
     fmt: FormatOpt = None,
     strict: StrictOpt = False,
     runtime: RuntimeOpt = "auto",
+    engine: EngineOpt = "local",
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -85,7 +90,11 @@ def run(
     alert_format: AlertFormatOpt = "slack",
     alert_timeout: AlertTimeoutOpt = 30.0,
 ) -> None:
-    """What changed between reference and current data, per feature and in the predictions."""
+    """What changed between reference and current data, per feature and in the predictions.
+
+    With --engine dask, REFERENCE and CURRENT (Parquet files or folders) are read in partitions on a Dask cluster
+    and every statistic is the local engine's, computed exactly from mergeable partials.
+    """
     from mlops_cli import drift, io
     from mlops_cli import html as html_lib
 
@@ -108,7 +117,13 @@ def run(
     )
     reference, current = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
     report = drift.report(
-        registry() if model else None, current, reference_path=reference, model_ref=model, options=options, fmt=fmt
+        registry() if model else None,
+        current,
+        reference_path=reference,
+        model_ref=model,
+        options=options,
+        fmt=fmt,
+        engine=engine_options(engine, scheduler),
     )
     if html is not None:
         page = html_lib.drift_page(report).encode()

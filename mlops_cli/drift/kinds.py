@@ -9,6 +9,7 @@ nested values are listed but not compared: new ids and later dates arrive every 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,13 +57,25 @@ def _number_kind(
     """(kind, note) of a numeric reference column, from its sorted finite values and its count of non-null ones."""
     import pandas as pd
 
+    def shape() -> tuple[bool, int]:
+        whole = pd.api.types.is_integer_dtype(ref) or integral(finite)
+        return whole, (1 + int(np.count_nonzero(finite[1:] != finite[:-1]))) if whole else 0
+
+    return number_kind(present, len(finite), shape, name, options)
+
+
+def number_kind(
+    present: int, finite: int, shape: Callable[[], tuple[bool, int]], name: str, options: DriftOptions
+) -> tuple[str, str | None]:
+    """(kind, note) of a numeric reference column from its counts; `shape()` (asked only when it matters) says
+    whether every value is whole and, if so, how many distinct finite values there are. Shared by both engines."""
     if not present:
         return "empty", None
-    if name in options.numeric or not len(finite):
+    if name in options.numeric or not finite:
         return "numeric", None
-    if not (pd.api.types.is_integer_dtype(ref) or integral(finite)):
+    whole, unique = shape()
+    if not whole:
         return "numeric", None
-    unique = 1 + int(np.count_nonzero(finite[1:] != finite[:-1]))
     if unique == 1:
         return "categorical", "constant in the reference"
     if unique <= LOW_CARDINALITY_INT:
@@ -78,16 +91,27 @@ def _other_kind(ref: pd.Series, name: str, options: DriftOptions) -> tuple[str, 
     The counts of the distinct non-null values come back for categorical columns, so they are taken once."""
     import pandas as pd
 
-    forced = name in options.categorical
-    if pd.api.types.is_datetime64_any_dtype(ref) and not forced:
-        return "datetime", None, None
+    datetime = pd.api.types.is_datetime64_any_dtype(ref)
     try:
-        raw = ref.value_counts()
+        raw = None if datetime and name not in options.categorical else ref.value_counts()
     except TypeError:  # unhashable values: lists, maps
+        raw = None
+    return other_kind(raw, name, options, datetime=datetime, boolean=pd.api.types.is_bool_dtype(ref))
+
+
+def other_kind(
+    raw: pd.Series | None, name: str, options: DriftOptions, *, datetime: bool, boolean: bool
+) -> tuple[str, str | None, pd.Series | None]:
+    """_other_kind from the column's value counts (`raw`, most frequent first, as value_counts orders them; None
+    when the values are unhashable) and its dtype: shared by both engines."""
+    forced = name in options.categorical
+    if datetime and not forced:
+        return "datetime", None, None
+    if raw is None:
         return "nested", "nested values (lists, maps, structs): not compared", None
     if not len(raw):
         return "empty", None, None
-    if forced or pd.api.types.is_bool_dtype(ref):
+    if forced or boolean:
         return "categorical", None, raw
     keys = raw.index[:10_000]  # distinct values, most frequent first
     if any(isinstance(k, _NESTED) for k in keys):
@@ -106,12 +130,9 @@ def _missing_shares(s: dict[str, Any], ref: pd.Series, cur: pd.Series) -> None:
     s["missing_share_change"] = s["missing_share_current"] - s["missing_share_reference"]
 
 
-def feature_row(name: str, ref: pd.Series | None, cur: pd.Series | None, options: DriftOptions) -> dict[str, Any]:
-    """One feature's row: its kind, statistics and histogram, or why it was not compared. decision.decide fills in
-    whether it drifted."""
-    import pandas as pd
-
-    row: dict[str, Any] = {
+def new_row(name: str) -> dict[str, Any]:
+    """A feature's row before its statistics: the keys every row has, in the report's order."""
+    return {
         "name": name,
         "kind": None,
         "statistics": {},
@@ -122,6 +143,14 @@ def feature_row(name: str, ref: pd.Series | None, cur: pd.Series | None, options
         "status": "ok",
         "note": None,
     }
+
+
+def feature_row(name: str, ref: pd.Series | None, cur: pd.Series | None, options: DriftOptions) -> dict[str, Any]:
+    """One feature's row: its kind, statistics and histogram, or why it was not compared. decision.decide fills in
+    whether it drifted."""
+    import pandas as pd
+
+    row = new_row(name)
     if cur is None:
         row.update(status="missing_in_current", note="column missing from the current data")
         return row
@@ -160,19 +189,7 @@ def feature_row(name: str, ref: pd.Series | None, cur: pd.Series | None, options
             _missing_shares(s, ref, cur)
             row.update(status="type_mismatch", note="current values are not numeric: not compared")
             return row
-        s.update(
-            missing_share_reference=r_null / len(ref),
-            missing_share_current=c_null / len(cur),
-            missing_share_change=c_null / len(cur) - r_null / len(ref),
-            inf_share_reference=(r_neg + r_pos) / len(ref),
-            inf_share_current=(c_neg + c_pos) / len(cur),
-            inf_share_change=(c_neg + c_pos) / len(cur) - (r_neg + r_pos) / len(ref),
-            values_reference=len(rv),
-            values_current=len(cv),
-        )
-        if not (len(rv) and len(cv)):
-            side = "current" if len(rv) else "reference"
-            row.update(status="all_missing", note=f"no finite values in the {side} data")
+        if not number_shares(row, (len(ref), r_null, r_neg, r_pos, len(rv)), (len(cur), c_null, c_neg, c_pos, len(cv))):
             return row
         numbers, row["histogram"] = stats.sorted_numeric_stats(rv, cv)
         s.update(numbers)
@@ -191,9 +208,36 @@ def feature_row(name: str, ref: pd.Series | None, cur: pd.Series | None, options
         _missing_shares(s, ref, cur)
         row.update(status="type_mismatch", note="nested values (lists, maps) in the current data: not compared")
         return row
+    return categorical_tail(row, rc, cc, len(ref), len(cur))
+
+
+def number_shares(row: dict[str, Any], ref: tuple[int, ...], cur: tuple[int, ...]) -> bool:
+    """A numeric row's missing and infinite shares from each side's (rows, nulls, -inf, +inf, finite values);
+    False (the row is final) when a side has no finite value."""
+    (n_ref, r_null, r_neg, r_pos, r_fin), (n_cur, c_null, c_neg, c_pos, c_fin) = ref, cur
+    row["statistics"].update(
+        missing_share_reference=r_null / n_ref,
+        missing_share_current=c_null / n_cur,
+        missing_share_change=c_null / n_cur - r_null / n_ref,
+        inf_share_reference=(r_neg + r_pos) / n_ref,
+        inf_share_current=(c_neg + c_pos) / n_cur,
+        inf_share_change=(c_neg + c_pos) / n_cur - (r_neg + r_pos) / n_ref,
+        values_reference=r_fin,
+        values_current=c_fin,
+    )
+    if not (r_fin and c_fin):
+        side = "current" if r_fin else "reference"
+        row.update(status="all_missing", note=f"no finite values in the {side} data")
+        return False
+    return True
+
+
+def categorical_tail(row: dict[str, Any], rc: pd.Series, cc: pd.Series, n_ref: int, n_cur: int) -> dict[str, Any]:
+    """A categorical row from the two sides' category counts (as_text) and row counts: shared by both engines."""
+    s = row["statistics"]
     s.update(
-        missing_share_reference=1.0 - rc.sum() / len(ref),
-        missing_share_current=1.0 - cc.sum() / len(cur),
+        missing_share_reference=1.0 - rc.sum() / n_ref,
+        missing_share_current=1.0 - cc.sum() / n_cur,
         values_reference=int(rc.sum()),
         values_current=int(cc.sum()),
     )

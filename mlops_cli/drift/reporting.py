@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mlops_cli import io
 from mlops_cli.drift import decision, kinds, model, stats
 from mlops_cli.drift.decision import DriftOptions
+from mlops_cli.engines import EngineOptions
 from mlops_cli.errors import EmptyInput, InputError, SchemaMismatch
 from mlops_cli.report import Report
 from mlops_cli.runtime import LoadedModel
@@ -35,11 +36,7 @@ def compare(
         raise EmptyInput("the current data has no rows", "nothing to compare")
     if reference.empty:
         raise EmptyInput("the reference data has no rows", "nothing to compare with")
-    skip = set(options.ignore) | {options.target, options.prediction_column} - {None}
-    names = [n for n in (options.features or reference.columns) if n not in skip]
-    unknown = [n for n in names if n not in reference.columns and n not in current.columns]
-    if unknown:
-        raise SchemaMismatch(f"no such columns in either data: {unknown}", "check --features")
+    names = feature_names(list(reference.columns), list(current.columns), options)
     columns = {n: (reference.get(n), current.get(n)) for n in names}  # taken here: pandas is not thread-safe
 
     def feature(name: str) -> dict[str, Any]:
@@ -50,6 +47,32 @@ def compare(
             rows = list(pool.map(feature, names))
     else:
         rows = [feature(n) for n in names]
+    return summarize(
+        rows, list(reference.columns), list(current.columns), (len(reference), len(current)), options, importance
+    )
+
+
+def feature_names(reference_columns: list[str], current_columns: list[str], options: DriftOptions) -> list[str]:
+    """The features compared: --features or the reference's columns, less --ignore, the target and the prediction
+    column; SchemaMismatch for a --features name in neither side."""
+    skip = set(options.ignore) | {options.target, options.prediction_column} - {None}
+    names = [n for n in (options.features or reference_columns) if n not in skip]
+    unknown = [n for n in names if n not in reference_columns and n not in current_columns]
+    if unknown:
+        raise SchemaMismatch(f"no such columns in either data: {unknown}", "check --features")
+    return names
+
+
+def summarize(
+    rows: list[dict[str, Any]],
+    reference_columns: list[str],
+    current_columns: list[str],
+    sizes: tuple[int, int],
+    options: DriftOptions,
+    importance: dict[str, float] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The decision on every feature row and the dataset summary: the part both engines share."""
+    skip = set(options.ignore) | {options.target, options.prediction_column} - {None}
     decision.decide(rows, options)
     importance = importance or {}
     for row in rows:
@@ -67,7 +90,7 @@ def compare(
     # Drift that matters to this model first: drifted features by importance, then severity; then the rest.
     order = {"high": 0, "medium": 1, "low": 2, "none": 3}
     rows.sort(key=lambda r: (not r["drifted"], -(r["importance"] or 0.0), order[r["severity"]], r["name"]))
-    only_current = [c for c in current.columns if c not in reference.columns and c not in skip]
+    only_current = [c for c in current_columns if c not in reference_columns and c not in skip]
     summary = {
         "features": len(rows),
         "tested": len(tested),
@@ -79,7 +102,7 @@ def compare(
         "drifted_features": [r["name"] for r in drifted],
         "not_compared": {r["name"]: r["status"] for r in rows if r["drifted"] is None},
         "only_in_current": only_current if options.features is None else [],
-        "rows": {"reference": len(reference), "current": len(current)},
+        "rows": {"reference": sizes[0], "current": sizes[1]},
         "prediction_drift": None,
         "performance": None,
         "rule": {
@@ -107,6 +130,7 @@ def report(
     model_ref: str | None = None,
     options: DriftOptions | None = None,
     fmt: str | None = None,
+    engine: EngineOptions | None = None,
 ) -> Report:
     """`mlops drift-report`: from files, or with --model from the version's stored reference."""
     options = options or DriftOptions()
@@ -115,6 +139,10 @@ def report(
             "no reference: pass REFERENCE CURRENT, or --model REF to use the stored reference",
             "e.g. mlops drift-report current.parquet --model churn@production",
         )
+    if engine is not None and engine.name == "dask":
+        if model_ref is not None or reference_path is None:
+            raise InputError("drift-report --engine dask compares two datasets; --model is not there yet", "drop one")
+        return _report_on_dask(reference_path, current_path, options, fmt, engine)
     paths = [p for p in (reference_path, current_path) if p is not None]
     # The inputs' sha256 (a full read of each file) runs beside the parsing and the statistics.
     digests = [io.Background(io.fingerprint, p) for p in paths]
@@ -140,6 +168,30 @@ def report(
         out = drift_for_model(registry, version, current, options=options, reference=reference)
     frames = [f for f in (reference, current) if f is not None]
     out.inputs = [{**d.result(), "rows": len(f)} for d, f in zip(digests, frames, strict=True)]
+    return out
+
+
+def _report_on_dask(
+    reference_path: Path, current_path: Path, options: DriftOptions, fmt: str | None, engine: EngineOptions
+) -> Report:
+    """The dask engine: each side read in partitions on the workers; the statistics equal the local engine's
+    (partitioned.py says how each is exact)."""
+    from mlops_cli.drift import partitioned
+    from mlops_cli.engines import dask
+
+    if options.prediction_column is not None:
+        raise InputError("--prediction-column does not run on --engine dask yet", "drop one of them")
+    digests = [io.Background(io.fingerprint, p) for p in (reference_path, current_path)]
+    current = partitioned.Side.open(current_path, fmt)
+    if options.target is not None and options.target not in current.schema.names:
+        raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
+    reference = partitioned.Side.open(reference_path, fmt)
+    with dask.cluster(engine) as cluster:
+        rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, reference, current, options)
+        described = cluster.describe()
+    out = _report(*summarize(rows, ref_columns, cur_columns, (reference.rows, current.rows), options), [], None, [])
+    out.results["engine"] = described
+    out.inputs = [{**d.result(), "rows": side.rows} for d, side in zip(digests, (reference, current), strict=True)]
     return out
 
 

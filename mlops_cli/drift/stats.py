@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,61 +76,103 @@ def _ks_wasserstein(both: np.ndarray, from_r: np.ndarray, n: int, m: int) -> tup
 
 def sorted_numeric_stats(r: np.ndarray, c: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
     """numeric_stats and the histogram, from the two sides already sorted: every statistic shares the sort."""
-    from scipy import stats
 
     n, m = len(r), len(c)
     both, from_r = _merge(r, c)
     d, w = _ks_wasserstein(both, from_r, n, m)
     del from_r
-    if max(n, m) <= 10_000:
-        # scipy's exact method at this size, as ks_2samp's `auto` does; where it cannot converge (many ties) scipy
-        # falls back to the asymptotic p-value and warns. That fallback is the answer: no warning for users.
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = float(stats.ks_2samp(r, c).pvalue)
-    else:
-        p = float(stats.kstwo.sf(d, round(n * m / (n + m))))  # ks_2samp's asymptotic branch
     edges = _psi_edges(r)
     p_ref, p_cur = _sorted_shares(r, edges, "right"), _sorted_shares(c, edges, "right")
     std = float(r.std(ddof=1)) if n > 1 else 0.0
-    result = {
+    return numeric_result(d, ks_p_value(d, n, m, lambda: (r, c)), w, std, p_ref, p_cur, len(edges)), _histogram(
+        r, c, both
+    )
+
+
+def ks_p_value(d: float, n: int, m: int, samples: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
+    """The KS test's p-value for statistic d between samples of n and m values; `samples()` (the two sides) is asked
+    for only at sizes where scipy's exact method runs."""
+    from scipy import stats
+
+    if max(n, m) <= 10_000:
+        # scipy's exact method at this size, as ks_2samp's `auto` does; where it cannot converge (many ties) scipy
+        # falls back to the asymptotic p-value and warns. That fallback is the answer: no warning for users.
+        r, c = samples()
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(stats.ks_2samp(r, c).pvalue)
+    return float(stats.kstwo.sf(d, round(n * m / (n + m))))  # ks_2samp's asymptotic branch
+
+
+def numeric_result(
+    d: float, p: float, w: float, std: float, p_ref: np.ndarray, p_cur: np.ndarray, edges: int
+) -> dict[str, float]:
+    """A numeric column's statistics from their parts: both engines assemble them here."""
+    return {
         "ks": d,
         "ks_p_value": p,
         "wasserstein": w,
         "wasserstein_norm": w / std if std > 0 else w,
         "psi": psi(p_ref, p_cur),
         "js": js_distance(p_ref, p_cur),
-        "bins": len(edges) + 1,
+        "bins": edges + 1,
     }
-    return result, _histogram(r, c, both)
 
 
-def _histogram(r: np.ndarray, c: np.ndarray, both: np.ndarray, bins: int = 20) -> dict[str, Any]:
+HISTOGRAM_BINS = 20
+HISTOGRAM_RANGE = (0.01, 0.99)  # quantiles of both sides pooled: the grid's ends, the tails folded into the end bins
+
+
+def _histogram(r: np.ndarray, c: np.ndarray, both: np.ndarray) -> dict[str, Any]:
     """Shares per bin on a common grid (1st to 99th percentile of both sides, the tails folded into the end bins),
     for the HTML page and dashboards. All three arrays are sorted."""
-    low, high = (float(v) for v in _quantiles(both, [0.01, 0.99]))
-    if high <= low:
-        low, high = float(both[0]), float(both[-1]) + 1e-9
-    edges = np.linspace(low, high, bins + 1)
+    low, high = (float(v) for v in _quantiles(both, HISTOGRAM_RANGE))
+    edges = histogram_edges(low, high, float(both[0]), float(both[-1]))
     shares = [_sorted_shares(x, edges[1:-1], "left") for x in (r, c)]  # [a, b) bins, as np.histogram's
-    return {"edges": edges.tolist(), "reference": shares[0].tolist(), "current": shares[1].tolist()}
+    return histogram(edges, *shares)
+
+
+def histogram_edges(low: float, high: float, first: float, last: float) -> np.ndarray:
+    """The grid from the pooled 1st and 99th percentiles, or the whole range when they meet."""
+    if high <= low:
+        low, high = first, last + 1e-9
+    return np.linspace(low, high, HISTOGRAM_BINS + 1)
+
+
+def histogram(edges: np.ndarray, reference: np.ndarray, current: np.ndarray) -> dict[str, Any]:
+    return {"edges": edges.tolist(), "reference": reference.tolist(), "current": current.tolist()}
 
 
 def _quantiles(x: np.ndarray, q: Any) -> np.ndarray:
     """np.quantile(x, q) (linear method, the same arithmetic) of an already sorted array: a few lookups instead of
     np.quantile's partition of a copy."""
-    at = np.asarray(q, dtype=float) * (len(x) - 1)
+    lo, hi, t = quantile_ranks(len(x), q)
+    return interpolate(x[lo], x[hi], t)
+
+
+def quantile_ranks(size: int, q: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two order statistics (0-based ranks) between which np.quantile's linear method interpolates, and the
+    weight: a distributed sort fetches just these values."""
+    at = np.asarray(q, dtype=float) * (size - 1)
     lo = np.floor(at).astype(np.intp)
-    hi = np.minimum(lo + 1, len(x) - 1)
-    a, b, t = x[lo], x[hi], at - lo
+    return lo, np.minimum(lo + 1, size - 1), at - lo
+
+
+def interpolate(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """np.quantile's linear interpolation between order statistics a and b (numpy's own arithmetic)."""
     step = b - a
     return np.where(t >= 0.5, b - step * (1 - t), a + step * t)
 
 
 def _sorted_shares(x: np.ndarray, edges: np.ndarray, side: str) -> np.ndarray:
     """Shares of sorted `x` in the bins cut at `edges`: right-closed (a, b] with side="right", [a, b) with "left"."""
-    cuts = np.searchsorted(x, edges, side=side)  # type: ignore[call-overload]
-    return np.diff(np.concatenate([[0], cuts, [len(x)]])) / max(len(x), 1)
+    return shares_from_cuts(np.searchsorted(x, edges, side=side), len(x))  # type: ignore[call-overload]
+
+
+def shares_from_cuts(cuts: np.ndarray, size: int) -> np.ndarray:
+    """Bin shares from the counts of values below each edge (the searchsorted positions): summed over value
+    ranges, those counts are the whole column's."""
+    return np.diff(np.concatenate([[0], cuts, [size]])) / max(size, 1)
 
 
 def _psi_edges(r: np.ndarray) -> np.ndarray:
@@ -140,7 +183,7 @@ def _psi_edges(r: np.ndarray) -> np.ndarray:
     to itself, and the remaining bins are quantiles of the other values.
     """
     n = len(r)
-    k = -(-n // PSI_BINS)  # a value holding >= 1/PSI_BINS of the rows fills k consecutive slots of sorted r
+    k = mass_rows(n)  # a value holding >= 1/PSI_BINS of the rows fills k consecutive slots of sorted r
     held = r[: n - k + 1][r[: n - k + 1] == r[k - 1 :]]
     masses = held[np.concatenate([[True], held[1:] != held[:-1]])] if len(held) else held
     rest = r
@@ -149,9 +192,23 @@ def _psi_edges(r: np.ndarray) -> np.ndarray:
         for low, high in zip(np.searchsorted(r, masses, "left"), np.searchsorted(r, masses, "right"), strict=True):
             keep[low:high] = False
         rest = r[keep]
-    bins = PSI_BINS - len(masses)
-    inner = _quantiles(rest, np.linspace(0, 1, bins + 1)[1:-1]) if len(rest) and bins > 1 else np.array([])
+    inner = _quantiles(rest, psi_quantiles(len(masses))) if len(rest) and PSI_BINS - len(masses) > 1 else np.array([])
+    return psi_edges(masses, inner)
+
+
+def psi_quantiles(masses: int) -> np.ndarray:
+    """The quantiles of the non-mass reference values that cut the PSI bins, given the number of point masses."""
+    return np.linspace(0, 1, PSI_BINS - masses + 1)[1:-1]
+
+
+def psi_edges(masses: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The PSI bin edges: a bin (just below it, it] per point mass, and the inner quantiles."""
     return np.unique(np.concatenate([masses, np.nextafter(masses, -np.inf), inner]))
+
+
+def mass_rows(n: int) -> int:
+    """How many of n reference values one value must hold to be a point mass (1/PSI_BINS of them, rounded up)."""
+    return -(-n // PSI_BINS)
 
 
 def psi(p_ref: np.ndarray, p_cur: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,10 @@ from typing import Any
 from mlops_cli.engines import EngineOptions
 from mlops_cli.errors import ClusterError, VersionMismatch
 
-_CACHE: dict[Any, Any] = {}
+_CACHE: OrderedDict[Any, Any] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+CACHED_MODELS = 2  # per worker process: a champion and its challenger; a long-lived worker serving many runs of
+# other models (or versions after a promotion) keeps the last ones used, not every one it ever loaded
 
 
 @dataclass
@@ -79,6 +82,7 @@ def cluster(options: EngineOptions) -> Iterator[Cluster]:
         )
         address = local_cluster.scheduler_address
     try:
+        _quiet_client_logs()
         try:
             client = distributed.Client(address, timeout=options.connect_timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -96,6 +100,13 @@ def cluster(options: EngineOptions) -> Iterator[Cluster]:
         if local_cluster is not None:
             with contextlib.suppress(Exception):
                 local_cluster.close(timeout=5)
+
+
+def _quiet_client_logs() -> None:
+    """A lost scheduler is one ClusterError line: the client's own reconnect attempts and their tracebacks (logged
+    at ERROR by distributed while it gives up) would bury it, so this process's client loggers say only CRITICAL."""
+    for name in ("distributed.client", "distributed.utils", "distributed.core", "distributed.comm"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _ready_workers(client: Any, address: str, timeout: float) -> int:
@@ -147,6 +158,11 @@ def map_partitions(
             pending.discard(i)
             if future.status == "error" or future.status == "cancelled":
                 if future.status == "cancelled":
+                    if client.status != "running":  # the client cancels every future when the scheduler goes
+                        raise ClusterError(
+                            f"lost the Dask scheduler at {cluster.address} mid-run (connection closed)",
+                            "check that the scheduler is running; nothing was written",
+                        )
                     if failed is None or i < failed:  # cancelled by someone else: the scheduler lost it
                         raise ClusterError(f"a task of this run was cancelled on the cluster at {cluster.address}")
                     continue
@@ -190,8 +206,12 @@ def _remote_error(future: Any, cluster: Cluster) -> BaseException:
 
 
 def worker_cached(key: Any, build: Callable[[], Any]) -> Any:
-    """One value per worker process and key (a verified, loaded model): built once, then shared by its threads."""
+    """One value per worker process and key (a verified, loaded model): built once, then shared by its threads;
+    the CACHED_MODELS most recently used are kept."""
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = build()
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > CACHED_MODELS:
+            _CACHE.popitem(last=False)
         return _CACHE[key]

@@ -1,0 +1,514 @@
+"""drift-report on a Dask cluster: both sides read in partitions on the workers, every statistic exact.
+
+The client never holds a column. Each statistic comes from partials that merge into the local engine's number:
+
+  * per file (`_scan`): rows, nulls, infinities, finite count, whether every value is whole, a few order statistics
+    (to choose range splitters) and, for categories, the value counts (merged by sum, in first-appearance order, so
+    the top categories tie-break as value_counts does);
+  * per numeric column, a range partition: the splitters cut the values into R disjoint ranges (s_j-1, s_j]; one
+    task per range reads the column's values in its range from every file and sorts them (a distributed sort:
+    ties never straddle two ranges). Its result stays on the cluster for the passes that follow;
+  * pass A per range: counts, distinct values, point masses, sums, ends;
+  * pass B per range, given the counts of the ranges before it: the two empirical CDFs at each of its values, so
+    KS = max |F1 - F2| and Wasserstein-1 = sum |F1 - F2| x step are exact (the step from a range's last value to the
+    next range's first is added here); the order statistics the PSI edges and the histogram need (quantiles are an
+    exact select: the rank tells the range); squared deviations from the mean for the std;
+  * pass C per range: counts below each PSI and histogram edge, summed into the shares.
+Small samples (<= 10,000 values a side) are fetched whole for scipy's exact KS p-value, as the local engine does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlops_cli import io
+from mlops_cli.drift import kinds, stats
+from mlops_cli.drift.decision import DriftOptions
+from mlops_cli.errors import EmptyInput, InputError, UnreadableFile
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from mlops_cli.engines.dask import Cluster
+
+SPLIT_POINTS = 64  # order statistics per file and column that the range splitters are chosen from
+RANGES_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class Side:
+    """A dataset as the workers read it: its files, in the local engine's order, and their unified schema."""
+
+    path: Path
+    files: tuple[Path, ...]
+    schema: Any  # pa.Schema: the files' types promoted as read_table's concat promotes them
+    rows: int
+
+    @classmethod
+    def open(cls, path: Path, fmt: str | None) -> Side:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = io.parts(path)
+        if io.detect_format(path, fmt) != "parquet":
+            raise InputError(f"{path}: --engine dask reads Parquet (a file or a folder of them)", "convert it")
+        try:
+            metas = [pq.read_metadata(f) for f in files]
+        except io.read_errors() as exc:
+            raise UnreadableFile(f"{path}: cannot read ({io.first_line(exc)})", "check the file") from exc
+        schemas = [m.schema.to_arrow_schema() for m in metas]
+        io.same_columns(files, [s.names for s in schemas])
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        rows = sum(m.num_rows for m in metas)
+        if rows == 0:
+            raise EmptyInput(f"{path}: has no rows", "check that the job that writes it finished")
+        return cls(path, tuple(files), schema, rows)
+
+
+def _read(file: Path, schema: pa.Schema, columns: Sequence[str]) -> pd.DataFrame:
+    """One file's columns, cast to the dataset's types and converted as the local engine converts the whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(columns)
+    try:
+        table = pq.read_table(file, columns=columns)
+        table = table.select(columns).cast(pa.schema([schema.field(c) for c in columns]))
+    except io.read_errors() as exc:
+        raise UnreadableFile(f"{file}: cannot read ({io.first_line(exc)})", "check the file") from exc
+    return io.to_pandas(table)
+
+
+def _numbers(values: pd.Series) -> np.ndarray | None:
+    """The column as floats (NaN for nulls), or None when it is not numeric: kinds._numbers' conversion."""
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(values, errors="raise").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    except (ValueError, TypeError):
+        return None
+
+
+# --- pass 0, per file ------------------------------------------------------------------------------------------
+
+
+def _scan(task: tuple[Path, Any, list[str], list[str]]) -> dict[str, dict[str, Any]]:
+    """On a worker: what each column of one file contributes before any range is known."""
+    import pandas as pd
+
+    file, schema, numbers, others = task
+    frame = _read(file, schema, numbers + others)
+    out: dict[str, dict[str, Any]] = {}
+    for name in numbers + others:
+        series = frame[name]
+        part: dict[str, Any] = {"rows": len(series), "isna": int(series.isna().sum())}
+        try:
+            counts = series.value_counts(sort=False)  # first-appearance order: merged, it is the whole column's
+            # A numeric column with this many values per file is no category: its counts are taken later if asked.
+            part["counts"] = counts if name in others or len(counts) <= kinds.MAX_CATEGORIES else None
+        except TypeError:
+            part["counts"], part["unhashable"] = None, True
+        if name in numbers:
+            x = _numbers(series)
+            if x is None:
+                part["numeric"] = False
+            else:
+                x.sort()
+                low = int(np.searchsorted(x, -np.inf, side="right"))
+                high = int(np.searchsorted(x, np.inf, side="left"))
+                end = int(np.searchsorted(x, np.inf, side="right"))
+                finite = x[low:high]
+                at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
+                part.update(
+                    numeric=True,
+                    nan=len(x) - end,
+                    neg=low,
+                    pos=end - high,
+                    finite=len(finite),
+                    whole=pd.api.types.is_integer_dtype(series) or kinds.integral(finite),
+                    points=finite[at],
+                )
+        out[name] = part
+    return out
+
+
+def _counts(task: tuple[Path, Any, str]) -> pd.Series:
+    """On a worker: one column's value counts in one file (first-appearance order)."""
+    file, schema, name = task
+    return _read(file, schema, [name])[name].value_counts(sort=False)
+
+
+def _merge_counts(parts: list[pd.Series]) -> pd.Series:
+    """Per-file value counts merged into value_counts() of the whole column: summed in first-appearance order,
+    then the same stable sort by count."""
+    import pandas as pd
+
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.Series([], dtype="int64")
+    merged = pd.concat(parts).groupby(level=0, sort=False).sum()
+    return merged.sort_values(ascending=False, kind="stable")
+
+
+# --- the range partition ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Which values of a column one task gathers: finite, in (low, high] (None: unbounded)."""
+
+    name: str
+    low: float | None
+    high: float | None
+    reference: Side
+    current: Side | None  # None: the current values are not numeric
+
+
+def _gather(task: _Range) -> tuple[np.ndarray, np.ndarray]:
+    """On a worker: the sorted reference and current values of one range of one column."""
+    out = []
+    for side in (task.reference, task.current):
+        pieces = []
+        for file in side.files if side is not None else ():
+            assert side is not None
+            x = _numbers(_read(file, side.schema, [task.name])[task.name])
+            assert x is not None  # the scan checked
+            keep = np.isfinite(x)
+            if task.low is not None:
+                keep &= x > task.low
+            if task.high is not None:
+                keep &= x <= task.high
+            pieces.append(x[keep])
+        values = np.concatenate(pieces) if pieces else np.empty(0)
+        values.sort()
+        out.append(values)
+    return out[0], out[1]
+
+
+def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
+    """Counts, distinct reference values, point masses (values holding >= k reference rows), sums and ends."""
+    r, c = rng
+    starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if len(r) else np.empty(0, dtype=int)
+    runs = np.diff(np.concatenate([starts, [len(r)]]))
+    big = runs >= k
+    both = [x for x in (r, c) if len(x)]
+    return {
+        "n": len(r),
+        "m": len(c),
+        "unique": len(starts),
+        "masses": r[starts[big]] if len(r) else r,
+        "mass_rows": int(runs[big].sum()),
+        "sum": math.fsum(r),
+        "r_min": float(r[0]) if len(r) else None,
+        "r_max": float(r[-1]) if len(r) else None,
+        "first": min(float(x[0]) for x in both) if both else None,
+        "last": max(float(x[-1]) for x in both) if both else None,
+    }
+
+
+def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+    """Given the counts before this range: the two CDFs at each merged value (KS within the range, Wasserstein up
+    to its last value), the gap at that last value, the requested order statistics and squared deviations."""
+    (r, c), job = task
+    n, m = job["n"], job["m"]
+    both = np.concatenate([r, c])
+    from_r = np.concatenate([np.ones(len(r), dtype=bool), np.zeros(len(c), dtype=bool)])
+    order = np.argsort(both, kind="stable")  # r first on ties, as stats._merge
+    both, from_r = both[order], from_r[order]
+    d = w = gap_last = 0.0
+    if len(both):
+        gap = np.cumsum(from_r, dtype=float)
+        gap += job["r_before"]
+        cdf_c = np.arange(job["before"] + 1, job["before"] + len(both) + 1, dtype=float)
+        cdf_c -= gap
+        cdf_c /= m
+        gap /= n
+        gap -= cdf_c
+        np.abs(gap, out=gap)
+        step = both[1:] - both[:-1]
+        d = max(float(np.max(gap[:-1], where=step != 0, initial=0.0)), float(gap[-1]))
+        w = float(np.dot(gap[:-1], step))
+        gap_last = float(gap[-1])
+    rest = r
+    if len(job["masses"]):
+        rest = r[~np.isin(r, job["masses"])]
+    deviations = r - job["mean"]
+    return {
+        "d": d,
+        "w": w,
+        "gap_last": gap_last,
+        "rest": rest[job["rest_at"]],
+        "both": both[job["both_at"]],
+        "ssd": math.fsum(deviations * deviations),
+        "inside": int(np.searchsorted(c, job["r_max"], "right") - np.searchsorted(c, job["r_min"], "left")),
+    }
+
+
+def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
+    """Counts below each PSI edge (right-closed bins) and each histogram edge ([a, b) bins), per side."""
+    r, c = rng
+    return [
+        np.searchsorted(r, psi_edges, side="right"),
+        np.searchsorted(r, grid, side="left"),
+        np.searchsorted(c, psi_edges, side="right"),
+        np.searchsorted(c, grid, side="left"),
+    ]
+
+
+def _samples(rng: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return rng
+
+
+# --- the client ------------------------------------------------------------------------------------------------
+
+
+def compare_on_cluster(
+    cluster: Cluster, reference: Side, current: Side, options: DriftOptions
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The feature rows (before the decision) and both sides' columns: what reporting.summarize takes."""
+    import pyarrow as pa
+
+    from mlops_cli.drift.reporting import feature_names
+
+    ref_columns, cur_columns = reference.schema.names, current.schema.names
+    names = feature_names(ref_columns, cur_columns, options)
+    both = [n for n in names if n in ref_columns and n in cur_columns]
+
+    def number_path(name: str) -> bool:
+        t = reference.schema.field(name).type
+        numeric_dtype = pa.types.is_integer(t) or pa.types.is_floating(t)
+        return name in options.numeric or (numeric_dtype and name not in options.categorical)
+
+    numbers = [n for n in both if number_path(n)]
+    others = [n for n in both if n not in numbers]
+    scans = {}
+    for side in (reference, current):
+        tasks = [(f, side.schema, numbers, others) for f in side.files]
+        scans[side.path] = _engine().map_partitions(cluster, _scan, tasks)
+    ref_scan = {n: [s[n] for s in scans[reference.path]] for n in both}
+    cur_scan = {n: [s[n] for s in scans[current.path]] for n in both}
+    columns = _Columns(cluster, reference, current, ref_scan, cur_scan, options)
+    rows = []
+    for name in names:
+        row = kinds.new_row(name)
+        if name not in cur_columns:
+            row.update(status="missing_in_current", note="column missing from the current data")
+        elif name not in ref_columns:
+            row.update(status="missing_in_reference", note="column missing from the reference data")
+        else:
+            row["statistics"] = {"rows_reference": reference.rows, "rows_current": current.rows}
+            columns.fill(row, name in numbers)
+        rows.append(row)
+    columns.release()
+    return rows, ref_columns, cur_columns
+
+
+def _engine() -> Any:
+    from mlops_cli.engines import dask
+
+    return dask
+
+
+def _total(parts: list[dict[str, Any]], key: str) -> int:
+    return sum(int(p[key]) for p in parts)
+
+
+class _Columns:
+    """Fills each feature row, the way kinds.feature_row does, from the merged partials."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        reference: Side,
+        current: Side,
+        ref_scan: dict[str, list[dict[str, Any]]],
+        cur_scan: dict[str, list[dict[str, Any]]],
+        options: DriftOptions,
+    ) -> None:
+        self.cluster, self.reference, self.current, self.options = cluster, reference, current, options
+        self.ref_scan, self.cur_scan = ref_scan, cur_scan
+        self.futures: list[Any] = []
+
+    def release(self) -> None:
+        for future in self.futures:
+            future.release()
+        self.futures = []
+
+    def _missing_shares(self, s: dict[str, Any], name: str) -> None:
+        ref = _total(self.ref_scan[name], "isna") / self.reference.rows
+        cur = _total(self.cur_scan[name], "isna") / self.current.rows
+        s.update(missing_share_reference=float(ref), missing_share_current=float(cur))
+        s["missing_share_change"] = s["missing_share_current"] - s["missing_share_reference"]
+
+    def _counts(self, side: Side, scan: list[dict[str, Any]], name: str) -> pd.Series | None:
+        """The whole column's value counts (None: unhashable values), fetched again where a file's were skipped."""
+        if any(p.get("unhashable") for p in scan):
+            return None
+        if any(p["counts"] is None for p in scan):
+            parts = _engine().map_partitions(self.cluster, _counts, [(f, side.schema, name) for f in side.files])
+        else:
+            parts = [p["counts"] for p in scan]
+        return _merge_counts(parts)
+
+    def fill(self, row: dict[str, Any], number_path: bool) -> None:
+        import pyarrow as pa
+
+        name, s, options = row["name"], row["statistics"], self.options
+        ref, cur = self.ref_scan[name], self.cur_scan[name]
+        t = self.reference.schema.field(name).type
+        nulls = _total(ref, "isna")
+        ranges = None
+        rc = None
+        if number_path:
+            if not all(p["numeric"] for p in ref):
+                self._missing_shares(s, name)
+                row.update(kind="numeric", status="type_mismatch", note="not numeric in the reference: not compared")
+                return
+            finite = _total(ref, "finite")
+            cur_numeric = all(p["numeric"] for p in cur)
+            if finite:
+                ranges = self._ranges(name, cur_numeric)
+            integer_dtype = pa.types.is_integer(t) and nulls == 0
+
+            def shape() -> tuple[bool, int]:
+                whole = integer_dtype or all(p["whole"] for p in ref if p["finite"])
+                return whole, sum(a["unique"] for a in ranges[1]) if whole and ranges else 0
+
+            kind, note = kinds.number_kind(self.reference.rows - _total(ref, "nan"), finite, shape, name, options)
+        else:
+            raw = self._counts(self.reference, ref, name)
+            boolean = pa.types.is_boolean(t) and nulls == 0
+            kind, note, raw = kinds.other_kind(raw, name, options, datetime=pa.types.is_timestamp(t), boolean=boolean)
+            rc = stats.as_text(raw) if raw is not None else None
+        row.update(kind=kind, note=note)
+        if kind in ("identifier", "datetime", "nested", "empty"):
+            self._missing_shares(s, name)
+            if kind != "empty":
+                row.update(status="skipped", note=note or f"{kind} column: not compared")
+            elif s["missing_share_current"] == 1.0:
+                row.update(status="empty", note="no values on either side: not compared")
+            else:
+                row.update(status="all_missing", note="no values in the reference data")
+            return
+        if kind == "numeric":
+            if not all(p["numeric"] for p in cur):
+                self._missing_shares(s, name)
+                row.update(status="type_mismatch", note="current values are not numeric: not compared")
+                return
+            sides = [(self.reference.rows, *(_total(ref, k) for k in ("nan", "neg", "pos", "finite")))]
+            sides.append((self.current.rows, *(_total(cur, k) for k in ("nan", "neg", "pos", "finite"))))
+            if not kinds.number_shares(row, sides[0], sides[1]):
+                return
+            assert ranges is not None
+            numbers, row["histogram"], inside = self._numeric(*ranges)
+            s.update(numbers)
+            (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
+            outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
+            s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
+            if ranges[2][0] == ranges[2][1] and not note:
+                row["note"] = "constant in the reference: Wasserstein not normalised"
+            return
+        if rc is None:
+            raw = self._counts(self.reference, ref, name)
+            rc = stats.as_text(raw) if raw is not None else None
+        raw_cur = self._counts(self.current, cur, name)
+        if raw_cur is None or rc is None:
+            self._missing_shares(s, name)
+            row.update(status="type_mismatch", note="nested values (lists, maps) in the current data: not compared")
+            return
+        kinds.categorical_tail(row, rc, stats.as_text(raw_cur), self.reference.rows, self.current.rows)
+
+    def _ranges(self, name: str, cur_numeric: bool) -> tuple[list[Any], list[dict[str, Any]], tuple[float, float]]:
+        """The column's range partition on the cluster (futures) and pass A's answers; the reference's min, max."""
+        ref, cur = self.ref_scan[name], self.cur_scan[name]
+        points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
+        pooled = np.sort(np.concatenate(points))
+        count = max(1, RANGES_PER_WORKER * self.cluster.workers)
+        splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
+        bounds = [None, *map(float, splitters), None]
+        current = self.current if cur_numeric else None
+        tasks = [_Range(name, lo, hi, self.reference, current) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        client = self.cluster.client
+        futures = [client.submit(_gather, t, pure=False) for t in tasks]
+        self.futures += futures
+        k = stats.mass_rows(_total(ref, "finite"))
+        infos = _engine().map_partitions(self.cluster, _pass_a, futures, k)
+        filled = [a for a in infos if a["n"]]
+        return futures, infos, (filled[0]["r_min"], filled[-1]["r_max"])
+
+    def _numeric(
+        self, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
+    ) -> tuple[dict[str, float], dict[str, Any], int]:
+        """numeric_stats, the histogram and the count of current values within the reference's range."""
+        engine = _engine()
+        n, m = sum(a["n"] for a in infos), sum(a["m"] for a in infos)
+        masses = np.concatenate([a["masses"] for a in infos])
+        rest = n - sum(a["mass_rows"] for a in infos)
+        inner_q = stats.psi_quantiles(len(masses)) if rest and stats.PSI_BINS - len(masses) > 1 else np.array([])
+        rest_lo, rest_hi, rest_t = stats.quantile_ranks(rest, inner_q)
+        both_lo, both_hi, both_t = stats.quantile_ranks(n + m, stats.HISTOGRAM_RANGE)
+        rest_ranks = np.concatenate([rest_lo, rest_hi])
+        both_ranks = np.concatenate([both_lo, both_hi])
+        jobs, masks = [], []
+        r_before = before = rest_before = 0
+        mean = math.fsum(a["sum"] for a in infos) / n
+        for a in infos:
+            size, rest_size = a["n"] + a["m"], a["n"] - a["mass_rows"]
+            mine = (
+                (rest_ranks >= rest_before) & (rest_ranks < rest_before + rest_size),
+                (both_ranks >= before) & (both_ranks < before + size),
+            )
+            masks.append(mine)
+            jobs.append(
+                {
+                    "n": n,
+                    "m": m,
+                    "r_before": r_before,
+                    "before": before,
+                    "masses": a["masses"],
+                    "mean": mean,
+                    "rest_at": rest_ranks[mine[0]] - rest_before,
+                    "both_at": both_ranks[mine[1]] - before,
+                    "r_min": r_range[0],
+                    "r_max": r_range[1],
+                }
+            )
+            r_before, before, rest_before = r_before + a["n"], before + size, rest_before + rest_size
+        results = engine.map_partitions(self.cluster, _pass_b, list(zip(futures, jobs, strict=True)))
+        # Order statistics: each rank is answered by the one range that holds it.
+        rest_values, both_values = np.empty(len(rest_ranks)), np.empty(len(both_ranks))
+        for (rest_mask, both_mask), b in zip(masks, results, strict=True):
+            rest_values[rest_mask], both_values[both_mask] = b["rest"], b["both"]
+        half = len(inner_q)
+        inner = stats.interpolate(rest_values[:half], rest_values[half:], rest_t) if half else np.array([])
+        psi_edges = stats.psi_edges(masses, inner)
+        filled = [a for a in infos if a["n"] + a["m"]]
+        low, high = (float(v) for v in stats.interpolate(both_values[:2], both_values[2:], both_t))
+        grid = stats.histogram_edges(low, high, float(filled[0]["first"]), float(filled[-1]["last"]))
+        cuts = engine.map_partitions(self.cluster, _pass_c, futures, psi_edges, grid[1:-1])
+        total = [sum(c[i] for c in cuts) for i in range(4)]
+        p_ref, p_cur = stats.shares_from_cuts(total[0], n), stats.shares_from_cuts(total[2], m)
+        # KS: the largest gap within a range or at its last value; Wasserstein: each range's area plus the step
+        # from its last value to the next range's first, at the gap there.
+        d = max(b["d"] for b in results)
+        w = math.fsum(b["w"] for b in results)
+        ends = [(a, b) for a, b in zip(infos, results, strict=True) if a["n"] + a["m"]]
+        for (a, b), (nxt, _) in zip(ends[:-1], ends[1:], strict=True):
+            w += b["gap_last"] * (nxt["first"] - a["last"])
+        std = math.sqrt(math.fsum(b["ssd"] for b in results) / (n - 1)) if n > 1 else 0.0
+
+        def samples() -> tuple[np.ndarray, np.ndarray]:
+            pieces = engine.map_partitions(self.cluster, _samples, futures)
+            return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+
+        p = stats.ks_p_value(d, n, m, samples)
+        numbers = stats.numeric_result(d, p, w, std, p_ref, p_cur, len(psi_edges))
+        hist = stats.histogram(grid, stats.shares_from_cuts(total[1], n), stats.shares_from_cuts(total[3], m))
+        return numbers, hist, sum(b["inside"] for b in results)
