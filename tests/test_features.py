@@ -20,7 +20,7 @@ from redis_server import RedisServer, free_port
 from serving import Server, rows_of
 
 from mlops_cli import io
-from mlops_cli.errors import InvalidData, StoreUnavailable
+from mlops_cli.errors import InputError, InvalidData, StoreUnavailable
 from mlops_cli.features.assemble import ABSENT, assemble, fill_values
 from mlops_cli.features.lookup import Lookup
 from mlops_cli.features.store import Store, entity_text, pointer
@@ -240,6 +240,88 @@ def test_a_live_load_locks_out_a_second_one(cli, table, url, redis_server):
     assert result.exit_code == 4 and "another materialize" in result.stderr and "otherhost" in result.stderr
 
 
+@pytest.mark.parametrize("when", ["mid-load", "before the flip"])
+def test_a_load_that_lost_its_lock_fails_and_never_flips(tmp_path, url, redis_server, when):
+    """A load stalls past its lock's expiry and another takes the lock over: at its next renewal (mid-load) or at
+    its flip, the stalled load finds the lock is not its own, fails in one line (exit 4) and leaves the pointer."""
+    from mlops_cli.errors import FeatureViewLocked
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    client = redis_server.client()
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2, 3, 4], "x": [1.0, 2.0, 3.0, 4.0]}), path)
+    store = Store(url)
+    load(store, path, MaterializeOptions(entity=ENTITY, name="flights"))
+    lock = f"{pointer('flights')}:lock"
+    steal_at = 1 if when == "mid-load" else 4
+
+    def stall(rows, total):
+        if rows == steal_at:  # as if this load slept past the lock's expiry and another load took it
+            client.set(lock, "otherhost 1 thief")
+
+    with pytest.raises(FeatureViewLocked) as error:
+        load(store, path, MaterializeOptions(entity=ENTITY, name="flights", batch_size=1, on_progress=stall))
+    assert "lost its lock" in error.value.one_line() and "\n" not in error.value.one_line()
+    assert error.value.exit_code == 4
+    assert json.loads(client.get(pointer("flights")))["version"] == 1  # never flipped
+    assert client.get(lock) == b"otherhost 1 thief"  # the other load's lock is left alone
+    assert sorted(client.keys(f"{pointer('flights')}:v*")) == [f"{pointer('flights')}:v1:{i}".encode() for i in (1, 2, 3, 4)]
+
+
+def test_entities_written_early_and_late_in_a_load_expire_together(tmp_path, url, redis_server):
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2, 3], "x": [1.0, 2.0, 3.0]}), path)
+    options = MaterializeOptions(
+        entity=ENTITY, name="flights", ttl_s=60, batch_size=1, on_progress=lambda rows, total: time.sleep(0.3)
+    )
+    report = load(Store(url), path, options)
+    client = redis_server.client()
+    expiry = [client.execute_command("PEXPIRETIME", f"{pointer('flights')}:v1:{i}") for i in (1, 2, 3)]
+    assert expiry[0] == expiry[1] == expiry[2] > 0  # batches 0.6 s apart, one expiry
+    expires_at = report.results["view"]["expires_at"]
+    assert expires_at is not None
+    from datetime import datetime
+
+    assert abs(datetime.fromisoformat(expires_at).timestamp() * 1000 - expiry[0]) < 1
+    now_ms = int(client.time()[0]) * 1000
+    assert 55_000 < expiry[0] - now_ms <= 60_000
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "redis://localhost:notaport/0",
+        "redis://:secret@localhost:99999/0",
+        "http://127.0.0.1:6379/0",
+        "localhost:6379",
+        "redis:///0",
+        "redis://127.0.0.1:6379/first",
+        "redis://:secret@127.0.0.1:6379/0?db=x",
+        "unix://",
+    ],
+)
+def test_a_malformed_store_url_is_a_usage_error_in_one_line(cli, store):
+    result = cli("features", "list", "--store", store)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "--store" in result.stderr, result.stderr
+    assert "secret" not in result.stderr
+    with pytest.raises(InputError):  # a library caller gets an input error, in one line too
+        Store(store)
+
+
+def test_redacted_hides_every_password():
+    from mlops_cli.features.store import redacted
+
+    for url in ["redis://:secret@h:1/0", "redis://user:secret@h:1/0", "redis://h:notaport/0?password=secret",
+                "unix:///tmp/r.sock?db=0&password=secret", "rediss://:secret@h:bad/0"]:  # fmt: skip
+        assert "secret" not in redacted(url) and "***" in redacted(url), redacted(url)
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
 # --- lookups ----------------------------------------------------------------------------------------------------
 
 
@@ -253,6 +335,21 @@ def test_ttl_expiry_makes_an_entity_unknown(cli, tmp_path, url):
     assert lookup.get(["1"]) == [None]
 
 
+def test_a_lookup_after_a_flip_is_of_one_version(cli, tmp_path, url):
+    """A cached entity of version 1 and an uncached one after the flip to version 2: both come from version 2."""
+    for version, value in ((1, 1.0), (2, 2.0)):
+        path = tmp_path / f"v{version}.parquet"
+        pq.write_table(pa.table({ENTITY: [1, 2], "x": [value, value]}), path)
+        materialize(cli, path, url)
+        if version == 1:
+            lookup = Lookup(Store(url), "flights", ttl_s=60)
+            assert lookup.get(["1"])[0].values == [1.0]  # cached
+    found = lookup.find(["1", "2"])
+    assert found.version == 2 and [e.values for e in found.entities] == [[2.0], [2.0]]
+    assert [e.record.version for e in found.entities] == [2, 2]
+    assert lookup.find(["1"]).version == 2  # and the cache now answers from version 2
+
+
 def test_local_cache_is_lru_with_ttl_and_answers_without_the_store(cli, tmp_path, url, redis_server):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({ENTITY: [1, 2, 3], "x": [1.0, 2.0, 3.0]}), path)
@@ -262,7 +359,7 @@ def test_local_cache_is_lru_with_ttl_and_answers_without_the_store(cli, tmp_path
     lookup.get(["1"])  # 1 is now the most recently used
     lookup.get(["3"])  # evicts 2
     found, missing = lookup.cached(["1", "2", "3"])
-    assert missing == [1] and [e.values for e in found if e] == [[1.0], [3.0]]
+    assert missing == [1] and [e.values for e in found.entities if e] == [[1.0], [3.0]]
     time.sleep(0.6)
     assert lookup.cached(["1", "3"])[1] == [0, 1]  # expired
     lookup.get(["1"])
@@ -372,7 +469,7 @@ def test_serving_by_id_answers_as_the_full_row_does(registry, frame, table, url,
         values = metric_values(metrics)
         assert values['mlops_serve_feature_store_lookups_total{result="hit"}'] >= 300
         assert values['mlops_serve_feature_cache_lookups_total{result="hit"}'] >= 300
-        assert values['mlops_serve_feature_fallbacks_total{action="rejected",reason="unknown entity"}'] == 1
+        assert values['mlops_serve_feature_fallbacks_total{action="rejected",reason="unknown_entity"}'] == 1
         assert values["mlops_serve_feature_lookup_duration_seconds_count"] >= 1
         assert server.stop() == 0
     logged = io.read_table(log)
@@ -442,7 +539,7 @@ def test_redis_down_mid_serve_is_503_and_not_ready_and_fill_flags_rows(registry,
             assert status == 200 and "features_filled" not in body["predictions"][0], body
             metrics = metric_values(server.get("/metrics")[2].decode())
             assert metrics["mlops_serve_feature_store_errors_total"] >= 2
-            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown entity"}'] == 1
+            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown_entity"}'] == 1
             assert server.stop() == 0
     finally:
         redis.stop()

@@ -97,6 +97,18 @@ def _webhook(ctx: typer.Context, value: str | None) -> str | None:
     return value
 
 
+def store_url(value: str | None) -> str | None:
+    """A Redis feature store URL (--store, --features): a malformed one is a usage error, in one line without its
+    password."""
+    from mlops_cli.features.store import USAGE, check_url
+
+    if value:
+        problem = check_url(value)
+        if problem is not None:
+            raise typer.BadParameter(f"{problem} ({USAGE})")
+    return value
+
+
 PromFileOpt = Annotated[
     Path | None,
     typer.Option(

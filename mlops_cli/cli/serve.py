@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlops_cli.cli._common import RuntimeOpt, StrictOpt, load_options, registry
+from mlops_cli.cli._common import RuntimeOpt, StrictOpt, load_options, registry, store_url
 
 
 def _columns(values: list[str] | None) -> list[str]:
@@ -58,6 +58,7 @@ def run(
         typer.Option(
             "--features",
             metavar="URL",
+            callback=store_url,
             help="Look up missing features by entity id in this Redis (redis://HOST:PORT/DB).",
         ),
     ] = None,

@@ -93,6 +93,7 @@ class BatchFeatures:
             list(range(n)),
             entities,
             policy=self.options.on_missing,
+            version=self.record.version,
             fill=self.fill,
             ids_given=[key is not None for key in ids],
         )
