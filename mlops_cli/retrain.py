@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops_cli import io
-from mlops_cli.liveness import process_alive
 from mlops_cli.errors import AliasMoved, InputError, LockTimeout, RegistryError, SchemaMismatch
+from mlops_cli.liveness import process_alive
 from mlops_cli.register import RegisterOptions, register
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report, utc_now

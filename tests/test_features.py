@@ -266,7 +266,9 @@ def test_a_load_that_lost_its_lock_fails_and_never_flips(tmp_path, url, redis_se
     assert error.value.exit_code == 4
     assert json.loads(client.get(pointer("flights")))["version"] == 1  # never flipped
     assert client.get(lock) == b"otherhost 1 thief"  # the other load's lock is left alone
-    assert sorted(client.keys(f"{pointer('flights')}:v*")) == [f"{pointer('flights')}:v1:{i}".encode() for i in (1, 2, 3, 4)]
+    assert sorted(client.keys(f"{pointer('flights')}:v*")) == [
+        f"{pointer('flights')}:v1:{i}".encode() for i in (1, 2, 3, 4)
+    ]
 
 
 def test_entities_written_early_and_late_in_a_load_expire_together(tmp_path, url, redis_server):
@@ -463,6 +465,17 @@ def test_serving_by_id_answers_as_the_full_row_does(registry, frame, table, url,
         message = body["error"]["message"]
         assert "unknown entity (row 2)" in message and "no entity id (row 3)" in message
         assert "987654321" not in message
+        # A flip while rows of version 1 are cached: a request mixing a cached id and an uncached one is answered
+        # from version 2 alone, each row flagged and logged with the version its features came from.
+        newer = frame.assign(temp=frame["temp"] + 15.0)
+        newer.to_parquet(tmp_path / "v2.parquet")
+        Cli(registry).json("features", "materialize", tmp_path / "v2.parquet", "--entity", ENTITY, "--name",
+                           "flights", "--store", url)  # fmt: skip
+        expected_v2 = server.post_json("/predict", {"rows": rows_of(newer.iloc[[0, 400]])})[2]["predictions"]
+        status, _, flipped = server.post_json("/predict", {"rows": [by_id[0], {ENTITY: int(frame[ENTITY][400])}]})
+        assert status == 200, flipped
+        assert [p["feature_view_version"] for p in flipped["predictions"]] == [2, 2]
+        assert [[p[k] for k in PROBA] for p in flipped["predictions"]] == [[p[k] for k in PROBA] for p in expected_v2]
         metrics = server.get("/metrics")[2].decode()
         check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
@@ -474,11 +487,14 @@ def test_serving_by_id_answers_as_the_full_row_does(registry, frame, table, url,
         assert server.stop() == 0
     logged = io.read_table(log)
     by_store = logged[logged["features_from_store"].notna()]
-    assert len(by_store) == 600 + 5 + 1  # the by-id rows, the MLflow rows, the mixed row
-    assert set(by_store["feature_view_version"]) == {1} and set(logged["feature_view"]) == {"flights"}
+    assert len(by_store) == 600 + 5 + 1 + 2  # the by-id rows, the MLflow rows, the mixed row, the flipped ones
+    assert by_store["feature_view_version"].tolist().count(2) == 2 and set(logged["feature_view"]) == {"flights"}
+    after_flip = logged[logged["entity_id"].isin([str(by_id[0][ENTITY]), str(frame[ENTITY][400])])]
+    after_flip = after_flip[after_flip["feature_view_version"] == 2]
+    assert sorted(after_flip["temp"]) == sorted(newer["temp"].iloc[[0, 400]])  # version 2's values, logged as 2
     assert by_store["features_from_store"].iloc[0].split(",") == [f for f in frame.columns if f in SERVED]
     mine = by_store.loc[by_store["entity_id"] == str(full[0][ENTITY]), "features_from_store"]
-    assert sorted("precip" in sent.split(",") for sent in mine) == [False, True, True, True]  # the mixed row
+    assert sorted("precip" in sent.split(",") for sent in mine) == [False, True, True, True, True]  # the mixed row
 
 
 SERVED = ["carrier", "origin", "dest", "sched_dep_hour", "day_of_week", "distance", "temp", "dewp", "humid",
@@ -494,55 +510,119 @@ def metric_values(text: str) -> dict[str, float]:
     return out
 
 
+@pytest.fixture(scope="module")
+def two_profiles(tmp_path_factory, model_file, other_model_file) -> Path:
+    """flights:1 and flights:2, registered with reference data whose `temp` differs (so their reference profiles
+    fill `temp` with different values)."""
+    folder = tmp_path_factory.mktemp("two")
+    shifted = folder / "shifted.parquet"
+    reference = io.read_table(REFERENCE)
+    reference["temp"] = reference["temp"] + 40.0
+    reference.to_parquet(shifted)
+    path = folder / "registry"
+    for model, data in ((model_file, REFERENCE), (other_model_file, shifted)):
+        Cli(path).json("register", model, "--name", "flights", "--train-data", data, "--target", "delayed")
+    return path
+
+
+def profile_fills(registry: Path, ref: str) -> dict:
+    from mlops_cli.registry import Registry
+    from mlops_cli.runtime import ModelSpec
+
+    version = Registry(registry).resolve(ref)
+    return fill_values(json.loads(version.file("profile.json").read_text()), ModelSpec.from_manifest(version.manifest))
+
+
 @pytest.mark.slow
-def test_redis_down_mid_serve_is_503_and_not_ready_and_fill_flags_rows(registry, frame, table, tmp_path):
-    """Its own Redis, paused (hangs) then stopped mid-serve: 503 with the reason, fast; /readyz says so; rows that
-    carry every feature are still served. Under --on-missing-feature fill an unknown entity is filled and flagged."""
-    redis = RedisServer(tmp_path)
+def test_redis_down_mid_serve_is_503_fast_and_never_leaks_the_store(two_profiles, frame, table, tmp_path):
+    """Its own Redis, with a password, paused (hangs) then stopped mid-serve: 503 with the reason, the first after
+    the read timeout and the next ones at once (short circuit) until Redis answers again; /readyz says so; rows
+    that carry every feature are still served; no answer, log or metric names the password or the address. Under
+    --on-missing-feature fill an unknown entity is filled from the profile of the model that answers it, flagged
+    in /predict, /invocations and V2 answers."""
+    registry = two_profiles
+    redis = RedisServer(tmp_path, password="secret")
     try:
         Cli(registry).json(
             "features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", redis.url
         )
+        log = tmp_path / "log"
         args = serve_args(redis.url, "--on-missing-feature", "fill", "--feature-cache-s", "0",
-                          "--feature-timeout-s", "0.2", "--poll-s", "0.1")  # fmt: skip
+                          "--feature-timeout-s", "0.5", "--poll-s", "0.1", "--log-dir", log,
+                          "--challenger", "flights:2", "--challenger-share", "0.5", "--split-key", ENTITY)  # fmt: skip
         full = rows_of(frame.head(3))
-        with Server(registry, "flights", *args, tmp=tmp_path) as server:
+        unknown = [{ENTITY: -i} for i in range(1, 21)]
+        bodies = []
+        with Server(registry, "flights:1", *args, tmp=tmp_path) as server:
             server.wait_ready()
-            status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[0][ENTITY]}, {ENTITY: -5}]})
+            status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[0][ENTITY]}, *unknown]})
             assert status == 200, body
-            known, unknown = body["predictions"]
+            known, *filled = body["predictions"]
             assert "features_filled" not in known
-            assert unknown["features_filled"] == SERVED and unknown["feature_fallback"] == "unknown entity"
+            assert all(p["features_filled"] == SERVED and p["feature_fallback"] == "unknown entity" for p in filled)
+            assert {p["route"] for p in filled} == {"champion", "challenger"}
+            status, _, mlflow = server.post_json("/invocations", {"dataframe_records": [{ENTITY: full[0][ENTITY]},
+                                                                                         unknown[0]]})  # fmt: skip
+            assert status == 200 and mlflow["feature_view_version"] == [1, 1]
+            assert mlflow["features_filled"] == [None, SERVED] and mlflow["feature_fallback"] == [
+                None,
+                "unknown entity",
+            ]
+            v2 = {"inputs": [{"name": ENTITY, "shape": [2], "datatype": "INT64", "data": [full[0][ENTITY], -1]}]}
+            status, _, answer = server.post_json("/v2/models/flights/infer", v2)
+            outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+            assert status == 200 and outputs["features_filled"] == ["", ",".join(SERVED)], answer
+            assert outputs["feature_view_version"] == [1, 1] and outputs["feature_fallback"] == ["", "unknown entity"]
 
             redis.pause()
             started = time.monotonic()
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "did not answer in time" in body["error"]["message"]
             assert time.monotonic() - started < 2
+            bodies.append(body)
+            for _ in range(10):  # known down: 503 at once, not after the 0.5 s read timeout
+                started = time.monotonic()
+                status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
+                assert status == 503 and time.monotonic() - started < 0.1, body
             assert server.post_json("/predict", {"rows": full})[0] == 200  # needs no lookup
             wait_for(lambda: server.get("/readyz")[0] == 503)
             assert b"feature store is down" in server.get("/readyz")[2]
+            bodies.append(server.get("/readyz")[2].decode())
             redis.resume()
             wait_for(lambda: server.get("/readyz")[0] == 200)
+            assert server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})[0] == 200  # recovered
 
             redis.stop()
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "cannot be reached" in body["error"]["message"]
+            bodies.append(body)
             wait_for(lambda: server.get("/readyz")[0] == 503)
             redis.start()  # back, but empty (no persistence): the view is gone
             wait_for(lambda: server.get("/readyz")[0] == 200)
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "no feature view 'flights'" in body["error"]["message"]
+            bodies.append(body)
             Cli(registry).json("features", "materialize", table, "--entity", ENTITY, "--name", "flights",
                                "--store", redis.url)  # fmt: skip
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 200 and "features_filled" not in body["predictions"][0], body
-            metrics = metric_values(server.get("/metrics")[2].decode())
+            metrics_text = server.get("/metrics")[2].decode()
+            metrics = metric_values(metrics_text)
             assert metrics["mlops_serve_feature_store_errors_total"] >= 2
-            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown_entity"}'] == 1
+            assert metrics["mlops_serve_feature_store_short_circuits_total"] >= 10
+            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown_entity"}'] == 22
             assert server.stop() == 0
+            text = json.dumps(bodies) + metrics_text + server.log.read_text()
+            assert "secret" not in text and f":{redis.port}" not in json.dumps(bodies)
     finally:
         redis.stop()
+    logged = io.read_table(log)
+    logged = logged[logged["features_filled"].notna()]
+    champion, challenger = profile_fills(registry, "flights:1"), profile_fills(registry, "flights:2")
+    assert champion["temp"] != challenger["temp"]
+    for route, fills in (("champion", champion), ("challenger", challenger)):
+        rows = logged[logged["route"] == route]
+        assert len(rows) > 0 and set(rows["temp"]) == {fills["temp"]}, route  # the answering model's profile
 
 
 def wait_for(condition, timeout: float = 15) -> None:

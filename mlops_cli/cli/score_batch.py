@@ -23,8 +23,8 @@ from mlops_cli.cli._common import (
     emit,
     engine_options,
     load_options,
-    store_url,
     registry,
+    store_url,
 )
 
 
@@ -82,7 +82,10 @@ def run(
     features: Annotated[
         str | None,
         typer.Option(
-            "--features", metavar="URL", callback=store_url, help="Complete rows from this Redis feature store (redis://HOST:PORT/DB)."
+            "--features",
+            metavar="URL",
+            callback=store_url,
+            help="Complete rows from this Redis feature store (redis://HOST:PORT/DB).",
         ),
     ] = None,
     feature_view: Annotated[str | None, typer.Option(metavar="NAME", help="The feature view to read.")] = None,

@@ -263,7 +263,12 @@ def v2_feature_outputs(features: Any) -> list[dict[str, Any]]:
         return []
     n = len(features.versions)
     return [
-        {"name": "feature_view_version", "shape": [n], "datatype": "INT64", "data": [v or 0 for v in features.versions]},
+        {
+            "name": "feature_view_version",
+            "shape": [n],
+            "datatype": "INT64",
+            "data": [v or 0 for v in features.versions],
+        },
         {"name": "features_filled", "shape": [n], "datatype": "BYTES", "data": [f or "" for f in features.filled]},
         {"name": "feature_fallback", "shape": [n], "datatype": "BYTES", "data": [f or "" for f in features.fallback]},
     ]
