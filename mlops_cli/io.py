@@ -443,6 +443,18 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(_plain(obj), sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
+def read_toml(path: Path, hint: str) -> dict[str, Any]:
+    """A policy file the user wrote: missing or unparseable is one line and exit 3."""
+    import tomllib
+
+    if not path.is_file():
+        raise MissingFile(f"{path}: no such file", "check the path")
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UnreadableFile(f"{path}: not valid TOML ({exc})", hint) from exc
+
+
 def write_json(path: Path, obj: Any, *, overwrite: bool = True) -> None:
     text = dumps_json(obj).encode()
     write_atomic(path, lambda fh: fh.write(text), overwrite=overwrite)

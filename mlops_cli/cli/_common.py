@@ -209,6 +209,12 @@ def engine_options(engine: str, scheduler: str | None) -> Any:
     return EngineOptions(engine, scheduler if engine == "dask" else None, connect_timeout=timeout)
 
 
+def columns(values: str | list[str] | None) -> list[str]:
+    """`--keep-columns a,b --keep-columns c` → [a, b, c]; one comma-separated value works the same."""
+    values = [values] if isinstance(values, str) else values or []
+    return [c.strip() for value in values for c in value.split(",") if c.strip()]
+
+
 def pairs(values: list[str] | None, what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
     """Parse repeated `k=v` options."""
     out = {}

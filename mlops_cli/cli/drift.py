@@ -17,14 +17,11 @@ from mlops_cli.cli._common import (
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
+    columns,
     emit,
     load_options,
     registry,
 )
-
-
-def _columns(value: str | None) -> list[str]:
-    return [c.strip() for c in value.split(",") if c.strip()] if value else []
 
 
 def run(
@@ -97,10 +94,10 @@ def run(
     if html is not None:
         io.check_output(html, overwrite)
     options = drift.DriftOptions(
-        features=_columns(features) or None,
-        categorical=_columns(categorical),
-        numeric=_columns(numeric),
-        ignore=_columns(ignore),
+        features=columns(features) or None,
+        categorical=columns(categorical),
+        numeric=columns(numeric),
+        ignore=columns(ignore),
         target=target,
         prediction_column=prediction_column,
         stattest=stattest,

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import FormatOpt, JsonOpt, MlopsCommand, OutputOpt, OverwriteOpt, QuietOpt, emit, store_url
+from mlops_cli.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    MlopsCommand,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    columns,
+    emit,
+    store_url,
+)
 
 app = typer.Typer(
     help="Online features: load feature tables into Redis, list and show the feature views.",
@@ -27,10 +37,6 @@ StoreOpt = Annotated[
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout-s", min=0.001, help="Redis connect and read timeout, in seconds.")
 ]
-
-
-def _columns(values: list[str] | None) -> list[str]:
-    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
 
 
 def _store(url: str, timeout_s: float) -> object:
@@ -79,7 +85,7 @@ def materialize(
         entity=entity,
         name=name,
         ttl_s=ttl_s,
-        features=_columns(features) or None,
+        features=columns(features) or None,
         batch_size=batch_size,
         input_format=fmt,
     )

@@ -20,17 +20,13 @@ from mlops_cli.cli._common import (
     RuntimeOpt,
     SchedulerOpt,
     StrictOpt,
+    columns,
     emit,
     engine_options,
     load_options,
     registry,
     store_url,
 )
-
-
-def _columns(values: list[str] | None) -> list[str]:
-    """`--keep-columns a,b --keep-columns c` → [a, b, c]."""
-    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
 
 
 def run(
@@ -121,8 +117,8 @@ def run(
     per input file, published by one rename when all are written; the predictions and the report are the local
     engine's.
     """
-    keep = _columns(keep_columns)
-    key = _columns(split_key)
+    keep = columns(keep_columns)
+    key = columns(split_key)
     if keep_all and keep:
         raise typer.BadParameter("--keep-all copies every column already; drop --keep-columns", param_hint="--keep-all")
     if challenger is None and (key or challenger_share != 0.1):

@@ -6,11 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlops_cli.cli._common import RuntimeOpt, StrictOpt, load_options, registry, store_url
-
-
-def _columns(values: list[str] | None) -> list[str]:
-    return [c.strip() for value in values or [] for c in value.split(",") if c.strip()]
+from mlops_cli.cli._common import RuntimeOpt, StrictOpt, columns, load_options, registry, store_url
 
 
 def run(
@@ -90,7 +86,7 @@ def run(
     NAME@ALIAS follows the alias: when it moves, each worker loads, verifies and warms the new version, then
     switches, with no failed request; SIGHUP re-checks at once. SIGTERM drains and exits 0.
     """
-    key = _columns(split_key)
+    key = columns(split_key)
     if challenger is None and (key or challenger_share != 0.1):
         raise typer.BadParameter("needs --challenger", param_hint="--split-key/--challenger-share")
     if challenger is not None and not key:

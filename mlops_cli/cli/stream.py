@@ -12,12 +12,12 @@ from mlops_cli.cli._common import (
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
+    columns,
     emit,
     load_options,
     pairs,
     registry,
 )
-from mlops_cli.cli.serve import _columns
 
 
 def run(
@@ -92,7 +92,7 @@ def run(
     NAME@ALIAS follows the alias: a new version is loaded, verified and warmed up, then used from the next batch.
     SIGTERM finishes the batch, commits, leaves the group and exits 0. An unreachable broker exits 3.
     """
-    key = _columns(split_key)
+    key = columns(split_key)
     if challenger is None and (key or challenger_share != 0.1):
         raise typer.BadParameter("needs --challenger", param_hint="--split-key/--challenger-share")
     if challenger is not None and not key:

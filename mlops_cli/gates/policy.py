@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from mlops_cli.errors import InputError, MlopsError, UnreadableFile
+from mlops_cli import io
+from mlops_cli.errors import InputError, MlopsError
 
 ITEMS: dict[str, tuple[str, str]] = {
     # id: (section, what it checks)
@@ -65,12 +65,7 @@ def load_policy(path: Path | None) -> dict[str, Any]:
     policy = copy.deepcopy(DEFAULT_POLICY)
     if path is None:
         return policy
-    if not path.is_file():
-        raise InputError(f"{path}: no such policy file", "check the path")
-    try:
-        loaded = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UnreadableFile(f"{path}: not valid TOML ({exc})", "fix the policy file") from exc
+    loaded = io.read_toml(path, "fix the policy file")
 
     def bad(what: str, hint: str = "fix the policy file; the README's checklist section lists every key") -> InputError:
         return InputError(f"{path}: {what}", hint)

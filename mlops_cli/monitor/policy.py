@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from mlops_cli.errors import InputError, UnreadableFile
+from mlops_cli import io
+from mlops_cli.errors import InputError
 from mlops_cli.observe.alerts import SEVERITIES, Alert
 
 # rule: its settings. `threshold` means, per rule: latency_p99 seconds; invalid_share and dataset_drift a share of
@@ -41,12 +41,7 @@ def load_policy(path: Path | None) -> dict[str, dict[str, Any]]:
     policy = copy.deepcopy(DEFAULT_POLICY)
     if path is None:
         return policy
-    if not path.is_file():
-        raise InputError(f"{path}: no such policy file", "check the path")
-    try:
-        loaded = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UnreadableFile(f"{path}: not valid TOML ({exc})", "fix the policy file") from exc
+    loaded = io.read_toml(path, "fix the policy file")
 
     def bad(what: str) -> InputError:
         return InputError(f"{path}: {what}", "fix the policy file; the README's monitor section lists every key")
