@@ -671,3 +671,25 @@ def test_score_batch_by_id_equals_scoring_the_full_rows(registry, frame, table, 
     assert filled["results"]["features"]["fallbacks"] == {"unknown entity": 2}
     flagged = io.read_table(out)["features_filled"].tolist()
     assert flagged[0] is None and flagged[2] is None and flagged[1].split(",") == SERVED == flagged[3].split(",")
+
+
+def test_score_batch_fills_a_challenger_row_from_the_challengers_profile(two_profiles, table, url, tmp_path):
+    import pandas as pd
+
+    cli = Cli(two_profiles)
+    cli.json("features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", url)
+    unknown = tmp_path / "unknown.parquet"
+    pq.write_table(pa.table({ENTITY: np.arange(-40, 0)}), unknown)
+    out = tmp_path / "out.parquet"
+    cli.json("score-batch", "flights:1", unknown, out, "--id-column", ENTITY, "--challenger", "flights:2",
+             "--challenger-share", "0.5", "--features", url, "--feature-view", "flights", "--entity-column", ENTITY,
+             "--on-missing-feature", "fill")  # fmt: skip
+    scored = io.read_table(out)
+    assert set(scored["model_version"]) == {"1", "2"} and scored["features_filled"].notna().all()
+    for ref, route in (("flights:1", "1"), ("flights:2", "2")):
+        stand_in = tmp_path / f"{route}.parquet"
+        pd.DataFrame([profile_fills(two_profiles, ref)]).to_parquet(stand_in)  # the row its own profile makes
+        expected = tmp_path / f"{route}-expected.parquet"
+        cli.json("score-batch", ref, stand_in, expected)
+        want = io.read_table(expected)["proba_1"].iloc[0]
+        assert set(scored.loc[scored["model_version"] == route, "proba_1"]) == {want}, ref
