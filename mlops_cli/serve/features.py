@@ -77,7 +77,7 @@ class OnlineFeatures:
             self.store, options.view, max_entries=options.cache_entries, ttl_s=options.cache_s, observer=metrics
         )
         self.error: str | None = None  # why the store is down, while it is
-        self._failure: FeatureStoreError | None = None  # the error a request gets at once while the store is down
+        self._failure: StoreUnavailable | None = None  # what a request gets at once while the store is down
         self._retry_at = 0.0  # monotonic time after which a request may try the store again
         self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="mlops-features")
         self._fills: dict[str, dict[str, Any]] = {}
@@ -147,7 +147,7 @@ class OnlineFeatures:
         failure = self._failure
         if failure is not None and time.monotonic() < self._retry_at:
             self.metrics.feature_short_circuits.inc()
-            raise failure  # known down: 503 now, not after a timeout
+            raise StoreUnavailable(failure.message, failure.hint)  # known down: 503 now, not after a timeout
         loop = asyncio.get_running_loop()
         try:
             fetched = await loop.run_in_executor(self._pool, self.lookup.fetch, keys)
