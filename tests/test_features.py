@@ -315,6 +315,15 @@ def test_a_malformed_store_url_is_a_usage_error_in_one_line(cli, store):
         Store(store)
 
 
+def test_crash_files_do_not_hold_a_store_password():
+    from mlops_cli.cli._common import _redacted
+
+    argv = ["mlops", "features", "list", "--store", "redis://:secret@h:1/0", "--features=redis://:secret@h:1/0",
+            "--features", "carrier,temp"]  # fmt: skip
+    shown = _redacted(argv)
+    assert "secret" not in " ".join(shown) and shown[4] == "redis://:***@h:1/0" and shown[-1] == "carrier,temp"
+
+
 def test_redacted_hides_every_password():
     from mlops_cli.features.store import redacted
 
