@@ -682,6 +682,7 @@ def test_score_batch_by_id_equals_scoring_the_full_rows(registry, frame, table, 
     assert flagged[0] is None and flagged[2] is None and flagged[1].split(",") == SERVED == flagged[3].split(",")
 
 
+@pytest.mark.slow
 def test_score_batch_fills_a_challenger_row_from_the_challengers_profile(two_profiles, table, url, tmp_path):
     import pandas as pd
 
