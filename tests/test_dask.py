@@ -340,3 +340,23 @@ def test_a_worker_refuses_an_artifact_other_than_the_clients(reg, tmp_path):
     assert scoring._load_verified(job, "flights:1", Registry(reg.registry).resolve("flights:1").summary()["sha256"])
     with pytest.raises(IntegrityError, match="not the artifact the client verified"):
         scoring._load_verified(job, "flights:1", "0" * 64)
+
+
+def test_a_result_taken_by_the_client_is_freed_on_its_worker(cluster):
+    """Results the client has taken must not stay in the workers' memory until the run ends: that made a worker's
+    memory grow with the number of partitions (measured: 460 → 657 MB from 5M to 20M rows) instead of their size."""
+    from mlops_cli.engines import EngineOptions
+    from mlops_cli.engines import dask as engine
+
+    held: list[int] = []
+    with engine.cluster(EngineOptions("dask", cluster)) as c:
+
+        def in_memory(i: int, _: Any) -> None:
+            state = c.client.run_on_scheduler(lambda dask_scheduler: [t.state for t in dask_scheduler.tasks.values()])
+            held.append(sum(s == "memory" for s in state))
+
+        # time.sleep: a task the workers can import (not this module), slow enough to finish one after another.
+        results = engine.map_partitions(c, time.sleep, [0.05] * 40, on_result=in_memory)
+    assert results == [None] * 40 and len(held) == 40
+    # Releases travel to the scheduler in the background: a few results may still be held, never most of them.
+    assert max(held[10:]) <= 8, held

@@ -135,7 +135,7 @@ def map_partitions(
     raised. Any exception on the client (Ctrl-C, SIGTERM) cancels every task."""
     distributed = _distributed()
     client = cluster.client
-    futures = [client.submit(fn, item, *args, pure=False) for item in items]
+    futures: list[Any] = [client.submit(fn, item, *args, pure=False) for item in items]
     where = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * len(items)
     failed: int | None = None  # the earliest failed item so far
@@ -152,22 +152,26 @@ def map_partitions(
                     continue
                 if failed is None or i < failed:
                     failed, error = i, _remote_error(future, cluster)
-                    later = [f for j, f in enumerate(futures) if j > i and j in pending]
+                    later = [f for j, f in enumerate(futures) if j > i and j in pending and f is not None]
                     client.cancel(later)
                     pending -= {where[f.key] for f in later}
             elif failed is None or i < failed:
                 results[i] = future.result()
                 if on_result is not None:
                     on_result(i, results[i])
+            # Drop the client's last reference: the scheduler then frees the result on its worker. Held until the
+            # end, results made a worker's memory grow with the number of partitions, not their size.
+            futures[i] = None
+            del future
             if failed is not None and not any(j < failed for j in pending):
                 break
     except BaseException:
         with contextlib.suppress(Exception):
-            client.cancel(futures)
+            client.cancel([f for f in futures if f is not None])
         raise
     if error is not None:
         with contextlib.suppress(Exception):
-            client.cancel(futures)
+            client.cancel([f for f in futures if f is not None])
         raise error
     return results
 
