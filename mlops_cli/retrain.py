@@ -28,6 +28,7 @@ from typing import Any
 
 from mlops_cli import io
 from mlops_cli.errors import AliasMoved, InputError, LockTimeout, RegistryError, SchemaMismatch
+from mlops_cli.liveness import process_alive
 from mlops_cli.register import RegisterOptions, register
 from mlops_cli.registry import Registry, Version
 from mlops_cli.report import Report, utc_now
@@ -118,21 +119,9 @@ def history(registry: Registry, name: str) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError, OSError):
             records.append(json.loads(path.read_text()))
     for record in records:
-        if record["finished_at"] is None and not _alive(record):
+        if record["finished_at"] is None and not process_alive(record.get("host"), record["pid"]):
             record["status"] = "killed"
     return sorted(records, key=lambda r: r["started_at"])
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    if record.get("host") != socket.gethostname():
-        return True  # cannot tell from here; shown as running
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _undo_promotion(registry: Registry, name: str, alias: str, promoted: str | None, *, reason: str) -> bool:

@@ -83,7 +83,7 @@ def score_batch(registry: Registry, ref: str, input_path: Path, output_path: Pat
     if options.features is not None:
         from mlops_cli.features.batch import BatchFeatures
 
-        features = BatchFeatures(options.features, models[0].model)
+        features = BatchFeatures(options.features, *(m.model for m in models))
     plan = _plan(input_path, parts, input_format, output_format, models, options, split_key, features)
     # The input's sha256 is computed in a thread while the rows are scored: hashlib and file reads release the
     # GIL, and so do most of scoring's pyarrow and numpy calls. (Started earlier, it would fight the unpickler's
@@ -623,7 +623,7 @@ class _Run:
         n = batch.num_rows
         keys = sample_keys(self.first_index + self.rows_read, n)
         if self.features is not None:
-            batch, filled = self.features.complete(batch, self.rows_read)
+            batch, filled = self.features.complete(batch, self.rows_read, self._challenger_rows(batch))
             self._filled = filled if self.features.options.on_missing == "fill" else None
         self.rows_read += n
         self.batches += 1
@@ -691,6 +691,13 @@ class _Run:
             m.routed += routed
             m.rejected += model_rejected
             m.summary.merge(summary)
+
+    def _challenger_rows(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        """Before the lookup: the rows the challenger will answer (so a filled feature takes its profile's value),
+        when the file holds the split key (a key looked up from the view: None, the champion's profile)."""
+        if len(self.models) == 1 or not all(c in batch.schema.names for c in self.plan.split_key):
+            return None
+        return challenger_rows([batch.column(c) for c in self.plan.split_key], self.options.challenger_share)[0]
 
     def _routes(self, batch: pa.RecordBatch) -> list[np.ndarray | None]:
         """Row indices per model; None means every row of the batch goes to the champion."""

@@ -18,22 +18,26 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, tmp: Path, port: int | None = None) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is missing: `make test` installs it (Debian's redis-server)"
         self.binary = binary
         self.tmp = tmp
         self.port = port or free_port()
+        self.password = password  # requirepass: clients must AUTH
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.tmp)]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
         with (self.tmp / f"redis-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -43,7 +47,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -72,4 +76,4 @@ class RedisServer:
     def client(self):  # noqa: ANN201 (redis.Redis; imported here, an optional extra)
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)

@@ -20,7 +20,7 @@ from redis_server import RedisServer, free_port
 from serving import Server, rows_of
 
 from mlops_cli import io
-from mlops_cli.errors import InvalidData, StoreUnavailable
+from mlops_cli.errors import InputError, InvalidData, StoreUnavailable
 from mlops_cli.features.assemble import ABSENT, assemble, fill_values
 from mlops_cli.features.lookup import Lookup
 from mlops_cli.features.store import Store, entity_text, pointer
@@ -240,6 +240,99 @@ def test_a_live_load_locks_out_a_second_one(cli, table, url, redis_server):
     assert result.exit_code == 4 and "another materialize" in result.stderr and "otherhost" in result.stderr
 
 
+@pytest.mark.parametrize("when", ["mid-load", "before the flip"])
+def test_a_load_that_lost_its_lock_fails_and_never_flips(tmp_path, url, redis_server, when):
+    """A load stalls past its lock's expiry and another takes the lock over: at its next renewal (mid-load) or at
+    its flip, the stalled load finds the lock is not its own, fails in one line (exit 4) and leaves the pointer."""
+    from mlops_cli.errors import FeatureViewLocked
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    client = redis_server.client()
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2, 3, 4], "x": [1.0, 2.0, 3.0, 4.0]}), path)
+    store = Store(url)
+    load(store, path, MaterializeOptions(entity=ENTITY, name="flights"))
+    lock = f"{pointer('flights')}:lock"
+    steal_at = 1 if when == "mid-load" else 4
+
+    def stall(rows, total):
+        if rows == steal_at:  # as if this load slept past the lock's expiry and another load took it
+            client.set(lock, "otherhost 1 thief")
+
+    with pytest.raises(FeatureViewLocked) as error:
+        load(store, path, MaterializeOptions(entity=ENTITY, name="flights", batch_size=1, on_progress=stall))
+    assert "lost its lock" in error.value.one_line() and "\n" not in error.value.one_line()
+    assert error.value.exit_code == 4
+    assert json.loads(client.get(pointer("flights")))["version"] == 1  # never flipped
+    assert client.get(lock) == b"otherhost 1 thief"  # the other load's lock is left alone
+    assert sorted(client.keys(f"{pointer('flights')}:v*")) == [
+        f"{pointer('flights')}:v1:{i}".encode() for i in (1, 2, 3, 4)
+    ]
+
+
+def test_entities_written_early_and_late_in_a_load_expire_together(tmp_path, url, redis_server):
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2, 3], "x": [1.0, 2.0, 3.0]}), path)
+    options = MaterializeOptions(
+        entity=ENTITY, name="flights", ttl_s=60, batch_size=1, on_progress=lambda rows, total: time.sleep(0.3)
+    )
+    report = load(Store(url), path, options)
+    client = redis_server.client()
+    expiry = [client.execute_command("PEXPIRETIME", f"{pointer('flights')}:v1:{i}") for i in (1, 2, 3)]
+    assert expiry[0] == expiry[1] == expiry[2] > 0  # batches 0.6 s apart, one expiry
+    expires_at = report.results["view"]["expires_at"]
+    assert expires_at is not None
+    from datetime import datetime
+
+    assert abs(datetime.fromisoformat(expires_at).timestamp() * 1000 - expiry[0]) < 1
+    now_ms = int(client.time()[0]) * 1000
+    assert 55_000 < expiry[0] - now_ms <= 60_000
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "redis://localhost:notaport/0",
+        "redis://:secret@localhost:99999/0",
+        "http://127.0.0.1:6379/0",
+        "localhost:6379",
+        "redis:///0",
+        "redis://127.0.0.1:6379/first",
+        "redis://:secret@127.0.0.1:6379/0?db=x",
+        "unix://",
+    ],
+)
+def test_a_malformed_store_url_is_a_usage_error_in_one_line(cli, store):
+    result = cli("features", "list", "--store", store)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "--store" in result.stderr, result.stderr
+    assert "secret" not in result.stderr
+    with pytest.raises(InputError):  # a library caller gets an input error, in one line too
+        Store(store)
+
+
+def test_crash_files_do_not_hold_a_store_password():
+    from mlops_cli.cli._common import _redacted
+
+    argv = ["mlops", "features", "list", "--store", "redis://:secret@h:1/0", "--features=redis://:secret@h:1/0",
+            "--features", "carrier,temp"]  # fmt: skip
+    shown = _redacted(argv)
+    assert "secret" not in " ".join(shown) and shown[4] == "redis://:***@h:1/0" and shown[-1] == "carrier,temp"
+
+
+def test_redacted_hides_every_password():
+    from mlops_cli.features.store import redacted
+
+    for url in ["redis://:secret@h:1/0", "redis://user:secret@h:1/0", "redis://h:notaport/0?password=secret",
+                "unix:///tmp/r.sock?db=0&password=secret", "rediss://:secret@h:bad/0"]:  # fmt: skip
+        assert "secret" not in redacted(url) and "***" in redacted(url), redacted(url)
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
 # --- lookups ----------------------------------------------------------------------------------------------------
 
 
@@ -253,6 +346,21 @@ def test_ttl_expiry_makes_an_entity_unknown(cli, tmp_path, url):
     assert lookup.get(["1"]) == [None]
 
 
+def test_a_lookup_after_a_flip_is_of_one_version(cli, tmp_path, url):
+    """A cached entity of version 1 and an uncached one after the flip to version 2: both come from version 2."""
+    for version, value in ((1, 1.0), (2, 2.0)):
+        path = tmp_path / f"v{version}.parquet"
+        pq.write_table(pa.table({ENTITY: [1, 2], "x": [value, value]}), path)
+        materialize(cli, path, url)
+        if version == 1:
+            lookup = Lookup(Store(url), "flights", ttl_s=60)
+            assert lookup.get(["1"])[0].values == [1.0]  # cached
+    found = lookup.find(["1", "2"])
+    assert found.version == 2 and [e.values for e in found.entities] == [[2.0], [2.0]]
+    assert [e.record.version for e in found.entities] == [2, 2]
+    assert lookup.find(["1"]).version == 2  # and the cache now answers from version 2
+
+
 def test_local_cache_is_lru_with_ttl_and_answers_without_the_store(cli, tmp_path, url, redis_server):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({ENTITY: [1, 2, 3], "x": [1.0, 2.0, 3.0]}), path)
@@ -262,7 +370,7 @@ def test_local_cache_is_lru_with_ttl_and_answers_without_the_store(cli, tmp_path
     lookup.get(["1"])  # 1 is now the most recently used
     lookup.get(["3"])  # evicts 2
     found, missing = lookup.cached(["1", "2", "3"])
-    assert missing == [1] and [e.values for e in found if e] == [[1.0], [3.0]]
+    assert missing == [1] and [e.values for e in found.entities if e] == [[1.0], [3.0]]
     time.sleep(0.6)
     assert lookup.cached(["1", "3"])[1] == [0, 1]  # expired
     lookup.get(["1"])
@@ -366,22 +474,36 @@ def test_serving_by_id_answers_as_the_full_row_does(registry, frame, table, url,
         message = body["error"]["message"]
         assert "unknown entity (row 2)" in message and "no entity id (row 3)" in message
         assert "987654321" not in message
+        # A flip while rows of version 1 are cached: a request mixing a cached id and an uncached one is answered
+        # from version 2 alone, each row flagged and logged with the version its features came from.
+        newer = frame.assign(temp=frame["temp"] + 15.0)
+        newer.to_parquet(tmp_path / "v2.parquet")
+        Cli(registry).json("features", "materialize", tmp_path / "v2.parquet", "--entity", ENTITY, "--name",
+                           "flights", "--store", url)  # fmt: skip
+        expected_v2 = server.post_json("/predict", {"rows": rows_of(newer.iloc[[0, 400]])})[2]["predictions"]
+        status, _, flipped = server.post_json("/predict", {"rows": [by_id[0], {ENTITY: int(frame[ENTITY][400])}]})
+        assert status == 200, flipped
+        assert [p["feature_view_version"] for p in flipped["predictions"]] == [2, 2]
+        assert [[p[k] for k in PROBA] for p in flipped["predictions"]] == [[p[k] for k in PROBA] for p in expected_v2]
         metrics = server.get("/metrics")[2].decode()
         check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         values = metric_values(metrics)
         assert values['mlops_serve_feature_store_lookups_total{result="hit"}'] >= 300
         assert values['mlops_serve_feature_cache_lookups_total{result="hit"}'] >= 300
-        assert values['mlops_serve_feature_fallbacks_total{action="rejected",reason="unknown entity"}'] == 1
+        assert values['mlops_serve_feature_fallbacks_total{action="rejected",reason="unknown_entity"}'] == 1
         assert values["mlops_serve_feature_lookup_duration_seconds_count"] >= 1
         assert server.stop() == 0
     logged = io.read_table(log)
     by_store = logged[logged["features_from_store"].notna()]
-    assert len(by_store) == 600 + 5 + 1  # the by-id rows, the MLflow rows, the mixed row
-    assert set(by_store["feature_view_version"]) == {1} and set(logged["feature_view"]) == {"flights"}
+    assert len(by_store) == 600 + 5 + 1 + 2  # the by-id rows, the MLflow rows, the mixed row, the flipped ones
+    assert by_store["feature_view_version"].tolist().count(2) == 2 and set(logged["feature_view"]) == {"flights"}
+    after_flip = logged[logged["entity_id"].isin([str(by_id[0][ENTITY]), str(frame[ENTITY][400])])]
+    after_flip = after_flip[after_flip["feature_view_version"] == 2]
+    assert sorted(after_flip["temp"]) == sorted(newer["temp"].iloc[[0, 400]])  # version 2's values, logged as 2
     assert by_store["features_from_store"].iloc[0].split(",") == [f for f in frame.columns if f in SERVED]
     mine = by_store.loc[by_store["entity_id"] == str(full[0][ENTITY]), "features_from_store"]
-    assert sorted("precip" in sent.split(",") for sent in mine) == [False, True, True, True]  # the mixed row
+    assert sorted("precip" in sent.split(",") for sent in mine) == [False, True, True, True, True]  # the mixed row
 
 
 SERVED = ["carrier", "origin", "dest", "sched_dep_hour", "day_of_week", "distance", "temp", "dewp", "humid",
@@ -397,55 +519,119 @@ def metric_values(text: str) -> dict[str, float]:
     return out
 
 
+@pytest.fixture(scope="module")
+def two_profiles(tmp_path_factory, model_file, other_model_file) -> Path:
+    """flights:1 and flights:2, registered with reference data whose `temp` differs (so their reference profiles
+    fill `temp` with different values)."""
+    folder = tmp_path_factory.mktemp("two")
+    shifted = folder / "shifted.parquet"
+    reference = io.read_table(REFERENCE)
+    reference["temp"] = reference["temp"] + 40.0
+    reference.to_parquet(shifted)
+    path = folder / "registry"
+    for model, data in ((model_file, REFERENCE), (other_model_file, shifted)):
+        Cli(path).json("register", model, "--name", "flights", "--train-data", data, "--target", "delayed")
+    return path
+
+
+def profile_fills(registry: Path, ref: str) -> dict:
+    from mlops_cli.registry import Registry
+    from mlops_cli.runtime import ModelSpec
+
+    version = Registry(registry).resolve(ref)
+    return fill_values(json.loads(version.file("profile.json").read_text()), ModelSpec.from_manifest(version.manifest))
+
+
 @pytest.mark.slow
-def test_redis_down_mid_serve_is_503_and_not_ready_and_fill_flags_rows(registry, frame, table, tmp_path):
-    """Its own Redis, paused (hangs) then stopped mid-serve: 503 with the reason, fast; /readyz says so; rows that
-    carry every feature are still served. Under --on-missing-feature fill an unknown entity is filled and flagged."""
-    redis = RedisServer(tmp_path)
+def test_redis_down_mid_serve_is_503_fast_and_never_leaks_the_store(two_profiles, frame, table, tmp_path):
+    """Its own Redis, with a password, paused (hangs) then stopped mid-serve: 503 with the reason, the first after
+    the read timeout and the next ones at once (short circuit) until Redis answers again; /readyz says so; rows
+    that carry every feature are still served; no answer, log or metric names the password or the address. Under
+    --on-missing-feature fill an unknown entity is filled from the profile of the model that answers it, flagged
+    in /predict, /invocations and V2 answers."""
+    registry = two_profiles
+    redis = RedisServer(tmp_path, password="secret")
     try:
         Cli(registry).json(
             "features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", redis.url
         )
+        log = tmp_path / "log"
         args = serve_args(redis.url, "--on-missing-feature", "fill", "--feature-cache-s", "0",
-                          "--feature-timeout-s", "0.2", "--poll-s", "0.1")  # fmt: skip
+                          "--feature-timeout-s", "0.5", "--poll-s", "0.1", "--log-dir", log,
+                          "--challenger", "flights:2", "--challenger-share", "0.5", "--split-key", ENTITY)  # fmt: skip
         full = rows_of(frame.head(3))
-        with Server(registry, "flights", *args, tmp=tmp_path) as server:
+        unknown = [{ENTITY: -i} for i in range(1, 21)]
+        bodies = []
+        with Server(registry, "flights:1", *args, tmp=tmp_path) as server:
             server.wait_ready()
-            status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[0][ENTITY]}, {ENTITY: -5}]})
+            status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[0][ENTITY]}, *unknown]})
             assert status == 200, body
-            known, unknown = body["predictions"]
+            known, *filled = body["predictions"]
             assert "features_filled" not in known
-            assert unknown["features_filled"] == SERVED and unknown["feature_fallback"] == "unknown entity"
+            assert all(p["features_filled"] == SERVED and p["feature_fallback"] == "unknown entity" for p in filled)
+            assert {p["route"] for p in filled} == {"champion", "challenger"}
+            status, _, mlflow = server.post_json("/invocations", {"dataframe_records": [{ENTITY: full[0][ENTITY]},
+                                                                                         unknown[0]]})  # fmt: skip
+            assert status == 200 and mlflow["feature_view_version"] == [1, 1]
+            assert mlflow["features_filled"] == [None, SERVED] and mlflow["feature_fallback"] == [
+                None,
+                "unknown entity",
+            ]
+            v2 = {"inputs": [{"name": ENTITY, "shape": [2], "datatype": "INT64", "data": [full[0][ENTITY], -1]}]}
+            status, _, answer = server.post_json("/v2/models/flights/infer", v2)
+            outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+            assert status == 200 and outputs["features_filled"] == ["", ",".join(SERVED)], answer
+            assert outputs["feature_view_version"] == [1, 1] and outputs["feature_fallback"] == ["", "unknown entity"]
 
             redis.pause()
             started = time.monotonic()
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "did not answer in time" in body["error"]["message"]
             assert time.monotonic() - started < 2
+            bodies.append(body)
+            for _ in range(10):  # known down: 503 at once, not after the 0.5 s read timeout
+                started = time.monotonic()
+                status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
+                assert status == 503 and time.monotonic() - started < 0.1, body
             assert server.post_json("/predict", {"rows": full})[0] == 200  # needs no lookup
             wait_for(lambda: server.get("/readyz")[0] == 503)
             assert b"feature store is down" in server.get("/readyz")[2]
+            bodies.append(server.get("/readyz")[2].decode())
             redis.resume()
             wait_for(lambda: server.get("/readyz")[0] == 200)
+            assert server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})[0] == 200  # recovered
 
             redis.stop()
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "cannot be reached" in body["error"]["message"]
+            bodies.append(body)
             wait_for(lambda: server.get("/readyz")[0] == 503)
             redis.start()  # back, but empty (no persistence): the view is gone
             wait_for(lambda: server.get("/readyz")[0] == 200)
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 503 and "no feature view 'flights'" in body["error"]["message"]
+            bodies.append(body)
             Cli(registry).json("features", "materialize", table, "--entity", ENTITY, "--name", "flights",
                                "--store", redis.url)  # fmt: skip
             status, _, body = server.post_json("/predict", {"rows": [{ENTITY: full[1][ENTITY]}]})
             assert status == 200 and "features_filled" not in body["predictions"][0], body
-            metrics = metric_values(server.get("/metrics")[2].decode())
+            metrics_text = server.get("/metrics")[2].decode()
+            metrics = metric_values(metrics_text)
             assert metrics["mlops_serve_feature_store_errors_total"] >= 2
-            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown entity"}'] == 1
+            assert metrics["mlops_serve_feature_store_short_circuits_total"] >= 10
+            assert metrics['mlops_serve_feature_fallbacks_total{action="filled",reason="unknown_entity"}'] == 22
             assert server.stop() == 0
+            text = json.dumps(bodies) + metrics_text + server.log.read_text()
+            assert "secret" not in text and f":{redis.port}" not in json.dumps(bodies)
     finally:
         redis.stop()
+    logged = io.read_table(log)
+    logged = logged[logged["features_filled"].notna()]
+    champion, challenger = profile_fills(registry, "flights:1"), profile_fills(registry, "flights:2")
+    assert champion["temp"] != challenger["temp"]
+    for route, fills in (("champion", champion), ("challenger", challenger)):
+        rows = logged[logged["route"] == route]
+        assert len(rows) > 0 and set(rows["temp"]) == {fills["temp"]}, route  # the answering model's profile
 
 
 def wait_for(condition, timeout: float = 15) -> None:
@@ -494,3 +680,26 @@ def test_score_batch_by_id_equals_scoring_the_full_rows(registry, frame, table, 
     assert filled["results"]["features"]["fallbacks"] == {"unknown entity": 2}
     flagged = io.read_table(out)["features_filled"].tolist()
     assert flagged[0] is None and flagged[2] is None and flagged[1].split(",") == SERVED == flagged[3].split(",")
+
+
+@pytest.mark.slow
+def test_score_batch_fills_a_challenger_row_from_the_challengers_profile(two_profiles, table, url, tmp_path):
+    import pandas as pd
+
+    cli = Cli(two_profiles)
+    cli.json("features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", url)
+    unknown = tmp_path / "unknown.parquet"
+    pq.write_table(pa.table({ENTITY: np.arange(-40, 0)}), unknown)
+    out = tmp_path / "out.parquet"
+    cli.json("score-batch", "flights:1", unknown, out, "--id-column", ENTITY, "--challenger", "flights:2",
+             "--challenger-share", "0.5", "--features", url, "--feature-view", "flights", "--entity-column", ENTITY,
+             "--on-missing-feature", "fill")  # fmt: skip
+    scored = io.read_table(out)
+    assert set(scored["model_version"]) == {"1", "2"} and scored["features_filled"].notna().all()
+    for ref, route in (("flights:1", "1"), ("flights:2", "2")):
+        stand_in = tmp_path / f"{route}.parquet"
+        pd.DataFrame([profile_fills(two_profiles, ref)]).to_parquet(stand_in)  # the row its own profile makes
+        expected = tmp_path / f"{route}-expected.parquet"
+        cli.json("score-batch", ref, stand_in, expected)
+        want = io.read_table(expected)["proba_1"].iloc[0]
+        assert set(scored.loc[scored["model_version"] == route, "proba_1"]) == {want}, ref

@@ -97,6 +97,18 @@ def _webhook(ctx: typer.Context, value: str | None) -> str | None:
     return value
 
 
+def store_url(value: str | None) -> str | None:
+    """A Redis feature store URL (--store, --features): a malformed one is a usage error, in one line without its
+    password."""
+    from mlops_cli.features.store import USAGE, check_url
+
+    if value:
+        problem = check_url(value)
+        if problem is not None:
+            raise typer.BadParameter(f"{problem} ({USAGE})")
+    return value
+
+
 PromFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -340,12 +352,27 @@ def _error_report(state: Invocation, code: int, message: str) -> None:
 SECRET_OPTIONS = ("--alert-webhook",)  # their values are secrets: never written, not even in a crash file
 
 
+URL_OPTIONS = ("--store", "--features")  # Redis URLs: their password (if any) is never written
+
+
 def _redacted(argv: list[str]) -> list[str]:
-    out, hide = [], False
+    from mlops_cli.features.store import redacted
+
+    out, hide, url = [], False, False
     for arg in argv:
-        name, eq, _ = arg.partition("=")
-        out.append("***" if hide else f"{name}=***" if eq and name in SECRET_OPTIONS else arg)
+        name, eq, value = arg.partition("=")
+        if hide:
+            out.append("***")
+        elif url:
+            out.append(redacted(arg))
+        elif eq and name in SECRET_OPTIONS:
+            out.append(f"{name}=***")
+        elif eq and name in URL_OPTIONS:
+            out.append(f"{name}={redacted(value)}")
+        else:
+            out.append(arg)
         hide = not hide and not eq and arg in SECRET_OPTIONS
+        url = not url and not eq and arg in URL_OPTIONS
     return out
 
 

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import FormatOpt, JsonOpt, MlopsCommand, OutputOpt, OverwriteOpt, QuietOpt, columns, emit
+from mlops_cli.cli._common import (
+    FormatOpt,
+    JsonOpt,
+    MlopsCommand,
+    OutputOpt,
+    OverwriteOpt,
+    QuietOpt,
+    columns,
+    emit,
+    store_url,
+)
 
 app = typer.Typer(
     help="Online features: load feature tables into Redis, list and show the feature views.",
@@ -20,6 +30,7 @@ StoreOpt = Annotated[
         "--store",
         envvar="MLOPS_FEATURE_STORE",
         metavar="URL",
+        callback=store_url,
         help="The Redis feature store: redis://HOST:PORT/DB.",
     ),
 ]

@@ -25,6 +25,7 @@ from mlops_cli.cli._common import (
     engine_options,
     load_options,
     registry,
+    store_url,
 )
 
 
@@ -77,7 +78,10 @@ def run(
     features: Annotated[
         str | None,
         typer.Option(
-            "--features", metavar="URL", help="Complete rows from this Redis feature store (redis://HOST:PORT/DB)."
+            "--features",
+            metavar="URL",
+            callback=store_url,
+            help="Complete rows from this Redis feature store (redis://HOST:PORT/DB).",
         ),
     ] = None,
     feature_view: Annotated[str | None, typer.Option(metavar="NAME", help="The feature view to read.")] = None,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlops_cli.cli._common import RuntimeOpt, StrictOpt, columns, load_options, registry
+from mlops_cli.cli._common import RuntimeOpt, StrictOpt, columns, load_options, registry, store_url
 
 
 def run(
@@ -54,6 +54,7 @@ def run(
         typer.Option(
             "--features",
             metavar="URL",
+            callback=store_url,
             help="Look up missing features by entity id in this Redis (redis://HOST:PORT/DB).",
         ),
     ] = None,

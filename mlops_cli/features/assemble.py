@@ -6,15 +6,16 @@ from the feature view. When the entity is unknown to the view (never loaded, or 
 view lacks a feature the row does not carry either, the declared policy decides:
 
 - `reject`: the request fails (HTTP 422, exit 3) with the reason and the rows, never the ids;
-- `fill`: the feature takes its value in the served version's reference profile (the training data's median,
-  most frequent category, or majority boolean), and the row says which features were filled and why.
+- `fill`: the feature takes its value in the reference profile of the model version that answers the row (the
+  champion's or, for a row routed to the challenger, the challenger's: the training data's median, most frequent
+  category, or majority boolean), and the row says which features were filled and why.
 
 Nothing is ever filled silently: a fill is in the answer, the prediction log and the fallback metric.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ class Assembled:
 
     values: dict[str, list[Any]]
     view: str
-    version: int | None  # the view version that answered (None: no row needed the store)
+    versions: list[int | None]  # per row: the view version its features came from (None: it needed no lookup)
     from_store: list[str | None]  # per row: the features taken from the store, comma-joined
     filled: list[str | None]  # per row: the features filled from the reference profile, comma-joined
     fallback: list[str | None]  # per row: why it was filled (unknown entity, missing feature)
@@ -63,7 +64,7 @@ class Assembled:
 
     def flags(self, i: int) -> dict[str, Any]:
         """What an answer row says about its features."""
-        out: dict[str, Any] = {"feature_view_version": self.version}
+        out: dict[str, Any] = {"feature_view_version": self.versions[i]}
         if self.filled[i] is not None:
             out["features_filled"] = self.filled[i].split(",")  # type: ignore[union-attr]
             out["feature_fallback"] = self.fallback[i]
@@ -85,23 +86,24 @@ def assemble(
     entities: list[Entity | None],
     *,
     policy: str,
-    fill: Mapping[str, Any] | None = None,
+    version: int | None = None,
+    fill: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
     ids_given: list[bool] | None = None,
 ) -> Assembled:
     """Complete columns `names` for `n` rows; `rows` are the positions that were looked up, `entities` what the
-    store said for each. What the policy rejects (every incomplete row under `reject`; under `fill`, a row missing a
-    feature with no reference value) is in `rejected`: `Assembled.check` raises it."""
+    store's `version` of the view said for each. `fill` is the stand-ins for every row, or a list of them per row
+    (each row's answering model's). What the policy rejects (every incomplete row under `reject`; under `fill`, a
+    row missing a feature with no reference value) is in `rejected`: `Assembled.check` raises it."""
     out = {name: list(values[name]) if name in values else [ABSENT] * n for name in names}
     from_store: list[str | None] = [None] * n
     filled: list[str | None] = [None] * n
     fallback: list[str | None] = [None] * n
     problems: dict[str, list[int]] = {}
     counts: dict[str, int] = {}
-    version = None
+    versions: list[int | None] = [None] * n
     for i, entity in zip(rows, entities, strict=True):
         taken, gaps = [], []
-        if entity is not None:
-            version = entity.record.version
+        versions[i] = version
         for name in names:
             if out[name][i] is not ABSENT:
                 continue
@@ -119,16 +121,17 @@ def assemble(
         else:
             reason = UNKNOWN_ENTITY if entity is None else MISSING_FEATURE
         counts[reason] = counts.get(reason, 0) + 1
-        if policy == "fill" and fill is not None and all(g in fill for g in gaps):
+        stand_in = fill[i] if isinstance(fill, Sequence) else fill
+        if policy == "fill" and stand_in is not None and all(g in stand_in for g in gaps):
             for name in gaps:
-                out[name][i] = fill[name]
+                out[name][i] = stand_in[name]
             filled[i], fallback[i] = ",".join(gaps), reason
             continue
         label = reason if reason != MISSING_FEATURE else f"{MISSING_FEATURE} {', '.join(gaps)}"
         if policy == "fill":
             label += " (no reference value to fill)"
         problems.setdefault(label, []).append(i + 1)
-    return Assembled(out, view, version, from_store, filled, fallback, counts, problems, policy)
+    return Assembled(out, view, versions, from_store, filled, fallback, counts, problems, policy)
 
 
 def _rejected(view: str, problems: dict[str, list[int]], policy: str) -> InvalidData:

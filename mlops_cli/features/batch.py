@@ -36,14 +36,18 @@ class BatchFeatureOptions:
 
 
 class BatchFeatures:
-    def __init__(self, options: BatchFeatureOptions, champion: LoadedModel) -> None:
+    def __init__(
+        self, options: BatchFeatureOptions, champion: LoadedModel, challenger: LoadedModel | None = None
+    ) -> None:
         if options.on_missing not in POLICIES:
             raise SchemaMismatch(f"--on-missing-feature {options.on_missing!r}", f"use one of {', '.join(POLICIES)}")
         self.options = options
         self.store = Store(options.url, timeout_s=options.timeout_s)
         self.record: Record = self.store.require(options.view)
         self.prefix = version_prefix(options.view, self.record.version)
-        self.fill = reference_fills(champion) if options.on_missing == "fill" else None
+        fill = options.on_missing == "fill"
+        self.fill = reference_fills(champion) if fill else None
+        self.challenger_fill = reference_fills(challenger) if fill and challenger is not None else None
         self.looked_up: list[str] = []
         self.kinds: dict[str, str | None] = {f.name: f.kind for f in champion.spec.features}
         self.rows_looked_up = self.unknown = 0
@@ -63,8 +67,11 @@ class BatchFeatures:
         for f in features:
             self.kinds.setdefault(f, None)
 
-    def complete(self, batch: pa.RecordBatch, offset: int) -> tuple[pa.RecordBatch, list[str | None]]:
-        """`batch` with the looked-up features appended, and per row the features filled from the profile."""
+    def complete(
+        self, batch: pa.RecordBatch, offset: int, to_challenger: Any = None
+    ) -> tuple[pa.RecordBatch, list[str | None]]:
+        """`batch` with the looked-up features appended, and per row the features filled from the profile (of the
+        model that answers the row: `to_challenger` marks the challenger's rows)."""
 
         from mlops_cli.scoring import key_text
 
@@ -93,7 +100,8 @@ class BatchFeatures:
             list(range(n)),
             entities,
             policy=self.options.on_missing,
-            fill=self.fill,
+            version=self.record.version,
+            fill=self._fills(to_challenger),
             ids_given=[key is not None for key in ids],
         )
         for reason, count in assembled.fallbacks.items():
@@ -104,6 +112,11 @@ class BatchFeatures:
         for name in self.looked_up:
             batch = batch.append_column(name, _array(assembled.values[name], self.kinds.get(name)))
         return batch, assembled.filled
+
+    def _fills(self, to_challenger: Any) -> Any:
+        if self.challenger_fill is None or to_challenger is None:
+            return self.fill
+        return [self.challenger_fill if routed else self.fill for routed in to_challenger.tolist()]
 
     def _check_pinned(self) -> None:
         now = self.store.record(self.options.view)

@@ -4,6 +4,10 @@ The cache bounds both staleness (`ttl_s`: an entry older than that is fetched ag
 reaches a server within `ttl_s` of its flip) and memory (`max_entries`, least recently used out first). Unknown
 entities are not cached: a row loaded a moment later is found at once. Safe for threads: a server's lookups run
 on a small thread pool while its event loop answers cache hits itself.
+
+Entries are keyed by (view version, id), and hits are taken only from the version the store last answered with, so
+the rows of one lookup are all of one version: when a fetch finds the pointer moved past the version of the hits
+(a flip since they were cached), every id is fetched again from the new version (`Found.merge`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,25 @@ class Entity:
         return (False, None) if index is None else (True, self.values[index])
 
 
+@dataclass(frozen=True)
+class Found:
+    """What one lookup found: every entity of one view version (None: nothing came from the view)."""
+
+    version: int | None
+    entities: list[Entity | None]
+
+    def merge(self, missing: list[int], fetched: Found) -> Found | None:
+        """These hits with the entities fetched for the `missing` positions; None when the fetch answered from
+        another version than the hits (the caller fetches every id again)."""
+        hits = len(missing) < len(self.entities)
+        if hits and fetched.version != self.version:
+            return None
+        out = list(self.entities)
+        for i, entity in zip(missing, fetched.entities, strict=True):
+            out[i] = entity
+        return Found(fetched.version, out)
+
+
 class Observer(Protocol):
     """Where a lookup's counts and times go (a server's metrics)."""
 
@@ -58,22 +81,25 @@ class Lookup:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self.observer = observer
-        self._cache: OrderedDict[str, tuple[float, Entity]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, str], tuple[float, Entity]] = OrderedDict()
         self._lock = threading.Lock()
-        self._record: Record | None = None
+        self._record: Record | None = None  # the record the store last answered with: hits come from its version
 
-    def cached(self, ids: list[str]) -> tuple[list[Entity | None], list[int]]:
-        """What the cache holds for `ids`, and the positions it does not hold (no I/O: for an event loop)."""
+    def cached(self, ids: list[str]) -> tuple[Found, list[int]]:
+        """What the cache holds for `ids` (of the version the store last answered with), and the positions it does
+        not hold (no I/O: for an event loop)."""
         out: list[Entity | None] = [None] * len(ids)
         missing: list[int] = []
-        if self.max_entries and self.ttl_s > 0:
+        record = self._record
+        version = record.version if record is not None else None
+        if self.max_entries and self.ttl_s > 0 and version is not None:
             now = time.monotonic()
             cache = self._cache
             with self._lock:
                 for i, key in enumerate(ids):
-                    hit = cache.get(key)
+                    hit = cache.get((version, key))
                     if hit is not None and hit[0] > now:
-                        cache.move_to_end(key)
+                        cache.move_to_end((version, key))
                         out[i] = hit[1]
                     else:
                         missing.append(i)
@@ -81,9 +107,9 @@ class Lookup:
             missing = list(range(len(ids)))
         if self.observer is not None:
             self.observer.feature_cache_result(len(ids) - len(missing), len(missing))
-        return out, missing
+        return Found(version if len(missing) < len(ids) else None, out), missing
 
-    def fetch(self, ids: list[str]) -> list[Entity | None]:
+    def fetch(self, ids: list[str]) -> Found:
         """Every id from the store, in one round trip; fills the cache. StoreUnavailable if Redis is down or slow,
         FeatureViewNotFound if the view is gone (a store restarted empty, say)."""
         started = time.perf_counter()
@@ -92,10 +118,10 @@ class Lookup:
         out: list[Entity | None] = [None] * len(ids)
         if raw_record is None:
             raise FeatureViewNotFound(
-                f"no feature view {self.view!r} in {self.store.url}", "load it: mlops features materialize"
+                f"no feature view {self.view!r} in {self.store.where}", "load it: mlops features materialize"
             )
+        record = self._parse(raw_record)
         if ids:
-            record = self._parse(raw_record)
             expires = time.monotonic() + self.ttl_s
             fresh = []
             for i, raw in enumerate(raw_values):
@@ -106,23 +132,25 @@ class Lookup:
             if fresh and self.max_entries and self.ttl_s > 0:
                 with self._lock:
                     for key, entity in fresh:
-                        self._cache[key] = (expires, entity)
-                        self._cache.move_to_end(key)
+                        self._cache[(record.version, key)] = (expires, entity)
+                        self._cache.move_to_end((record.version, key))
                     while len(self._cache) > self.max_entries:
                         self._cache.popitem(last=False)
         if self.observer is not None:
             found = sum(e is not None for e in out)
             self.observer.feature_store_result(found, len(ids) - found, seconds)
-        return out
+        return Found(record.version, out)
+
+    def find(self, ids: list[str]) -> Found:
+        """Cache first, then the store for the rest: every entity of one version."""
+        found, missing = self.cached(ids)
+        if not missing:
+            return found
+        merged = found.merge(missing, self.fetch([ids[i] for i in missing]))
+        return merged if merged is not None else self.fetch(ids)
 
     def get(self, ids: list[str]) -> list[Entity | None]:
-        """Cache first, then the store for the rest."""
-        out, missing = self.cached(ids)
-        if missing:
-            fetched = self.fetch([ids[i] for i in missing])
-            for i, entity in zip(missing, fetched, strict=True):
-                out[i] = entity
-        return out
+        return self.find(ids).entities
 
     def _parse(self, raw: bytes) -> Record:
         record = self._record

@@ -7,7 +7,13 @@ is interrupted, or is killed leaves the pointer, and so the readers, on the prev
 on the way out, or (after a kill -9) by the next load of the view, which sweeps every version but the current one.
 
 One load per view at a time: a lock key names the loading process and expires unless renewed every batch; a lock
-left by a process of this host that is gone (killed) is taken over at once.
+left by a process of this host that is gone (killed) is taken over at once. The renewal and the flip are Lua
+scripts that act only while the lock still holds this load's token: a load that lost its lock (paused past its
+expiry while another load took over, and perhaps swept this one's keys) fails with FeatureViewLocked and never
+flips.
+
+`--ttl-s` counts from the load, not from each batch: one absolute expiry (Redis's clock at the start plus the TTL)
+is set on every key of the version (SET ... PXAT), so a load's entities expire together, and the record says when.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 from mlops_cli import io
 from mlops_cli.errors import EmptyInput, FeatureViewLocked, InputError, InvalidData, SchemaMismatch
 from mlops_cli.features.store import ROOT, Record, Store, pointer, version_prefix
+from mlops_cli.liveness import process_alive
 from mlops_cli.refs import validate_name
 from mlops_cli.report import Report, utc_now
 
@@ -56,16 +63,20 @@ def materialize(store: Store, table: Path, options: MaterializeOptions) -> Repor
     kinds = {f: _kind(schema.field(f).type) for f in features}
     fingerprint = io.Background(io.fingerprint, table, 0)
     store.ping()
-    with _Lock(store, name):
+    with _Lock(store, name) as lock:
         previous = store.record(name)
         swept = store.drop_prefix(f"{pointer(name)}:v", keep=_current(previous))  # loads killed before this one
         version = int(store.call(store.client.incr, f"{pointer(name)}:seq"))
         prefix = version_prefix(name, version)
         try:
-            rows = _load(store, table, fmt, features, prefix, options, kinds, name)
+            expires_at_ms = _expiry(store, options.ttl_s)
+            rows = _load(store, table, fmt, features, prefix, options, lock, expires_at_ms)
             source = {**fingerprint.result(), "rows": rows}
-            record = Record(name, version, options.entity, features, kinds, options.ttl_s, rows, source, utc_now())
-            _flip(store, name, record)
+            record = Record(
+                name, version, options.entity, features, kinds, options.ttl_s, rows, source, utc_now(),
+                expires_at=_iso(expires_at_ms),
+            )  # fmt: skip
+            _flip(store, name, record, lock)
         except BaseException:
             # A flip whose reply was lost (a read timeout, a signal just after it) may have taken effect: drop the
             # new keys only when the pointer surely does not name them (the next load sweeps any left over).
@@ -130,15 +141,14 @@ def _load(
     features: list[str],
     prefix: str,
     options: MaterializeOptions,
-    kinds: dict[str, str],
-    name: str,
+    lock: _Lock,
+    expires_at_ms: int | None,
 ) -> int:
     from mlops_cli.scoring import key_text
 
     total = io.row_count(table, fmt)
     column_types = {options.entity: _string()} if fmt == "csv" else None  # ids keep their leading zeros
     rows = 0
-    lock = f"{pointer(name)}:lock"
     dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
     for batch in io.iter_batches(
         table, batch_size=options.batch_size, columns=[options.entity, *features], column_types=column_types, fmt=fmt
@@ -152,9 +162,11 @@ def _load(
         columns = [_values(batch.column(f)) for f in features]
         pipe = store.client.pipeline(transaction=False)
         for key, values in zip(ids, zip(*columns, strict=True), strict=True):
-            pipe.set(prefix + key, dumps(values), ex=options.ttl_s, nx=True)
-        pipe.expire(lock, LOCK_S)
+            pipe.set(prefix + key, dumps(values), pxat=expires_at_ms, nx=True)
+        lock.renew(pipe)
         replies = store.call(pipe.execute)
+        if not replies[-1]:
+            raise lock.lost()
         if not all(replies[:-1]):
             first = replies.index(None)
             raise InvalidData(
@@ -191,13 +203,37 @@ def _values(column: Any) -> list[Any]:
     return column.to_pylist()
 
 
-def _flip(store: Store, name: str, record: Record) -> None:
-    """The one step readers see: the pointer names the new version (and the view is listed)."""
+def _expiry(store: Store, ttl_s: int | None) -> int | None:
+    """The version's one expiry, in Unix milliseconds by Redis's clock (not this host's, which may differ)."""
+    if ttl_s is None:
+        return None
+    seconds, micros = store.call(store.client.time)
+    return int(seconds) * 1000 + int(micros) // 1000 + ttl_s * 1000
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# KEYS: the lock, the pointer, the set of views; ARGV: the lock's token, the record, the view's name.
+_FLIP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+def _flip(store: Store, name: str, record: Record, lock: _Lock) -> None:
+    """The one step readers see: the pointer names the new version (and the view is listed), only if the lock is
+    still this load's (checked in the same atomic step)."""
     body = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
-    pipe = store.client.pipeline(transaction=True)
-    pipe.set(pointer(name), body)
-    pipe.sadd(ROOT, name)
-    store.call(pipe.execute)
+    if not store.call(store.client.eval, _FLIP, 3, lock.key, pointer(name), ROOT, lock.value, body, name):
+        raise lock.lost()
 
 
 def _maybe_live(store: Store, name: str, version: int) -> bool:
@@ -219,6 +255,7 @@ class _Lock:
     """`P:lock`: one load of a view at a time (see the module docstring)."""
 
     _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
 
     def __init__(self, store: Store, name: str) -> None:
         self.store, self.name = store, name
@@ -231,7 +268,7 @@ class _Lock:
             return self
         held = store.call(store.client.get, self.key)
         holder = held.decode(errors="replace").split() if held is not None else []
-        if len(holder) == 3 and holder[0] == socket.gethostname() and not _alive(int(holder[1])):
+        if len(holder) == 3 and holder[1].isdigit() and not process_alive(holder[0], int(holder[1])):
             # A load of this host that was killed: its lock is taken over (only if it is still that lock).
             taken = store.call(store.client.set, self.key, self.value, xx=True, ex=LOCK_S, get=True)
             if taken == held:
@@ -242,18 +279,19 @@ class _Lock:
             f"wait for it; a lock that is not renewed expires within {LOCK_S} s",
         )
 
+    def renew(self, pipe: Any) -> None:
+        """Queue the renewal on a batch's pipeline: its reply is 0 when the lock is no longer this load's."""
+        pipe.eval(self._RENEW, 1, self.key, self.value, LOCK_S)
+
+    def lost(self) -> FeatureViewLocked:
+        return FeatureViewLocked(
+            f"this materialize of feature view {self.name!r} lost its lock (it stalled past {LOCK_S} s and another "
+            "load took over); the view was not switched",
+            "see the other load; run this one again if it is still wanted",
+        )
+
     def __exit__(self, *exc: Any) -> None:
         _quietly(self.store.client.eval, self._RELEASE, 1, self.key, self.value)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_views(store: Store) -> Report:

@@ -6,7 +6,8 @@ One feature view NAME lives under the prefix `P = mlops:fv:NAME`:
                    source table's sha256): the pointer readers follow, replaced in one SET when a load completes
     P:seq          the last version number handed out (INCR)
     P:lock         the materialize loading now ("host pid token"), with an expiry it renews every batch
-    P:v<N>:<id>    entity <id>'s values in version N: a JSON array in the record's feature order, with the TTL
+    P:v<N>:<id>    entity <id>'s values in version N: a JSON array in the record's feature order; with a TTL, every
+                   key of a version has the same absolute expiry (the record's `expires_at`)
     mlops:fv       the set of view names
 
 Unlike Feast's layout (one hash per entity holding every view's fields, overwritten in place), each load writes a
@@ -21,10 +22,11 @@ and waits 5 s on a socket by default; a request that needs Redis must fail fast 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from mlops_cli.errors import FeatureStoreError, FeatureViewNotFound, InputError, StoreUnavailable
 
@@ -57,6 +59,7 @@ class Record:
     source: dict[str, Any]
     loaded_at: str
     raw: bytes = b""
+    expires_at: str | None = None  # with a TTL: when every entity of this version expires (one time for the load)
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -77,6 +80,7 @@ class Record:
             dict(data.get("source") or {}),
             data["loaded_at"],
             raw,
+            data.get("expires_at"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +94,7 @@ class Record:
             "rows": self.rows,
             "source": self.source,
             "loaded_at": self.loaded_at,
+            "expires_at": self.expires_at,
         }
 
 
@@ -101,19 +106,53 @@ def version_prefix(name: str, version: int) -> str:
     return f"{pointer(name)}:v{version}:"
 
 
+SCHEMES = ("redis", "rediss", "unix")
+USAGE = "use redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH/TO/SOCKET[?db=DB]"
+
+
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and reports (a password is a secret: never printed)."""
+    """The URL without its password (in the user part or a `password=` query parameter), for messages, logs and
+    reports: a password is a secret, never printed. Textual, so it works on a malformed URL too (a bad port)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return parts._replace(netloc=f"{userinfo}{at}{host}", query=query).geturl()
+
+
+def check_url(url: str) -> str | None:
+    """What is wrong with a store URL, in one line that never quotes its password (None: nothing)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError as exc:
+        return f"{redacted(url)}: {exc}"
+    if parts.scheme not in SCHEMES:
+        return f"{redacted(url)}: not a Redis URL (scheme {parts.scheme or 'missing'!r})"
+    databases = parse_qs(parts.query).get("db", [])
+    if parts.scheme == "unix":
+        if not parts.path:
+            return f"{redacted(url)}: no socket path"
+    else:
+        if not parts.hostname:
+            return f"{redacted(url)}: no host"
+        if port == 0:
+            return f"{redacted(url)}: port 0"
+        if parts.path.strip("/"):
+            databases.append(parts.path.strip("/"))
+    for db in databases:
+        if not db.isdigit():
+            return f"{redacted(url)}: the database {db!r} is not a number"
+    return None
 
 
 class Store:
     """A Redis connection pool with short timeouts and no retries, and the view-level operations."""
 
-    def __init__(self, url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int = 16) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = TIMEOUT_S, max_connections: int = 16, show_address: bool = True
+    ) -> None:
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -122,10 +161,15 @@ class Store:
             raise InputError(
                 "online features need the redis client", "install the extra: pip install 'mlops-cli[redis]'"
             ) from exc
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise InputError(f"{redacted(url)}: not a Redis URL", "use redis://HOST:PORT/DB")
+        problem = check_url(url)
+        if problem is not None:
+            raise InputError(problem, USAGE)
         self.url = redacted(url)
+        # What messages call the store: its (redacted) address for an operator's command; for a server's answers,
+        # which any caller reads, no address at all (and no client error text, which names host and port).
+        self.show_address = show_address
+        self.label = f"the feature store {self.url}" if show_address else "the feature store"
+        self.where = self.url if show_address else "the feature store"
         self.timeout_s = timeout_s
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._redis_error = redis.RedisError
@@ -138,7 +182,7 @@ class Store:
                 max_connections=max_connections,
             )
         except ValueError as exc:
-            raise InputError(f"{self.url}: {exc}", "use redis://HOST:PORT/DB") from exc
+            raise InputError(f"{self.url}: {_first_line(exc)}", USAGE) from exc
         self.client = redis.Redis(connection_pool=pool)
         self._lookup = self.client.register_script(_LOOKUP)
 
@@ -146,9 +190,8 @@ class Store:
 
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
         what = "did not answer in time" if "imeout" in type(exc).__name__ else "cannot be reached"
-        return StoreUnavailable(
-            f"the feature store {self.url} {what} ({_first_line(exc)})", "check that Redis is running and reachable"
-        )
+        detail = f" ({_first_line(exc)})" if self.show_address else ""
+        return StoreUnavailable(f"{self.label} {what}{detail}", "check that Redis is running and reachable")
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a client call; Redis errors become FeatureStoreError (unreachable: StoreUnavailable)."""
@@ -157,9 +200,8 @@ class Store:
         except self._errors as exc:
             raise self.unavailable(exc) from exc
         except self._redis_error as exc:
-            raise FeatureStoreError(
-                f"the feature store {self.url} refused: {_first_line(exc)}", "see Redis's log"
-            ) from exc
+            detail = f": {_first_line(exc)}" if self.show_address else f" ({type(exc).__name__})"
+            raise FeatureStoreError(f"{self.label} refused{detail}", "see Redis's log") from exc
 
     # --- reading -----------------------------------------------------------------------------------------------
 
@@ -174,7 +216,7 @@ class Store:
         record = self.record(name)
         if record is None:
             raise FeatureViewNotFound(
-                f"no feature view {name!r} in {self.url}", "load it first: mlops features materialize ... --name NAME"
+                f"no feature view {name!r} in {self.where}", "load it first: mlops features materialize ... --name NAME"
             )
         return record
 

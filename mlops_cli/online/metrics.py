@@ -168,12 +168,18 @@ class Metrics:
         )
         self.feature_fallbacks = Counter(
             p + "feature_fallbacks_total",
-            "Rows whose features were incomplete, by reason and what the policy did",
+            "Rows whose features were incomplete, by reason (unknown_entity, missing_feature, no_entity_id) and what "
+            "the policy did (filled, rejected)",
             ["reason", "action"],
             registry=reg,
         )
         self.feature_store_errors = Counter(
             p + "feature_store_errors_total", "Feature store calls that failed (Redis down or too slow)", registry=reg
+        )
+        self.feature_short_circuits = Counter(
+            p + "feature_store_short_circuits_total",
+            "Lookups answered 503 at once, without a call, because the feature store is known down",
+            registry=reg,
         )
         self.feature_store_up = Gauge(
             p + "feature_store_up",

@@ -279,7 +279,7 @@ def _batch(entries: list[Entry]) -> pa.RecordBatch:
         assembled = first.features
         add("feature_view", pa.array([assembled.view] * n, pa.string()))
         add("entity_id", pa.array(assembled.entity_ids or [None] * n, pa.string()))
-        add("feature_view_version", pa.array([assembled.version] * n, pa.int64()))
+        add("feature_view_version", pa.array(assembled.versions, pa.int64()))  # per row: the version it read
         add("features_from_store", pa.array(assembled.from_store, pa.string()))
         add("features_filled", pa.array(assembled.filled, pa.string()))
         add("feature_fallback", pa.array(assembled.fallback, pa.string()))

@@ -82,14 +82,15 @@ class Router:
         models: list[tuple[str, Current, np.ndarray | None]] = [(CHAMPION, champion, None)]
         challenger = self.challenger.current if self.challenger is not None else None
         if challenger is not None and n:
-            to_challenger = self._to_challenger(values)
+            to_challenger = self.to_challenger(values)
             models = [
                 (CHAMPION, champion, np.flatnonzero(~to_challenger)),
                 (CHALLENGER, challenger, np.flatnonzero(to_challenger)),
             ]
         return assemble(n, [_score(route, current, values, rows, n) for route, current, rows in models if _any(rows)])
 
-    def _to_challenger(self, values: Mapping[str, list[Any]]) -> np.ndarray:
+    def to_challenger(self, values: Mapping[str, list[Any]]) -> np.ndarray:
+        """Per row, whether the challenger answers it (the split key's hash); `values` holds the split key."""
         import pyarrow as pa
 
         from mlops_cli.scoring import challenger_rows

@@ -334,7 +334,7 @@ class App:
             raise NotReady("the server is not ready", "retry shortly" if not self.draining else "it is shutting down")
         served = [f.current for f in (self.router.champion, self.router.challenger) if f is not None]
         features = list(dict.fromkeys(n for c in served if c is not None for n in c.model.spec.feature_names))
-        return await self.features.complete(rows, features, self.router.champion.current)
+        return await self.features.complete(rows, features, self.router)
 
     async def _score(self, request: _Request, rows: protocols.Rows) -> Routed:
         if not self.ready or self.batcher is None:
@@ -385,8 +385,9 @@ class App:
             rows = reader.mlflow_json(protocols.loads(request.body))
         else:
             raise UnsupportedMediaType("/invocations takes application/json or text/csv", "set the Content-Type header")
-        routed = await self._score(request, await self._complete(rows))
-        return _answer({"predictions": routed.prediction}, routed)
+        rows = await self._complete(rows)
+        routed = await self._score(request, rows)
+        return _answer({"predictions": routed.prediction, **protocols.feature_columns(rows.features)}, routed)
 
     # --- the Open Inference Protocol ---------------------------------------------------------------------------
 
@@ -444,7 +445,7 @@ class App:
             "model_name": self.models.champion.ref.name,
             "model_version": routed.version[0] if routed.n else "",
             "id": body.get("id") if isinstance(body.get("id"), str) else request.request_id,
-            "outputs": protocols.v2_outputs(routed),
+            "outputs": protocols.v2_outputs(routed) + protocols.v2_feature_outputs(rows.features),
         }
         return _answer(answer, routed)
 

@@ -5,28 +5,36 @@ Cache hits are answered on the event loop; the rest of a request's ids go to Red
 thread pool (redis-py is blocking), so the loop keeps reading requests meanwhile. Redis down or too slow: the
 request gets 503 with the reason (never a hang: the client's timeouts are short and it does not retry), and
 `/readyz` says the store is down until a call succeeds again (the follow thread pings it every `--poll-s`).
+While the store is known down, requests that need it get 503 at once, without a call (a short circuit): only
+after `RETRY_S` does one request try the store again, and the follow thread's ping closes the circuit as soon as
+Redis answers. So a dead Redis costs a caller microseconds, not a timeout, and recovery needs nobody.
+
+The answer's messages never name the store's address (nor its password): a caller reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mlops_cli.errors import FeatureStoreError
+from mlops_cli.errors import FeatureStoreError, StoreUnavailable
 from mlops_cli.features.assemble import ABSENT, assemble, needs_lookup, reference_fills
 from mlops_cli.features.store import entity_text
 
 if TYPE_CHECKING:
-    from mlops_cli.features.lookup import Entity, Lookup
+    from mlops_cli.features.lookup import Entity, Found, Lookup
     from mlops_cli.features.store import Store
     from mlops_cli.online.following import Current
     from mlops_cli.online.metrics import Metrics
+    from mlops_cli.online.routing import Router
     from mlops_cli.serve.protocols import Rows
 
 LOOKUP_THREADS = 4
+RETRY_S = 1.0  # while the store is down, how often a request may try it (the ping tries every --poll-s too)
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,15 @@ class OnlineFeatures:
 
         self.options = options
         self.metrics = metrics
-        self.store: Store = Store(options.url, timeout_s=options.timeout_s, max_connections=LOOKUP_THREADS + 2)
+        self.store: Store = Store(
+            options.url, timeout_s=options.timeout_s, max_connections=LOOKUP_THREADS + 2, show_address=False
+        )
         self.lookup: Lookup = Lookup(
             self.store, options.view, max_entries=options.cache_entries, ttl_s=options.cache_s, observer=metrics
         )
         self.error: str | None = None  # why the store is down, while it is
+        self._failure: StoreUnavailable | None = None  # what a request gets at once while the store is down
+        self._retry_at = 0.0  # monotonic time after which a request may try the store again
         self._pool = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="mlops-features")
         self._fills: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -85,8 +97,9 @@ class OnlineFeatures:
             return
         self._up()
 
-    async def complete(self, rows: Rows, features: list[str], champion: Current | None) -> Rows:
-        """`rows` with every feature in `features`: the request's own, else the store's, else the policy's."""
+    async def complete(self, rows: Rows, features: list[str], router: Router) -> Rows:
+        """`rows` with every feature in `features`: the request's own, else the store's, else the policy's (with
+        the reference profile of the model that will answer each row)."""
         n = rows.n
         values = rows.values
         need = needs_lookup(values, features, n) if n else []
@@ -94,17 +107,18 @@ class OnlineFeatures:
         texts = [entity_text(ids_column[i]) if ids_column is not None else None for i in need]
         entities: list[Entity | None] = [None] * len(need)
         wanted = [j for j, text in enumerate(texts) if text is not None]
+        version = None
         if wanted:
-            keys = [texts[j] for j in wanted]  # type: ignore[misc]
-            found, missing = self.lookup.cached(keys)  # type: ignore[arg-type]
+            keys: list[str] = [texts[j] for j in wanted]  # type: ignore[misc]
+            found, missing = self.lookup.cached(keys)
             if missing:
-                fetched = await self._fetch([keys[k] for k in missing])  # type: ignore[misc]
-                for k, entity in zip(missing, fetched, strict=True):
-                    found[k] = entity
-            for j, entity in zip(wanted, found, strict=True):
+                merged = found.merge(missing, await self._fetch([keys[k] for k in missing]))
+                found = merged if merged is not None else await self._fetch(keys)  # a flip since the hits: again
+            version = found.version
+            for j, entity in zip(wanted, found.entities, strict=True):
                 entities[j] = entity
         policy = self.options.on_missing
-        fill = self._fills_for(champion) if policy == "fill" else None
+        fill = self._row_fills(router, values, n, need, entities) if policy == "fill" and need else None
         assembled = assemble(
             values,
             n,
@@ -113,12 +127,13 @@ class OnlineFeatures:
             need,
             entities,
             policy=policy,
+            version=version,
             fill=fill,
             ids_given=[t is not None for t in texts],
         )
         action = "rejected" if assembled.rejected else "filled"
         for reason, count in assembled.fallbacks.items():
-            self.metrics.feature_fallbacks.labels(reason, action).inc(count)
+            self.metrics.feature_fallbacks.labels(reason.replace(" ", "_"), action).inc(count)  # a label: no spaces
         assembled.check()
         if ids_column is not None:
             assembled = replace(assembled, entity_ids=[entity_text(v) for v in ids_column])
@@ -128,7 +143,11 @@ class OnlineFeatures:
                 out[name] = [None if v is ABSENT else v for v in column]
         return replace(rows, values=out, features=assembled)
 
-    async def _fetch(self, keys: list[str]) -> list[Entity | None]:
+    async def _fetch(self, keys: list[str]) -> Found:
+        failure = self._failure
+        if failure is not None and time.monotonic() < self._retry_at:
+            self.metrics.feature_short_circuits.inc()
+            raise StoreUnavailable(failure.message, failure.hint)  # known down: 503 now, not after a timeout
         loop = asyncio.get_running_loop()
         try:
             fetched = await loop.run_in_executor(self._pool, self.lookup.fetch, keys)
@@ -141,25 +160,49 @@ class OnlineFeatures:
 
     def _down(self, exc: FeatureStoreError) -> None:
         self.error = exc.one_line()
+        self._failure = exc if isinstance(exc, StoreUnavailable) else None  # a missing view is not a dead store
+        self._retry_at = time.monotonic() + RETRY_S
         self.metrics.feature_store_up.set(0)
 
     def _up(self) -> None:
+        self._failure = None
         if self.error is not None:
             self.error = None
             self.metrics.feature_store_up.set(1)
 
-    def _fills_for(self, champion: Current | None) -> dict[str, Any] | None:
-        if champion is None:
+    def _row_fills(
+        self, router: Router, values: dict[str, list[Any]], n: int, need: list[int], entities: list[Entity | None]
+    ) -> list[dict[str, Any] | None]:
+        """Per row, the stand-ins of the model that will answer it: the router's split, decided on the split key as
+        the row will hold it (the request's value, else the store's; a key that is missing itself: the champion)."""
+        champion = router.champion.current
+        challenger = router.challenger.current if router.challenger is not None else None
+        fills: list[dict[str, Any] | None] = [self._fills_of(champion)] * n
+        if challenger is None or not router.share:
+            return fills
+        keys: dict[str, list[Any]] = {}
+        for name in router.split_key:
+            column = [None if v is ABSENT else v for v in values.get(name, [ABSENT] * n)]
+            for i, entity in zip(need, entities, strict=True):
+                if values.get(name, [ABSENT] * n)[i] is ABSENT and entity is not None:
+                    column[i] = entity.get(name)[1]
+            keys[name] = column
+        to_challenger = router.to_challenger(keys)
+        challenger_fills = self._fills_of(challenger)
+        return [challenger_fills if routed else fill for routed, fill in zip(to_challenger, fills, strict=True)]
+
+    def _fills_of(self, current: Current | None) -> dict[str, Any] | None:
+        if current is None:
             return None
-        fills = self._fills.get(champion.version)
+        key = f"{current.model.spec.name}:{current.version}"
+        fills = self._fills.get(key)
         if fills is None:
             with self._lock:
-                fills = self._fills.setdefault(champion.version, reference_fills(champion.model))
+                fills = self._fills.setdefault(key, reference_fills(current.model))
         return fills
 
     def details(self) -> dict[str, Any]:
         return {
-            "store": self.store.url,
             "view": self.options.view,
             "entity_column": self.options.entity_column,
             "on_missing_feature": self.options.on_missing,

@@ -245,6 +245,35 @@ def answer_rows(routed: Any, ids: list[Any] | None, features: Any = None) -> lis
     return out
 
 
+def feature_columns(features: Any) -> dict[str, list[Any]]:
+    """With online features, per row: the view version its features came from (null: it needed no lookup), the
+    features filled from the reference profile (null: none) and why. /invocations adds them as top-level keys next
+    to `predictions` (MLflow's own server adds metadata keys so, and its client, `PredictionsResponse`, reads only
+    `predictions`); V2 as output tensors."""
+    if features is None:
+        return {}
+    filled = [None if f is None else f.split(",") for f in features.filled]
+    return {"feature_view_version": features.versions, "features_filled": filled, "feature_fallback": features.fallback}
+
+
+def v2_feature_outputs(features: Any) -> list[dict[str, Any]]:
+    """`feature_columns` as V2 tensors: a version of 0 is a row that needed no lookup (versions start at 1); the
+    filled features are comma-joined, "" when none."""
+    if features is None:
+        return []
+    n = len(features.versions)
+    return [
+        {
+            "name": "feature_view_version",
+            "shape": [n],
+            "datatype": "INT64",
+            "data": [v or 0 for v in features.versions],
+        },
+        {"name": "features_filled", "shape": [n], "datatype": "BYTES", "data": [f or "" for f in features.filled]},
+        {"name": "feature_fallback", "shape": [n], "datatype": "BYTES", "data": [f or "" for f in features.fallback]},
+    ]
+
+
 def v2_outputs(routed: Any) -> list[dict[str, Any]]:
     import math
 
