@@ -415,10 +415,11 @@ def _command_path(group: TyperGroup, ctx: Any) -> str:
 
 
 class _Stop:
-    """The CLI's one handler for SIGTERM (a cron timeout, systemd) and Ctrl-C: they raise `Interrupted` in the main
-    thread, so `with` and `finally` blocks remove temporary files and the exit code is 143 or 130, never 1, which
-    scripts read as a verdict. Inside a commit window (`mlops_cli.interrupts`) the signal waits until the window
-    closes; once stopping, further signals are ignored, so nothing cuts the clean-up short."""
+    """The CLI's one handler for SIGTERM (a cron timeout, systemd), SIGHUP (the terminal closed) and Ctrl-C: they
+    raise `Interrupted` in the main thread, so `with` and `finally` blocks remove temporary files and the exit code
+    is 143, 129 or 130, never 1, which scripts read as a verdict. Inside a commit window (`mlops_cli.interrupts`)
+    the signal waits until the window closes; once stopping, further signals are ignored, so nothing cuts the
+    clean-up short."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -462,7 +463,7 @@ def _interruptible(owns_process: bool = False) -> Callable[[], None]:
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
     stop = _Stop()
     interrupts.install(stop.deliver)
-    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def restore() -> None:
         for signum, handler in previous.items():

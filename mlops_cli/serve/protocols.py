@@ -14,6 +14,7 @@ Errors never quote a caller's value: they name the column and, where it helps, t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,13 +180,36 @@ class Reader:
             raise TooLarge(f"{n:,} rows in one request; this server takes at most {self.max_rows:,}", "split it")
 
     def _checked(self, values: dict[str, list[Any]], n: int) -> Rows:
-        for name, column in values.items():
-            for i, value in enumerate(column):
-                if not isinstance(value, SCALARS) and value is not self.absent:
-                    raise SchemaMismatch(
-                        f"column {name!r} holds a list or an object at row {i + 1}", "send one plain value per cell"
-                    )
+        bad = not_scalar(values, self.absent)
+        if bad:
+            row = min(bad)
+            raise SchemaMismatch(
+                f"column {bad[row]!r} holds a list or an object at row {row + 1}", "send one plain value per cell"
+            )
         return Rows(values, n)
+
+
+_SCALAR_TYPES = frozenset(SCALARS)
+
+
+def not_scalar(values: Mapping[str, list[Any]], absent: Any = None) -> dict[int, str]:
+    """Rows holding a list or an object (JSON's only non-scalars) in one of `values`' columns, with the first such
+    column; `absent` (what a row that lacks a column holds) passes. For `serve`'s requests and `stream`'s messages.
+    The common case, none, costs one set of types per column."""
+    allowed = _SCALAR_TYPES | {type(absent)}
+    out: dict[int, str] = {}
+    for name, column in values.items():
+        if set(map(type, column)) <= allowed:
+            continue
+        for row, value in enumerate(column):
+            if row not in out and not isinstance(value, SCALARS) and value is not absent:
+                out[row] = name
+    return out
+
+
+def error_envelope(code: int, message: str, hint: str | None) -> dict[str, Any]:
+    """The one JSON error body of the services (`serve`, and `stream`'s metrics port). Never a caller's value."""
+    return {"status": "error", "error": {"code": code, "message": message, "hint": hint}}
 
 
 def _flat(data: list[Any]) -> list[Any]:
