@@ -241,15 +241,16 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_pla
 # options builds an encoder per call, which a stream pays for every message
 # `JSONEncoder.encode` still builds CPython's C encoder on every call (a quarter of a small answer's encoding time);
 # this is the one it builds, made once. Without a circular-reference check: answers are built here, never circular.
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # None where there is no C encoder (not CPython)
 _C_ENCODER = (
-    json.encoder.c_make_encoder(None, _plain, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
-    if json.encoder.c_make_encoder is not None
+    _make_encoder(None, _plain, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    if _make_encoder is not None
     else None
 )
 
 
 def dumps(obj: Any) -> bytes:
-    if _C_ENCODER is None:  # not CPython
+    if _C_ENCODER is None:
         return _ENCODER.encode(obj).encode()
     return "".join(_C_ENCODER(obj, 0)).encode()
 
