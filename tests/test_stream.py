@@ -349,8 +349,25 @@ def test_alias_switch_mid_stream_and_sigterm_commits_leaves_and_exits_0(broker, 
     assert broker.committed(group, source, 3) == {p: o + 1 for p, o in last.items()}
 
 
-def test_two_consumers_in_one_group_split_the_partitions_and_sighup_stops_one_cleanly(broker, registry, rows, tmp_path):
-    """Two members share four partitions; SIGHUP (a terminal closed) stops one as SIGTERM does: exit 0."""
+def test_sighup_re_checks_the_alias_at_once_and_does_not_stop_the_stream(broker, registry, tmp_path):
+    """The services' convention: SIGHUP re-reads the alias now (here the poll is an hour), and the stream goes on."""
+    copy = tmp_path / "registry"
+    subprocess.run(["cp", "-a", str(registry), str(copy)], check=True)
+    source, out, _ = _topics(broker)
+    args = ("--input-topic", source, "--output-topic", out, "--group", f"g-{source}", "--poll-s", "3600", "--json")
+    with StreamProcess(copy, "flights@production", broker, *args, tmp=tmp_path) as stream:
+        stream.wait_started()
+        Cli(copy).json("models", "promote", "flights:2", "production")
+        stream.process.send_signal(signal.SIGHUP)
+        _wait(lambda: "now version 2" in stream.log.read_text(), 60, "the switch on SIGHUP")
+        assert stream.process.poll() is None
+        assert stream.stop(signal.SIGTERM) == 0, stream.log.read_text()
+    results = stream.report()["results"]
+    assert results["stopped_by"] == "SIGTERM" and [(s["from"], s["to"]) for s in results["switches"]] == [("1", "2")]
+
+
+def test_two_consumers_in_one_group_split_the_partitions_and_ctrl_c_stops_one_cleanly(broker, registry, rows, tmp_path):
+    """Two members share four partitions; Ctrl-C stops one as SIGTERM does: exit 0."""
     _, records = rows
     source, out, _ = _topics(broker, partitions=4)
     group = f"g-{source}"
@@ -370,9 +387,9 @@ def test_two_consumers_in_one_group_split_the_partitions_and_sighup_stops_one_cl
         _wait(split, 60, "two partitions each")
         broker.produce(source, _encode(records[:4000]))
         _wait(lambda: len(broker.read(out, quiet_s=0.2, timeout=5)) >= 4000, 90, "4000 answers")
-        assert b.stop(signal.SIGHUP) == 0, b.log.read_text()
+        assert b.stop(signal.SIGINT) == 0, b.log.read_text()
         assert a.stop() == 0, a.log.read_text()
-    assert [s.report()["results"]["stopped_by"] for s in (a, b)] == ["SIGTERM", "SIGHUP"]
+    assert [s.report()["results"]["stopped_by"] for s in (a, b)] == ["SIGTERM", "SIGINT"]
     counts = [s.report()["results"]["messages_in"] for s in (a, b)]
     assert sum(counts) == 4000 and min(counts) > 0
     answers = _answers(broker, out, 4000)

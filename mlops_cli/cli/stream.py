@@ -88,7 +88,8 @@ def run(
     answers are acknowledged (at least once; nothing lost on a crash).
 
     NAME@ALIAS follows the alias: a new version is loaded, verified and warmed up, then used from the next batch.
-    SIGTERM, SIGHUP or Ctrl-C finish the batch, commit, leave the group and exit 0. An unreachable broker exits 3.
+    SIGHUP re-checks the alias now. SIGTERM or Ctrl-C finish the batch, commit, leave the group and exit 0. An
+    unreachable broker exits 3.
     """
     key = columns(split_key)
     if challenger is None and (key or challenger_share != 0.1):

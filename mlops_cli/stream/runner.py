@@ -13,11 +13,11 @@ Rebalances: librdkafka calls the assignment callbacks only inside `consume`, and
 call has been committed by then, so a revoked partition has nothing done and uncommitted. A commit refused because
 a rebalance took the partition away leaves its messages to the new owner (answered twice, not lost).
 
-Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM, SIGHUP or SIGINT raise `Interrupted` in the main
+Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM or SIGINT raise `Interrupted` in the main
 thread, but never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed, and the
 stream then leaves the group (`close`) and returns its counts; the CLI exits 0. The alias is followed as `mlops serve`
-follows it (`mlops_cli.online.following`): a thread re-reads it, and a new version is loaded, verified and warmed up
-there, then swapped in between two batches.
+follows it (`mlops_cli.online.following`): a thread re-reads it (every --poll-s, and at once on SIGHUP), and a new
+version is loaded, verified and warmed up there, then swapped in between two batches.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_cli.errors import InputError, Interrupted, Unreachable
-from mlops_cli.interrupts import commit_window
+from mlops_cli.interrupts import commit_window, hangup_rechecks
 from mlops_cli.stream.messages import Codec, Incoming, Outgoing
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ class Stream:
         self._joined = False
         self._ready = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by SIGHUP (re-check now) and at the end (stop waiting)
+        self._force = False
         self._kafka_error: str | None = None
         self._kafka_code: int | None = None
         self._down_since: float | None = None  # librdkafka said every broker is down; cleared when one answers
@@ -169,13 +171,15 @@ class Stream:
             metrics.ready.set(1)
             if announce is not None:
                 announce(self)
-            self._loop()
+            with hangup_rechecks(self.recheck):
+                self._loop()
         except Interrupted as stop:
             self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed
         finally:
             self._ready = False
             metrics.ready.set(0)
             self._stop.set()
+            self._wake.set()
             self._close(endpoint)
         return self.counts
 
@@ -504,11 +508,19 @@ class Stream:
 
     # --- alias following, readiness, messages ----------------------------------------------------------------
 
+    def recheck(self) -> None:
+        """SIGHUP: re-read the aliases now, and retry a version that failed (as `mlops serve` does)."""
+        self._force = True
+        self._wake.set()
+
     def _follow(self) -> None:
-        while not self._stop.wait(self.options.poll_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.options.poll_s)
+            self._wake.clear()
+            force, self._force = self._force, False
             for followed in self.models():
                 if followed.follows:
-                    followed.check()
+                    followed.check(force=force)
 
     def _switched(self, followed: Followed, result: str, new: Current | None, error: str | None) -> None:
         metrics = self._metrics
