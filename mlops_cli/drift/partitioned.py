@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from mlops_cli.engines.dask import Cluster
+    from mlops_cli.runtime import LoadedModel, Scored
 
 SPLIT_POINTS = 64  # order statistics per file and column that the range splitters are chosen from
 RANGES_PER_WORKER = 2
@@ -44,12 +45,20 @@ RANGES_PER_WORKER = 2
 
 @dataclass(frozen=True)
 class Side:
-    """A dataset as the workers read it: its files, in the local engine's order, and their unified schema."""
+    """A dataset as the workers read it: its files, in the local engine's order, and their unified schema. The
+    pieces may also be futures of Arrow tables held on the cluster (a model's predictions, scored there): a task
+    given one as an argument receives the table."""
 
     path: Path
-    files: tuple[Path, ...]
+    files: tuple[Any, ...]  # Path | distributed.Future of a pa.Table
     schema: Any  # pa.Schema: the files' types promoted as read_table's concat promotes them
     rows: int
+
+    def release(self) -> None:
+        """Let the cluster free the tables this side holds there."""
+        for piece in self.files:
+            if not isinstance(piece, Path):
+                piece.release()
 
     @classmethod
     def open(cls, path: Path, fmt: str | None) -> Side:
@@ -72,14 +81,15 @@ class Side:
         return cls(path, tuple(files), schema, rows)
 
 
-def _read(file: Path, schema: pa.Schema, columns: Sequence[str]) -> pd.DataFrame:
-    """One file's columns, cast to the dataset's types and converted as the local engine converts the whole."""
+def _read(file: Path | pa.Table, schema: pa.Schema, columns: Sequence[str]) -> pd.DataFrame:
+    """One file's (or held table's) columns, cast to the dataset's types and converted as the local engine converts
+    the whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = list(columns)
     try:
-        table = pq.read_table(file, columns=columns)
+        table = file if isinstance(file, pa.Table) else pq.read_table(file, columns=columns)
         table = table.select(columns).cast(pa.schema([schema.field(c) for c in columns]))
     except io.read_errors() as exc:
         raise UnreadableFile(f"{file}: cannot read ({io.first_line(exc)})", "check the file") from exc
@@ -162,23 +172,23 @@ def _merge_counts(parts: list[pd.Series]) -> pd.Series:
 
 @dataclass(frozen=True)
 class _Range:
-    """Which values of a column one task gathers: finite, in (low, high] (None: unbounded)."""
+    """Which values of a column one task gathers: finite, in (low, high] (None: unbounded), from the files (or held
+    tables, the task's other arguments) of each side, read with the side's schema."""
 
     name: str
     low: float | None
     high: float | None
-    reference: Side
-    current: Side | None  # None: the current values are not numeric
+    schemas: tuple[Any, Any]
 
 
-def _gather(task: _Range) -> tuple[np.ndarray, np.ndarray]:
-    """On a worker: the sorted reference and current values of one range of one column."""
+def _gather(task: _Range, *sides: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """On a worker: the sorted reference and current values of one range of one column (no current files: the
+    current values are not numeric)."""
     out = []
-    for side in (task.reference, task.current):
+    for schema, files in zip(task.schemas, sides, strict=True):
         pieces = []
-        for file in side.files if side is not None else ():
-            assert side is not None
-            x = _numbers(_read(file, side.schema, [task.name])[task.name])
+        for file in files:
+            x = _numbers(_read(file, schema, [task.name])[task.name])
             assert x is not None  # the scan checked
             keep = np.isfinite(x)
             if task.low is not None:
@@ -192,8 +202,9 @@ def _gather(task: _Range) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
-    """Counts, distinct reference values, point masses (values holding >= k reference rows), sums and ends."""
+def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int, means: bool) -> dict[str, Any]:
+    """Counts, distinct reference values, point masses (values holding >= k reference rows), sums (the current's
+    only for `means`) and ends."""
     r, c = rng
     starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if len(r) else np.empty(0, dtype=int)
     runs = np.diff(np.concatenate([starts, [len(r)]]))
@@ -206,6 +217,7 @@ def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
         "masses": r[starts[big]] if len(r) else r,
         "mass_rows": int(runs[big].sum()),
         "sum": math.fsum(r),
+        "c_sum": math.fsum(c) if means else None,
         "r_min": float(r[0]) if len(r) else None,
         "r_max": float(r[-1]) if len(r) else None,
         "first": min(float(x[0]) for x in both) if both else None,
@@ -266,6 +278,132 @@ def _samples(rng: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return rng
 
 
+# --- a model's answers, on the workers ---------------------------------------------------------------------------
+
+
+def _column_table(path: Path, column: str, name: str) -> pa.Table:
+    """On a worker: one column of a Parquet file (the stored reference sample), named `name`."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=[column]).rename_columns([name])
+    except io.read_errors() as exc:
+        raise UnreadableFile(f"{path}: cannot read ({io.first_line(exc)})", "check the file") from exc
+
+
+def _score(task: tuple[Any, Path], job: Any, column: str | None, target: str | None) -> dict[str, Any]:
+    """On a worker: one CURRENT file through score-batch's worker path (the worker's verified model, the one
+    runtime, invalid rows kept with their reasons). `values` (the scored rows' output `column`) stays on the
+    cluster for prediction drift; the rest (`_answers`) goes to the client: the reasons rows were not scored and,
+    with `target`, the labelled rows' labels and answers, for performance."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mlops_cli import scoring
+    from mlops_cli.runtime import proba_column
+
+    partition, where = task
+    batches: list[pa.RecordBatch] = []
+    run = scoring.worker_run(partition, job)
+    scoring.score_file(run, partition.path, where, job.fmt, batches.append)
+    table = pa.Table.from_batches(batches, schema=job.plan.schema)
+    scored = table.filter(pc.is_null(table[scoring.REASON_COLUMN]))
+    out: dict[str, Any] = {"scored": scored.num_rows, "reasons": dict(run.reasons), "labelled": None}
+    out["values"] = scored.select([column]) if column is not None else None
+    if target is not None:
+        labelled = io.to_pandas(table.select([target]))[target].notna().to_numpy()  # the local engine's notna()
+        answers = ["prediction", *(proba_column(c) for c in job.plan.classes), scoring.REASON_COLUMN]
+        out["labelled"] = table.filter(pa.array(labelled)).select([target, *answers])
+    return out
+
+
+def _values(scored: dict[str, Any]) -> pa.Table:
+    return scored["values"]
+
+
+def _answers(scored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scored.items() if k != "values"}
+
+
+@dataclass
+class Answers:
+    """CURRENT scored on the workers: the output column's values held there (`side`), and what the client keeps."""
+
+    side: Side | None  # the scored rows' output column, held on the cluster (None: not asked for)
+    rejected: int
+    reasons: dict[str, int]
+    labelled: pa.Table | None  # target, prediction, probabilities and reasons of the labelled rows, in row order
+
+
+    def labelled_answers(self, model: LoadedModel, target: str) -> tuple[np.ndarray, Scored]:
+        """The labels of the labelled rows and the runtime's answers to them, as `model.score` of those rows gives
+        them: the rows that broke the input contract flagged, with their reasons."""
+        import pyarrow as pa
+
+        from mlops_cli import scoring
+        from mlops_cli.runtime import Scored, proba_column
+
+        assert self.labelled is not None
+        frame = io.to_pandas(self.labelled)
+        texts = frame[scoring.REASON_COLUMN]
+        invalid = texts.notna().to_numpy()
+        reasons: dict[str, np.ndarray] = {}
+        for i in np.flatnonzero(invalid):
+            for label in texts.iat[i].split(scoring.REASON_SEPARATOR):
+                reasons.setdefault(label, np.zeros(len(frame), dtype=bool))[i] = True
+        valid = io.to_pandas(self.labelled.filter(pa.array(~invalid)))  # filtered before pandas: no nulls widen the labels
+        classes = tuple(model.classes.tolist()) if model.classes is not None else None
+        proba = None
+        if model.with_proba and classes is not None:
+            proba = valid[[proba_column(c) for c in classes]].to_numpy(dtype=float)
+        scored = Scored(valid["prediction"].to_numpy(), proba, invalid, reasons, classes, model.runtime)
+        return frame[target].to_numpy(), scored
+
+
+def score(cluster: Cluster, job: Any, current: Side, column: str | None, target: str | None) -> Answers:
+    """Score every file of `current` on the workers with score-batch's job (`scoring.worker_job`); the first
+    failing file in file order raises, as the local engine would meet it."""
+    import pyarrow as pa
+
+    from mlops_cli.engines import Partition
+
+    partitions, offset = [], 0
+    for i, (file, rows) in enumerate(io.part_rows(current.path)):
+        partitions.append((Partition(i, file, offset, rows), file if len(current.files) > 1 else current.path))
+        offset += rows
+    client = cluster.client
+    futures = [client.submit(_score, p, job, column, target, pure=False) for p in partitions]
+    try:
+        parts = _engine().map_partitions(cluster, _answers, futures)
+        values = [client.submit(_values, f, pure=False) for f in futures] if column is not None else []
+    finally:
+        for future in futures:  # the values' tasks hold what they need; a lost one is scored again
+            future.release()
+    reasons: dict[str, int] = {}
+    for part in parts:
+        for label, n in part["reasons"].items():
+            reasons[label] = reasons.get(label, 0) + n
+    side = None
+    if column is not None:
+        schema = pa.schema([job.plan.schema.field(column)])
+        side = Side(current.path, tuple(values), schema, sum(p["scored"] for p in parts))
+    labelled = None
+    if target is not None:
+        labelled = pa.concat_tables([p["labelled"] for p in parts], promote_options="permissive")
+    return Answers(side, offset - sum(p["scored"] for p in parts), reasons, labelled)
+
+
+def held_column(cluster: Cluster, path: Path, column: str, name: str) -> Side:
+    """Column `column` of a small Parquet file (the stored reference sample) as a side of one table held on the
+    cluster, the column named `name` (read by a task: a lost copy is read again)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    field = pq.read_schema(path).field(column).with_name(name)
+    future = cluster.client.submit(_column_table, path, column, name, pure=False)
+    return Side(path, (future,), pa.schema([field]), pq.read_metadata(path).num_rows)
+
+
 # --- the client ------------------------------------------------------------------------------------------------
 
 
@@ -287,14 +425,7 @@ def compare_on_cluster(
         return name in options.numeric or (numeric_dtype and name not in options.categorical)
 
     numbers = [n for n in both if number_path(n)]
-    others = [n for n in both if n not in numbers]
-    scans = {}
-    for side in (reference, current):
-        tasks = [(f, side.schema, numbers, others) for f in side.files]
-        scans[side.path] = _engine().map_partitions(cluster, _scan, tasks)
-    ref_scan = {n: [s[n] for s in scans[reference.path]] for n in both}
-    cur_scan = {n: [s[n] for s in scans[current.path]] for n in both}
-    columns = _Columns(cluster, reference, current, ref_scan, cur_scan, options)
+    columns = _Columns.scan(cluster, reference, current, numbers, [n for n in both if n not in numbers], options)
     rows = []
     for name in names:
         row = kinds.new_row(name)
@@ -303,11 +434,50 @@ def compare_on_cluster(
         elif name not in ref_columns:
             row.update(status="missing_in_reference", note="column missing from the reference data")
         else:
-            row["statistics"] = {"rows_reference": reference.rows, "rows_current": current.rows}
             columns.fill(row, name in numbers)
         rows.append(row)
     columns.release()
     return rows, ref_columns, cur_columns
+
+
+def prediction_row(cluster: Cluster, reference: Side, current: Side, name: str, options: DriftOptions) -> dict[str, Any]:
+    """model.prediction_row on the cluster: column `name` of both sides (files, or tables held on the cluster)."""
+    import pyarrow as pa
+
+    from mlops_cli.drift.model import decide_prediction_row, prediction_options
+
+    t = reference.schema.field(name).type
+    number_path = pa.types.is_integer(t) or pa.types.is_floating(t)
+    numbers, others = ([name], []) if number_path else ([], [name])
+    columns = _Columns.scan(cluster, reference, current, numbers, others, options)
+    # Scores (pandas' float dtype: floats, or integers with nulls) are numeric; labels take their kind.
+    floats = pa.types.is_floating(t) or (pa.types.is_integer(t) and _total(columns.ref_scan[name], "isna") > 0)
+    columns.options = prediction_options(options, [name] if floats else [])
+    columns.with_means = True
+    row = kinds.new_row(name)
+    columns.fill(row, number_path)
+    columns.release()
+    return decide_prediction_row(row, options, lambda: columns.means[name])
+
+
+def holds_labels(cluster: Cluster, side: Side, name: str) -> bool:
+    """model.holds_labels of a column of `side`: anything but floats that are not all whole."""
+    import pyarrow as pa
+
+    if not pa.types.is_floating(side.schema.field(name).type):
+        return True  # integers are whole, with nulls (pandas' floats) or without
+    parts = _engine().map_partitions(cluster, _scan, [(f, side.schema, [name], []) for f in side.files])
+    scan = [p[name] for p in parts]
+    return all(p["whole"] for p in scan if p["finite"]) and not (_total(scan, "neg") or _total(scan, "pos"))
+
+
+def _mean(total: float, neg: int, pos: int, finite: int) -> float:
+    """pandas' mean of a column (nulls left out) from the sum of its finite values and its infinities."""
+    if neg and pos:
+        return math.nan
+    if neg or pos:
+        return -math.inf if neg else math.inf
+    return total / finite
 
 
 def _engine() -> Any:
@@ -335,6 +505,20 @@ class _Columns:
         self.cluster, self.reference, self.current, self.options = cluster, reference, current, options
         self.ref_scan, self.cur_scan = ref_scan, cur_scan
         self.futures: list[Any] = []
+        self.with_means = False  # a prediction row: the means of both sides, kept in `means`
+        self.means: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def scan(
+        cls, cluster: Cluster, reference: Side, current: Side, numbers: list[str], others: list[str], options: DriftOptions
+    ) -> _Columns:
+        """Pass 0 over every file of both sides: the columns `numbers` (the numeric path) and `others`."""
+        scans = []
+        for side in (reference, current):
+            tasks = [(f, side.schema, numbers, others) for f in side.files]
+            parts = _engine().map_partitions(cluster, _scan, tasks)
+            scans.append({n: [p[n] for p in parts] for n in numbers + others})
+        return cls(cluster, reference, current, scans[0], scans[1], options)
 
     def release(self) -> None:
         for future in self.futures:
@@ -360,7 +544,8 @@ class _Columns:
     def fill(self, row: dict[str, Any], number_path: bool) -> None:
         import pyarrow as pa
 
-        name, s, options = row["name"], row["statistics"], self.options
+        name, options = row["name"], self.options
+        s = row["statistics"] = {"rows_reference": self.reference.rows, "rows_current": self.current.rows}
         ref, cur = self.ref_scan[name], self.cur_scan[name]
         t = self.reference.schema.field(name).type
         nulls = _total(ref, "isna")
@@ -407,8 +592,10 @@ class _Columns:
             if not kinds.number_shares(row, sides[0], sides[1]):
                 return
             assert ranges is not None
-            numbers, row["histogram"], inside = self._numeric(*ranges)
+            numbers, row["histogram"], inside, sums = self._numeric(*ranges)
             s.update(numbers)
+            if sums is not None:
+                self.means[name] = (_mean(sums[0], *sides[0][2:]), _mean(sums[1], *sides[1][2:]))
             (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
             outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
             s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
@@ -434,19 +621,22 @@ class _Columns:
         splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
         bounds = [None, *map(float, splitters), None]
         current = self.current if cur_numeric else None
-        tasks = [_Range(name, lo, hi, self.reference, current) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        schemas = (self.reference.schema, current.schema if current is not None else None)
+        tasks = [_Range(name, lo, hi, schemas) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         client = self.cluster.client
-        futures = [client.submit(_gather, t, pure=False) for t in tasks]
+        files = (self.reference.files, current.files if current is not None else ())
+        futures = [client.submit(_gather, t, *files, pure=False) for t in tasks]
         self.futures += futures
         k = stats.mass_rows(_total(ref, "finite"))
-        infos = _engine().map_partitions(self.cluster, _pass_a, futures, k)
+        infos = _engine().map_partitions(self.cluster, _pass_a, futures, k, self.with_means)
         filled = [a for a in infos if a["n"]]
         return futures, infos, (filled[0]["r_min"], filled[-1]["r_max"])
 
     def _numeric(
         self, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
-    ) -> tuple[dict[str, float], dict[str, Any], int]:
-        """numeric_stats, the histogram and the count of current values within the reference's range."""
+    ) -> tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None]:
+        """numeric_stats, the histogram, the count of current values within the reference's range and, with
+        `with_means`, the sums of both sides' finite values."""
         engine = _engine()
         n, m = sum(a["n"] for a in infos), sum(a["m"] for a in infos)
         masses = np.concatenate([a["masses"] for a in infos])
@@ -511,4 +701,5 @@ class _Columns:
         p = stats.ks_p_value(d, n, m, samples)
         numbers = stats.numeric_result(d, p, w, std, p_ref, p_cur, len(psi_edges))
         hist = stats.histogram(grid, stats.shares_from_cuts(total[1], n), stats.shares_from_cuts(total[3], m))
-        return numbers, hist, sum(b["inside"] for b in results)
+        sums = (math.fsum(a["sum"] for a in infos), math.fsum(a["c_sum"] for a in infos)) if self.with_means else None
+        return numbers, hist, sum(b["inside"] for b in results), sums
