@@ -216,7 +216,8 @@ def _report_on_dask(
     with dask.cluster(engine) as cluster:
         if prepared is None:
             assert reference is not None
-            rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, reference, current, options)
+            both = (reference, current)
+            rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, *both, options)
             sizes = (reference.rows, current.rows)
             out = _report(*summarize(rows, ref_columns, cur_columns, sizes, options), [], None, [])
             _upstream_prediction_drift(
@@ -224,7 +225,7 @@ def _report_on_dask(
                 options,
                 ref_columns,
                 cur_columns,
-                lambda col: partitioned.prediction_row(cluster, reference, current, col, options),
+                lambda col: partitioned.prediction_row(cluster, *both, col, options),
             )
         else:
             out = prepared.report_on_cluster(cluster, current, reference)
