@@ -6,8 +6,10 @@ The client never holds a column. Each statistic comes from partials that merge i
     (to choose range splitters) and, for categories, the value counts (merged by sum, in first-appearance order, so
     the top categories tie-break as value_counts does);
   * per numeric column, a range partition: the splitters cut the values into R disjoint ranges (s_j-1, s_j]; one
-    task per range reads the column's values in its range from every file and sorts them (a distributed sort:
-    ties never straddle two ranges). Its result stays on the cluster for the passes that follow;
+    task per range reads the values in its range from every file and sorts them (a distributed sort: ties never
+    straddle two ranges), for a batch of columns at once (one read of each file per range task; BATCH_VALUES
+    bounds what the cluster holds). Its result stays on the cluster for the passes that follow, whose tasks for
+    every column of the batch are submitted together;
   * pass A per range: counts, distinct values, point masses, sums, ends;
   * pass B per range, given the counts of the ranges before it: the two empirical CDFs at each of its values, so
     KS = max |F1 - F2| and Wasserstein-1 = sum |F1 - F2| x step are exact (the step from a range's last value to the
@@ -15,12 +17,15 @@ The client never holds a column. Each statistic comes from partials that merge i
     exact select: the rank tells the range); squared deviations from the mean for the std;
   * pass C per range: counts below each PSI and histogram edge, summed into the shares.
 Small samples (<= 10,000 values a side) are fetched whole for scipy's exact KS p-value, as the local engine does.
+
+A model's predictions (drift-report --model) are scored on the workers through score-batch's worker path and held
+there as tables, one per file: a side's pieces are then futures of those tables, compared by the same passes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 
 SPLIT_POINTS = 64  # order statistics per file and column that the range splitters are chosen from
 RANGES_PER_WORKER = 2
+BATCH_VALUES = 50_000_000  # values (both sides) of the numeric columns the cluster holds at once: 400 MB in all
 
 
 @dataclass(frozen=True)
@@ -172,40 +178,48 @@ def _merge_counts(parts: list[pd.Series]) -> pd.Series:
 
 @dataclass(frozen=True)
 class _Range:
-    """Which values of a column one task gathers: finite, in (low, high] (None: unbounded), from the files (or held
-    tables, the task's other arguments) of each side, read with the side's schema."""
+    """What one range task gathers: for each column of a batch, its finite values in (low, high] (None: unbounded),
+    from the files (or held tables, the task's other arguments) of each side; the current side's only for the
+    columns in `current` (the others' current values are not numeric)."""
 
-    name: str
-    low: float | None
-    high: float | None
+    bounds: dict[str, tuple[float | None, float | None]]
+    current: tuple[str, ...]
     schemas: tuple[Any, Any]
 
 
-def _gather(task: _Range, *sides: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """On a worker: the sorted reference and current values of one range of one column (no current files: the
-    current values are not numeric)."""
-    out = []
-    for schema, files in zip(task.schemas, sides, strict=True):
-        pieces = []
-        for file in files:
-            x = _numbers(_read(file, schema, [task.name])[task.name])
-            assert x is not None  # the scan checked
-            keep = np.isfinite(x)
-            if task.low is not None:
-                keep &= x > task.low
-            if task.high is not None:
-                keep &= x <= task.high
-            pieces.append(x[keep])
-        values = np.concatenate(pieces) if pieces else np.empty(0)
-        values.sort()
-        out.append(values)
-    return out[0], out[1]
+Ranges = dict[str, tuple[np.ndarray, np.ndarray]]  # a range task's result: per column, both sides' sorted values
 
 
-def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int, means: bool) -> dict[str, Any]:
-    """Counts, distinct reference values, point masses (values holding >= k reference rows), sums (the current's
-    only for `means`) and ends."""
-    r, c = rng
+def _gather(task: _Range, *sides: tuple[Any, ...]) -> Ranges:
+    """On a worker: per column, the sorted reference and current values of its range, from one read of each file
+    for every column of the batch."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in task.bounds}
+    for schema, files, names in zip(task.schemas, sides, (list(task.bounds), list(task.current)), strict=True):
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for file in files if names else ():
+            frame = _read(file, schema, names)
+            for name in names:
+                x = _numbers(frame[name])
+                assert x is not None  # the scan checked
+                low, high = task.bounds[name]
+                keep = np.isfinite(x)
+                if low is not None:
+                    keep &= x > low
+                if high is not None:
+                    keep &= x <= high
+                pieces[name].append(x[keep])
+        for name in task.bounds:
+            values = np.concatenate(pieces[name]) if pieces.get(name) else np.empty(0)
+            values.sort()
+            out[name].append(values)
+    return {name: (values[0], values[1]) for name, values in out.items()}
+
+
+def _pass_a(task: tuple[Ranges, str, int, bool]) -> dict[str, Any]:
+    """Of one column's range: counts, distinct reference values, point masses (values holding >= k reference rows),
+    sums (the current's only for `means`) and ends."""
+    ranges, name, k, means = task
+    r, c = ranges[name]
     starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if len(r) else np.empty(0, dtype=int)
     runs = np.diff(np.concatenate([starts, [len(r)]]))
     big = runs >= k
@@ -225,10 +239,11 @@ def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int, means: bool) -> dict[str
     }
 
 
-def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+def _pass_b(task: tuple[Ranges, str, dict[str, Any]]) -> dict[str, Any]:
     """Given the counts before this range: the two CDFs at each merged value (KS within the range, Wasserstein up
     to its last value), the gap at that last value, the requested order statistics and squared deviations."""
-    (r, c), job = task
+    ranges, name, job = task
+    r, c = ranges[name]
     n, m = job["n"], job["m"]
     both = np.concatenate([r, c])
     from_r = np.concatenate([np.ones(len(r), dtype=bool), np.zeros(len(c), dtype=bool)])
@@ -263,9 +278,10 @@ def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[
     }
 
 
-def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
+def _pass_c(task: tuple[Ranges, str, np.ndarray, np.ndarray]) -> list[np.ndarray]:
     """Counts below each PSI edge (right-closed bins) and each histogram edge ([a, b) bins), per side."""
-    r, c = rng
+    ranges, name, psi_edges, grid = task
+    r, c = ranges[name]
     return [
         np.searchsorted(r, psi_edges, side="right"),
         np.searchsorted(r, grid, side="left"),
@@ -274,8 +290,9 @@ def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.
     ]
 
 
-def _samples(rng: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return rng
+def _samples(task: tuple[Ranges, str]) -> tuple[np.ndarray, np.ndarray]:
+    ranges, name = task
+    return ranges[name]
 
 
 # --- a model's answers, on the workers ---------------------------------------------------------------------------
@@ -425,19 +442,27 @@ def compare_on_cluster(
         return name in options.numeric or (numeric_dtype and name not in options.categorical)
 
     numbers = [n for n in both if number_path(n)]
-    columns = _Columns.scan(cluster, reference, current, numbers, [n for n in both if n not in numbers], options)
-    rows = []
+    others = [n for n in both if n not in numbers]
+    columns = _Columns.scan(cluster, reference, current, numbers, others, options)
+    rows = {name: kinds.new_row(name) for name in names}
     for name in names:
-        row = kinds.new_row(name)
         if name not in cur_columns:
-            row.update(status="missing_in_current", note="column missing from the current data")
+            rows[name].update(status="missing_in_current", note="column missing from the current data")
         elif name not in ref_columns:
-            row.update(status="missing_in_reference", note="column missing from the reference data")
-        else:
-            columns.fill(row, name in numbers)
-        rows.append(row)
-    columns.release()
-    return rows, ref_columns, cur_columns
+            rows[name].update(status="missing_in_reference", note="column missing from the reference data")
+    # Numeric columns a batch at a time: one read of each file per range for the whole batch, and each pass's
+    # tasks for every column of the batch submitted together; the batch bounds what the cluster holds at once.
+    per_batch = max(1, BATCH_VALUES // (reference.rows + current.rows))
+    for start in range(0, len(numbers), per_batch):
+        batch = numbers[start : start + per_batch]
+        columns.gather(batch)
+        for name in batch:
+            columns.fill(rows[name], True)
+        columns.settle()
+        columns.release()
+    for name in others:
+        columns.fill(rows[name], False)
+    return [rows[name] for name in names], ref_columns, cur_columns
 
 
 def prediction_row(cluster: Cluster, reference: Side, current: Side, name: str, options: DriftOptions) -> dict[str, Any]:
@@ -455,7 +480,10 @@ def prediction_row(cluster: Cluster, reference: Side, current: Side, name: str, 
     columns.options = prediction_options(options, [name] if floats else [])
     columns.with_means = True
     row = kinds.new_row(name)
+    if number_path:
+        columns.gather([name])
     columns.fill(row, number_path)
+    columns.settle()
     columns.release()
     return decide_prediction_row(row, options, lambda: columns.means[name])
 
@@ -478,6 +506,14 @@ def _mean(total: float, neg: int, pos: int, finite: int) -> float:
     if neg or pos:
         return -math.inf if neg else math.inf
     return total / finite
+
+
+# A numeric column's passes B and C: yields (task function, tasks), is sent their results, returns _numeric's answer.
+_Passes = Generator[
+    tuple[Callable[..., Any], list[Any]],
+    list[Any],
+    tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None],
+]
 
 
 def _engine() -> Any:
@@ -507,6 +543,9 @@ class _Columns:
         self.futures: list[Any] = []
         self.with_means = False  # a prediction row: the means of both sides, kept in `means`
         self.means: dict[str, tuple[float, float]] = {}
+        # Per gathered column: its ranges' futures, pass A's answers, the reference's min and max.
+        self.ranges: dict[str, tuple[list[Any], list[dict[str, Any]], tuple[float, float]]] = {}
+        self.pending: list[tuple[_Passes, Callable[[Any], None]]] = []  # numeric columns awaiting passes B and C
 
     @classmethod
     def scan(
@@ -524,6 +563,7 @@ class _Columns:
         for future in self.futures:
             future.release()
         self.futures = []
+        self.ranges = {}
 
     def _missing_shares(self, s: dict[str, Any], name: str) -> None:
         ref = _total(self.ref_scan[name], "isna") / self.reference.rows
@@ -557,9 +597,7 @@ class _Columns:
                 row.update(kind="numeric", status="type_mismatch", note="not numeric in the reference: not compared")
                 return
             finite = _total(ref, "finite")
-            cur_numeric = all(p["numeric"] for p in cur)
-            if finite:
-                ranges = self._ranges(name, cur_numeric)
+            ranges = self.ranges.get(name)  # gathered when the reference has finite values
             integer_dtype = pa.types.is_integer(t) and nulls == 0
 
             def shape() -> tuple[bool, int]:
@@ -592,15 +630,20 @@ class _Columns:
             if not kinds.number_shares(row, sides[0], sides[1]):
                 return
             assert ranges is not None
-            numbers, row["histogram"], inside, sums = self._numeric(*ranges)
-            s.update(numbers)
-            if sums is not None:
-                self.means[name] = (_mean(sums[0], *sides[0][2:]), _mean(sums[1], *sides[1][2:]))
-            (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
-            outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
-            s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
-            if ranges[2][0] == ranges[2][1] and not note:
-                row["note"] = "constant in the reference: Wasserstein not normalised"
+            constant = ranges[2][0] == ranges[2][1]
+
+            def finish(result: tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None]) -> None:
+                numbers, row["histogram"], inside, sums = result
+                s.update(numbers)
+                if sums is not None:
+                    self.means[name] = (_mean(sums[0], *sides[0][2:]), _mean(sums[1], *sides[1][2:]))
+                (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
+                outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
+                s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
+                if constant and not note:
+                    row["note"] = "constant in the reference: Wasserstein not normalised"
+
+            self.pending.append((self._numeric(name, *ranges), finish))  # run by settle()
             return
         if rc is None:
             raw = self._counts(self.reference, ref, name)
@@ -612,31 +655,67 @@ class _Columns:
             return
         kinds.categorical_tail(row, rc, stats.as_text(raw_cur), self.reference.rows, self.current.rows)
 
-    def _ranges(self, name: str, cur_numeric: bool) -> tuple[list[Any], list[dict[str, Any]], tuple[float, float]]:
-        """The column's range partition on the cluster (futures) and pass A's answers; the reference's min, max."""
-        ref, cur = self.ref_scan[name], self.cur_scan[name]
-        points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
-        pooled = np.sort(np.concatenate(points))
+    def gather(self, names: list[str]) -> None:
+        """The range partitions of the numeric-path columns `names` on the cluster (one task per range reads each
+        file once for all of them) and pass A's answers (one round for all), kept in `ranges`."""
         count = max(1, RANGES_PER_WORKER * self.cluster.workers)
-        splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
-        bounds = [None, *map(float, splitters), None]
-        current = self.current if cur_numeric else None
-        schemas = (self.reference.schema, current.schema if current is not None else None)
-        tasks = [_Range(name, lo, hi, schemas) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        bounds: dict[str, list[tuple[float | None, float | None]]] = {}
+        current = []
+        for name in names:
+            ref, cur = self.ref_scan[name], self.cur_scan[name]
+            if not all(p["numeric"] for p in ref) or not _total(ref, "finite"):
+                continue  # not compared as numbers: fill says why
+            cur_numeric = all(p["numeric"] for p in cur)
+            points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
+            pooled = np.sort(np.concatenate(points))
+            splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
+            edges = [None, *map(float, splitters), None]
+            bounds[name] = list(zip(edges[:-1], edges[1:], strict=True))
+            current += [name] if cur_numeric else []
+        if not bounds:
+            return
+        schemas = (self.reference.schema, self.current.schema)
+        tasks = []
+        for j in range(max(len(b) for b in bounds.values())):
+            mine = {name: b[j] for name, b in bounds.items() if j < len(b)}
+            tasks.append(_Range(mine, tuple(n for n in current if n in mine), schemas))
         client = self.cluster.client
-        files = (self.reference.files, current.files if current is not None else ())
-        futures = [client.submit(_gather, t, *files, pure=False) for t in tasks]
+        files = self.reference.files
+        futures = [client.submit(_gather, t, files, self.current.files if t.current else (), pure=False) for t in tasks]
         self.futures += futures
-        k = stats.mass_rows(_total(ref, "finite"))
-        infos = _engine().map_partitions(self.cluster, _pass_a, futures, k, self.with_means)
-        filled = [a for a in infos if a["n"]]
-        return futures, infos, (filled[0]["r_min"], filled[-1]["r_max"])
+        pairs = [(name, j) for name, b in bounds.items() for j in range(len(b))]
+        k = {name: stats.mass_rows(_total(self.ref_scan[name], "finite")) for name in bounds}
+        items = [(futures[j], name, k[name], self.with_means) for name, j in pairs]
+        infos = _engine().map_partitions(self.cluster, _pass_a, items)
+        for name, b in bounds.items():
+            mine = [a for (n, _), a in zip(pairs, infos, strict=True) if n == name]
+            filled = [a for a in mine if a["n"]]
+            self.ranges[name] = (futures[: len(b)], mine, (filled[0]["r_min"], filled[-1]["r_max"]))
+
+    def settle(self) -> None:
+        """Passes B and C of the pending numeric columns, each pass's tasks for all of them submitted together
+        (every column's passes yield B, then C, then return)."""
+        pending, self.pending = self.pending, []
+        requests = [next(passes) for passes, _ in pending]
+        while pending:
+            items = [item for _, column_items in requests for item in column_items]
+            results = _engine().map_partitions(self.cluster, requests[0][0], items)
+            still, asked, at = [], [], 0
+            for (passes, finish), (_, column_items) in zip(pending, requests, strict=True):
+                answers, at = results[at : at + len(column_items)], at + len(column_items)
+                try:
+                    asked.append(passes.send(answers))
+                    still.append((passes, finish))
+                except StopIteration as done:
+                    finish(done.value)
+            pending, requests = still, asked
 
     def _numeric(
-        self, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
-    ) -> tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None]:
+        self, name: str, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
+    ) -> _Passes:
         """numeric_stats, the histogram, the count of current values within the reference's range and, with
-        `with_means`, the sums of both sides' finite values."""
+        `with_means`, the sums of both sides' finite values. A generator: it yields pass B's tasks, then pass C's,
+        and is sent their answers (`settle` runs many columns' at once)."""
         engine = _engine()
         n, m = sum(a["n"] for a in infos), sum(a["m"] for a in infos)
         masses = np.concatenate([a["masses"] for a in infos])
@@ -671,7 +750,7 @@ class _Columns:
                 }
             )
             r_before, before, rest_before = r_before + a["n"], before + size, rest_before + rest_size
-        results = engine.map_partitions(self.cluster, _pass_b, list(zip(futures, jobs, strict=True)))
+        results = yield _pass_b, [(f, name, job) for f, job in zip(futures, jobs, strict=True)]
         # Order statistics: each rank is answered by the one range that holds it.
         rest_values, both_values = np.empty(len(rest_ranks)), np.empty(len(both_ranks))
         for (rest_mask, both_mask), b in zip(masks, results, strict=True):
@@ -682,7 +761,7 @@ class _Columns:
         filled = [a for a in infos if a["n"] + a["m"]]
         low, high = (float(v) for v in stats.interpolate(both_values[:2], both_values[2:], both_t))
         grid = stats.histogram_edges(low, high, float(filled[0]["first"]), float(filled[-1]["last"]))
-        cuts = engine.map_partitions(self.cluster, _pass_c, futures, psi_edges, grid[1:-1])
+        cuts = yield _pass_c, [(f, name, psi_edges, grid[1:-1]) for f in futures]
         total = [sum(c[i] for c in cuts) for i in range(4)]
         p_ref, p_cur = stats.shares_from_cuts(total[0], n), stats.shares_from_cuts(total[2], m)
         # KS: the largest gap within a range or at its last value; Wasserstein: each range's area plus the step
@@ -695,7 +774,7 @@ class _Columns:
         std = math.sqrt(math.fsum(b["ssd"] for b in results) / (n - 1)) if n > 1 else 0.0
 
         def samples() -> tuple[np.ndarray, np.ndarray]:
-            pieces = engine.map_partitions(self.cluster, _samples, futures)
+            pieces = engine.map_partitions(self.cluster, _samples, [(f, name) for f in futures])
             return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
         p = stats.ks_p_value(d, n, m, samples)
