@@ -298,14 +298,28 @@ def _samples(task: tuple[Ranges, str]) -> tuple[np.ndarray, np.ndarray]:
 # --- a model's answers, on the workers ---------------------------------------------------------------------------
 
 
-def _column_table(path: Path, column: str, name: str) -> pa.Table:
-    """On a worker: one column of a Parquet file (the stored reference sample), named `name`."""
+def _verified(path: Path, sha256: str) -> pa.Table:
+    """On a worker: a registry file (the stored reference sample), read once its sha256 is the one the client
+    verified."""
+    import hashlib
+
     import pyarrow.parquet as pq
 
+    from mlops_cli.errors import IntegrityError
+
+    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise IntegrityError(
+            f"{path} on this worker is not the file the client verified (sha256 differs)",
+            "give every worker the same registry",
+        )
     try:
-        return pq.read_table(path, columns=[column]).rename_columns([name])
+        return pq.read_table(path)
     except io.read_errors() as exc:
         raise UnreadableFile(f"{path}: cannot read ({io.first_line(exc)})", "check the file") from exc
+
+
+def _renamed(table: pa.Table, column: str, name: str) -> pa.Table:
+    return table.select([column]).rename_columns([name])
 
 
 def _score(task: tuple[Any, Path], job: Any, column: str | None, target: str | None) -> dict[str, Any]:
@@ -410,15 +424,20 @@ def score(cluster: Cluster, job: Any, current: Side, column: str | None, target:
     return Answers(side, offset - sum(p["scored"] for p in parts), reasons, labelled)
 
 
-def held_column(cluster: Cluster, path: Path, column: str, name: str) -> Side:
-    """Column `column` of a small Parquet file (the stored reference sample) as a side of one table held on the
-    cluster, the column named `name` (read by a task: a lost copy is read again)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def held_file(cluster: Cluster, path: Path, sha256: str) -> Side:
+    """A small registry file (the stored reference sample) as a side of one table held on the cluster: read by a
+    task, on a worker, after checking its sha256 (a lost copy is read again)."""
+    side = Side.open(path, None)
+    return Side(path, (cluster.client.submit(_verified, path, sha256, pure=False),), side.schema, side.rows)
 
-    field = pq.read_schema(path).field(column).with_name(name)
-    future = cluster.client.submit(_column_table, path, column, name, pure=False)
-    return Side(path, (future,), pa.schema([field]), pq.read_metadata(path).num_rows)
+
+def held_column(cluster: Cluster, side: Side, column: str, name: str) -> Side:
+    """Column `column` of a held side (`held_file`) as a side of its own, the column named `name`."""
+    import pyarrow as pa
+
+    (table,) = side.files
+    future = cluster.client.submit(_renamed, table, column, name, pure=False)
+    return Side(side.path, (future,), pa.schema([side.schema.field(column).with_name(name)]), side.rows)
 
 
 # --- the client ------------------------------------------------------------------------------------------------

@@ -296,15 +296,26 @@ class _Prepared:
 
         version = self.loaded.version
         assert version is not None
-        ref = reference if reference is not None else partitioned.Side.open(version.file(SAMPLE), None)
-        rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, ref, current, self.options)
-        sizes = (ref.rows, current.rows)
-        rows, summary = summarize(rows, ref_columns, cur_columns, sizes, self.options, self.importance)
-        summary["prediction_drift"], summary["performance"], messages = self._answers(cluster, current, reference)
+        # The stored sample, verified and read on a worker, held there: the workers may not trust their registry.
+        sample = partitioned.held_file(cluster, version.file(SAMPLE), version.manifest["files"][SAMPLE]["sha256"])
+        try:
+            ref = reference if reference is not None else sample
+            rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, ref, current, self.options)
+            sizes = (ref.rows, current.rows)
+            rows, summary = summarize(rows, ref_columns, cur_columns, sizes, self.options, self.importance)
+            summary["prediction_drift"], summary["performance"], messages = self._answers(
+                cluster, current, reference, sample
+            )
+        finally:
+            sample.release()
         return _report(rows, summary, [], self.loaded.summary(), messages)
 
     def _answers(
-        self, cluster: Cluster, current: partitioned.Side, reference: partitioned.Side | None
+        self,
+        cluster: Cluster,
+        current: partitioned.Side,
+        reference: partitioned.Side | None,
+        held_sample: partitioned.Side,
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
         """(prediction drift, performance, messages): model.prediction_drift and model.performance, with the
         model scoring CURRENT on the workers through score-batch's worker path, once for both."""
@@ -330,7 +341,7 @@ class _Prepared:
                 if stored not in sample.columns:
                     messages.append(model.no_stored_column(stored))
                 else:
-                    prediction = self._against_sample(cluster, stored, current, col)
+                    prediction = self._against(cluster, held_sample, stored, current, col)
         elif missing:
             messages.append(model.lacks_features(missing))
         else:
@@ -352,27 +363,29 @@ class _Prepared:
             return prediction, None, messages
         if column is not None:
             assert answers.side is not None
-            prediction = self._against_sample(cluster, column, answers.side, column)
-            answers.side.release()
+            try:
+                prediction = self._against(cluster, held_sample, column, answers.side, column)
+            finally:
+                answers.side.release()
             why = model.unscored_message(answers.rejected, answers.reasons)
             messages += [why] if why else []
         performance = None
         if target is not None:
-            y, scored = answers.labelled_answers(loaded, target)
+            label = target  # narrowed, for the lambda
+            y, scored = answers.labelled_answers(loaded, label)
             performance, why = model.performance_of(
-                loaded, len(y), lambda: labelled_lib.scorer_of(loaded, y, scored, target, where=model.LABELLED)
+                loaded, len(y), lambda: labelled_lib.scorer_of(loaded, y, scored, label, where=model.LABELLED)
             )
             messages += [why] if why else []
         return prediction, performance, messages
 
-    def _against_sample(
-        self, cluster: Cluster, stored: str, current: partitioned.Side, name: str
+    def _against(
+        self, cluster: Cluster, sample: partitioned.Side, stored: str, current: partitioned.Side, name: str
     ) -> dict[str, Any]:
-        """The drift of CURRENT's column `name` from the stored sample's column `stored`."""
+        """The drift of CURRENT's column `name` from the held sample's column `stored`."""
         from mlops_cli.drift import partitioned
 
-        assert self.loaded.version is not None
-        reference = partitioned.held_column(cluster, self.loaded.version.file(SAMPLE), stored, name)
+        reference = partitioned.held_column(cluster, sample, stored, name)
         try:
             return partitioned.prediction_row(cluster, reference, current, name, self.options)
         finally:
