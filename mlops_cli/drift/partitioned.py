@@ -301,13 +301,11 @@ def _samples(task: tuple[Ranges, str]) -> tuple[np.ndarray, np.ndarray]:
 def _verified(path: Path, sha256: str) -> pa.Table:
     """On a worker: a registry file (the stored reference sample), read once its sha256 is the one the client
     verified."""
-    import hashlib
-
     import pyarrow.parquet as pq
 
     from mlops_cli.errors import IntegrityError
 
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+    if io.sha256_file(path) != sha256:
         raise IntegrityError(
             f"{path} on this worker is not the file the client verified (sha256 differs)",
             "give every worker the same registry",
