@@ -305,15 +305,17 @@ def _verified(path: Path, sha256: str) -> pa.Table:
 
     from mlops_cli.errors import IntegrityError
 
-    if io.sha256_file(path) != sha256:
+    try:
+        same = io.sha256_file(path) == sha256
+        table = pq.read_table(path) if same else None
+    except io.read_errors() as exc:  # a worker without the registry, or a damaged copy
+        raise UnreadableFile(f"{path}: cannot read on this worker ({io.first_line(exc)})", "check the file") from exc
+    if table is None:
         raise IntegrityError(
             f"{path} on this worker is not the file the client verified (sha256 differs)",
             "give every worker the same registry",
         )
-    try:
-        return pq.read_table(path)
-    except io.read_errors() as exc:
-        raise UnreadableFile(f"{path}: cannot read ({io.first_line(exc)})", "check the file") from exc
+    return table
 
 
 def _renamed(table: pa.Table, column: str, name: str) -> pa.Table:
