@@ -333,6 +333,18 @@ def test_a_worker_refuses_an_artifact_other_than_the_clients(reg, tmp_path):
         scoring._load_verified(job, "flights:1", "0" * 64)
 
 
+def test_a_worker_refuses_a_stored_sample_other_than_the_clients(reg):
+    """drift-report --model reads the stored reference sample on a worker: only the file the client verified."""
+    from mlops_cli.drift import partitioned
+    from mlops_cli.registry import SAMPLE, Registry
+
+    version = Registry(reg.registry).resolve("flights:1")
+    path = version.file(SAMPLE)
+    assert partitioned._verified(path, version.manifest["files"][SAMPLE]["sha256"]).num_rows == 500
+    with pytest.raises(IntegrityError, match="not the file the client verified"):
+        partitioned._verified(path, "0" * 64)
+
+
 # --- drift-report on the cluster -------------------------------------------------------------------------------
 
 
