@@ -502,10 +502,11 @@ def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, 
         assert summary["performance"]["rows"] > 1000
     page = [re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "T", p.read_text()) for p in pages.values()]
     assert page[0] == page[1]
-    table = [
-        reg("drift-report", *args, *extra, *e).stdout for e in ([], ["--engine", "dask", "--scheduler", cluster])
-    ]
-    assert table[0] == table[1]
+    if case in ("stored-reference", "invalid-rows"):  # the table renders the same report: twice is enough
+        table = [
+            reg("drift-report", *args, *extra, *e).stdout for e in ([], ["--engine", "dask", "--scheduler", cluster])
+        ]
+        assert table[0] == table[1]
 
 
 def _kill_when_busy(cluster: str, name: str, victim: subprocess.Popen, proc: subprocess.Popen) -> None:
