@@ -485,9 +485,7 @@ def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, 
     args = [p for p, given in zip((ref, cur), paths, strict=True) if given]
     pages = {engine: tmp_path / f"{engine}.html" for engine in ("local", "dask")}
     local = reg.json("drift-report", *args, *extra, "--html", pages["local"])
-    dask = reg.json(
-        "drift-report", *args, *extra, "--html", pages["dask"], "--engine", "dask", "--scheduler", cluster
-    )
+    dask = reg.json("drift-report", *args, *extra, "--html", pages["dask"], "--engine", "dask", "--scheduler", cluster)
     assert dask["results"].pop("engine") == {"name": "dask", "scheduler": cluster, "workers": 2}
     assert _walk(_without_times(local), _without_times(dask)) == []
     summary = dask["results"]["summary"]
@@ -497,7 +495,9 @@ def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, 
         if "--prediction-column" not in extra or case == "upstream-scores":
             assert summary["prediction_drift"]["kind"] == "numeric"
     if case == "invalid-rows":
-        assert any(m.startswith("prediction drift: 4 rows of CURRENT break the input contract") for m in dask["messages"])
+        assert any(
+            m.startswith("prediction drift: 4 rows of CURRENT break the input contract") for m in dask["messages"]
+        )
     elif "--model" in extra:
         assert summary["performance"]["rows"] > 1000
     page = [re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "T", p.read_text()) for p in pages.values()]
@@ -551,7 +551,9 @@ def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(reg, 
         assert proc.returncode == 3, stderr
         assert stdout == "" and not out.exists()
         assert len(stderr.strip().splitlines()) == 1 and "Dask workers died" in stderr
-    assert [p.name for p in tmp_path.iterdir() if p.name != "w3.log"] == (["drift.json"] if proc.returncode == 0 else [])
+    assert [p.name for p in tmp_path.iterdir() if p.name != "w3.log"] == (
+        ["drift.json"] if proc.returncode == 0 else []
+    )
     _wait_for_workers(cluster, 2)
 
 

@@ -365,7 +365,6 @@ class Answers:
     reasons: dict[str, int]
     labelled: pa.Table | None  # target, prediction, probabilities and reasons of the labelled rows, in row order
 
-
     def labelled_answers(self, model: LoadedModel, target: str) -> tuple[np.ndarray, Scored]:
         """The labels of the labelled rows and the runtime's answers to them, as `model.score` of those rows gives
         them: the rows that broke the input contract flagged, with their reasons."""
@@ -382,7 +381,9 @@ class Answers:
         for i in np.flatnonzero(invalid):
             for label in texts.iat[i].split(scoring.REASON_SEPARATOR):
                 reasons.setdefault(label, np.zeros(len(frame), dtype=bool))[i] = True
-        valid = io.to_pandas(self.labelled.filter(pa.array(~invalid)))  # filtered before pandas: no nulls widen the labels
+        valid = io.to_pandas(
+            self.labelled.filter(pa.array(~invalid))
+        )  # filtered before pandas: no nulls widen the labels
         classes = tuple(model.classes.tolist()) if model.classes is not None else None
         proba = None
         if model.with_proba and classes is not None:
@@ -484,7 +485,9 @@ def compare_on_cluster(
     return [rows[name] for name in names], ref_columns, cur_columns
 
 
-def prediction_row(cluster: Cluster, reference: Side, current: Side, name: str, options: DriftOptions) -> dict[str, Any]:
+def prediction_row(
+    cluster: Cluster, reference: Side, current: Side, name: str, options: DriftOptions
+) -> dict[str, Any]:
     """model.prediction_row on the cluster: column `name` of both sides (files, or tables held on the cluster)."""
     import pyarrow as pa
 
@@ -568,7 +571,13 @@ class _Columns:
 
     @classmethod
     def scan(
-        cls, cluster: Cluster, reference: Side, current: Side, numbers: list[str], others: list[str], options: DriftOptions
+        cls,
+        cluster: Cluster,
+        reference: Side,
+        current: Side,
+        numbers: list[str],
+        others: list[str],
+        options: DriftOptions,
     ) -> _Columns:
         """Pass 0 over every file of both sides: the columns `numbers` (the numeric path) and `others`."""
         scans = []
@@ -707,9 +716,9 @@ class _Columns:
         items = [(futures[j], name, k[name], self.with_means) for name, j in pairs]
         infos = _engine().map_partitions(self.cluster, _pass_a, items)
         for name, b in bounds.items():
-            mine = [a for (n, _), a in zip(pairs, infos, strict=True) if n == name]
-            filled = [a for a in mine if a["n"]]
-            self.ranges[name] = (futures[: len(b)], mine, (filled[0]["r_min"], filled[-1]["r_max"]))
+            answers = [a for (n, _), a in zip(pairs, infos, strict=True) if n == name]
+            filled = [a for a in answers if a["n"]]
+            self.ranges[name] = (futures[: len(b)], answers, (filled[0]["r_min"], filled[-1]["r_max"]))
 
     def settle(self) -> None:
         """Passes B and C of the pending numeric columns, each pass's tasks for all of them submitted together

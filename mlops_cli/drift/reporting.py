@@ -289,7 +289,9 @@ class _Prepared:
         importance = model.feature_importance(registry, loaded, sample)
         return cls(registry, loaded, sample, options, target, importance)
 
-    def report_on_cluster(self, cluster: Cluster, current: partitioned.Side, reference: partitioned.Side | None) -> Report:
+    def report_on_cluster(
+        self, cluster: Cluster, current: partitioned.Side, reference: partitioned.Side | None
+    ) -> Report:
         """drift_for_model on the cluster: CURRENT (and REFERENCE) read there, the stored sample the reference
         when REFERENCE is not given, the model's answers computed there."""
         from mlops_cli.drift import partitioned
@@ -354,12 +356,19 @@ class _Prepared:
             return prediction, None, messages
         keep = [target] if target is not None else []
         job = scoring.worker_job(
-            self.registry, loaded, current.path, scoring.ScoreOptions(keep_columns=keep, on_invalid="null", load=options.load)
+            self.registry,
+            loaded,
+            current.path,
+            scoring.ScoreOptions(keep_columns=keep, on_invalid="null", load=options.load),
         )
         try:
             answers = partitioned.score(cluster, job, current, column, target)
         except InvalidData as exc:  # the model cannot score the data at all
-            messages += [f"{what} skipped: {exc.message}" for what, asked in (("prediction drift", column), ("performance", target)) if asked]
+            messages += [
+                f"{what} skipped: {exc.message}"
+                for what, asked in (("prediction drift", column), ("performance", target))
+                if asked
+            ]
             return prediction, None, messages
         if column is not None:
             assert answers.side is not None
