@@ -509,26 +509,42 @@ def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, 
         assert table[0] == table[1]
 
 
-def _kill_when_busy(cluster: str, name: str, victim: subprocess.Popen, proc: subprocess.Popen) -> None:
-    """kill -9 the worker `name` as soon as it runs a task of `proc`'s run."""
+def _kill_when_busy(
+    cluster: str, name: str, victim: subprocess.Popen, proc: subprocess.Popen, holding: str | None = None
+) -> None:
+    """kill -9 the worker `name` as soon as it runs a task of `proc`'s run or, with `holding`, as soon as it runs
+    or holds the result of a task of that function."""
     from distributed import Client
+
+    def tasks(dask_scheduler: Any) -> list[tuple[str, list[str]]]:
+        return [
+            (str(t.key), [w.name for w in t.who_has or ()] + ([t.processing_on.name] if t.processing_on else []))
+            for t in dask_scheduler.tasks.values()
+        ]
 
     with Client(cluster, timeout=10, set_as_default=False) as client:
         deadline = time.monotonic() + 120
         while True:
-            info = client.scheduler_info(n_workers=-1)["workers"]
-            mine = [a for a, w in info.items() if w.get("name") == name]
-            if mine and client.processing(mine).get(mine[0]):
-                break  # it holds a task right now
+            if holding is not None:
+                if any(k.startswith(holding) and name in on for k, on in client.run_on_scheduler(tasks)):
+                    break
+            else:
+                info = client.scheduler_info(n_workers=-1)["workers"]
+                mine = [a for a, w in info.items() if w.get("name") == name]
+                if mine and client.processing(mine).get(mine[0]):
+                    break  # it holds a task right now
             assert time.monotonic() < deadline and proc.poll() is None, f"{name} never ran a task"
             time.sleep(0.02)
     victim.kill()
 
 
-def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(reg, cluster, tmp_path, scored_data):
-    """kill -9 a worker while it runs a task of drift-report --model: Dask runs its tasks again (the scored
-    predictions it held included) and the report is the local one, or the run fails with exit 3 and writes
-    nothing. Never a hang, never a half-written -o file."""
+@pytest.mark.parametrize("holding", ["_score", "_values"], ids=["scoring", "holding-predictions"])
+def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(
+    reg, cluster, tmp_path, scored_data, holding
+):
+    """kill -9 a worker while it scores a file for drift-report --model, or once it holds scored predictions:
+    Dask runs its tasks again (the scoring of the predictions it held included) and the report is the local one,
+    or the run fails with exit 3 and writes nothing. Never a hang, never a half-written -o file."""
     _, cur = scored_data
     local = reg.json("drift-report", cur, "--model", "flights:1")
     out = tmp_path / "drift.json"
@@ -538,7 +554,7 @@ def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(reg, 
             _wait_for_workers(cluster, 3)
             proc = _mlops(reg, "drift-report", cur, "--model", "flights:1", "-o", out, "--engine", "dask",
                           "--scheduler", cluster)  # fmt: skip
-            _kill_when_busy(cluster, "w3", victim, proc)
+            _kill_when_busy(cluster, "w3", victim, proc, holding)
             stdout, stderr = proc.communicate(timeout=300)
         finally:
             _stop([victim])
