@@ -125,32 +125,37 @@ def _scan(task: tuple[Path, Any, list[str], list[str]]) -> dict[str, dict[str, A
     for name in numbers + others:
         series = frame[name]
         part: dict[str, Any] = {"rows": len(series), "isna": int(series.isna().sum())}
+        x = _numbers(series) if name in numbers else None
+        if x is not None:
+            x.sort()
+            low = int(np.searchsorted(x, -np.inf, side="right"))
+            high = int(np.searchsorted(x, np.inf, side="left"))
+            end = int(np.searchsorted(x, np.inf, side="right"))
+            finite = x[low:high]
+            at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
+            part.update(
+                numeric=True,
+                nan=len(x) - end,
+                neg=low,
+                pos=end - high,
+                finite=len(finite),
+                whole=pd.api.types.is_integer_dtype(series) or kinds.integral(finite),
+                points=finite[at],
+            )
+        elif name in numbers:
+            part["numeric"] = False
+        # A numeric column with this many values per file is no category: its counts are taken later if asked.
+        # The sorted floats tell first (they have no more distinct values than the column), sparing the hashing
+        # of a column of measurements.
+        if x is not None and end > 1 and 1 + np.count_nonzero(x[1:end] != x[: end - 1]) > kinds.MAX_CATEGORIES:
+            part["counts"] = None
+            out[name] = part
+            continue
         try:
             counts = series.value_counts(sort=False)  # first-appearance order: merged, it is the whole column's
-            # A numeric column with this many values per file is no category: its counts are taken later if asked.
             part["counts"] = counts if name in others or len(counts) <= kinds.MAX_CATEGORIES else None
         except TypeError:
             part["counts"], part["unhashable"] = None, True
-        if name in numbers:
-            x = _numbers(series)
-            if x is None:
-                part["numeric"] = False
-            else:
-                x.sort()
-                low = int(np.searchsorted(x, -np.inf, side="right"))
-                high = int(np.searchsorted(x, np.inf, side="left"))
-                end = int(np.searchsorted(x, np.inf, side="right"))
-                finite = x[low:high]
-                at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
-                part.update(
-                    numeric=True,
-                    nan=len(x) - end,
-                    neg=low,
-                    pos=end - high,
-                    finite=len(finite),
-                    whole=pd.api.types.is_integer_dtype(series) or kinds.integral(finite),
-                    points=finite[at],
-                )
         out[name] = part
     return out
 
