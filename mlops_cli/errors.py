@@ -13,7 +13,8 @@ MlopsError (exit 5, HTTP 500: a bug if it escapes as the base class)
      └── FeatureStoreError (the online feature store, Redis): FeatureViewNotFound, FeatureViewLocked, and
                              StoreUnavailable, which is also an Unreachable (exit 3)
 
-Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)
+Interrupted (a KeyboardInterrupt, exit 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, as a shell
+            reports them)
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class FeatureViewLocked(FeatureStoreError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived: the command stopped and removed what it had started to write.
+    """SIGINT, SIGTERM or SIGHUP arrived: the command stopped and removed what it had started to write.
 
     A BaseException like KeyboardInterrupt, not an MlopsError, so that no `except Exception` on the way out (an
     unpickler's, a library's) can swallow it; the CLI turns it into exit 128 + the signal number.

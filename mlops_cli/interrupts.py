@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _NO_WINDOW = contextlib.nullcontext()
@@ -70,6 +70,26 @@ def uninstall() -> None:
     """Stop honouring windows (windows already open close harmlessly); a signal still waiting is dropped."""
     global _installed
     _installed = None
+
+
+_on_hangup: Callable[[], None] | None = None
+
+
+@contextlib.contextmanager
+def hangup_rechecks(callback: Callable[[], None]) -> Iterator[None]:
+    """For a service (`mlops stream`): while inside, SIGHUP calls `callback` (re-check the alias now, the services'
+    convention) instead of stopping the command. `callback` runs in a signal handler: it must only set a flag."""
+    global _on_hangup
+    _on_hangup = callback
+    try:
+        yield
+    finally:
+        _on_hangup = None
+
+
+def hangup_handler() -> Callable[[], None] | None:
+    """For the CLI's signal handler: what SIGHUP does instead of stopping, if a service said so."""
+    return _on_hangup
 
 
 def defer(signum: int) -> bool:

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,10 +40,13 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, tmp: Path) -> None:
+    """Tansu on 127.0.0.1. With `advertised_port`, it tells clients to connect there (a `Silencer` in front of it):
+    `address` is then that one, so every connection of every client goes through it."""
+
+    def __init__(self, tmp: Path, advertised_port: int | None = None) -> None:
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.address}"
+        self.address = f"127.0.0.1:{advertised_port or self.port}"
+        url = f"tcp://127.0.0.1:{self.port}"
         self.log = tmp / "tansu.log"
         env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "LISTENER_URL", "STORAGE_ENGINE")}
         with self.log.open("wb") as out:
@@ -53,7 +57,7 @@ class Broker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    f"tcp://{self.address}",
                     "--storage-engine",
                     "memory://tansu/",
                 ],  # fmt: skip
@@ -85,16 +89,25 @@ class Broker:
         for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
             future.result(30)
 
-    def produce(self, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        values: list[bytes | None],
+        keys: list[bytes | None] | None = None,
+        headers: dict[int, list[tuple[str, bytes]]] | None = None,
+    ) -> None:
         from confluent_kafka import Producer
 
         producer = Producer({"bootstrap.servers": self.address, "linger.ms": 5, "log_level": 2})
         failed: list[Any] = []
         for i, value in enumerate(values):
             key = keys[i] if keys is not None else str(i).encode()
+            extra = {"headers": headers[i]} if headers and i in headers else {}
             while True:
                 try:
-                    producer.produce(topic, value, key, on_delivery=lambda e, m: failed.append(e) if e else None)
+                    producer.produce(
+                        topic, value, key, on_delivery=lambda e, m: failed.append(e) if e else None, **extra
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -185,3 +198,73 @@ class StreamProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+
+
+class Silencer:
+    """A TCP relay in front of a broker (which advertises the relay's port): it passes everything on until `hold()`;
+    from then on, a connection that sends an OffsetCommit request gets nothing more through, ever, and stays open:
+    a group coordinator that has gone silent. The broker and the clients are real; only the wire is cut."""
+
+    OFFSET_COMMIT = 8  # the Kafka protocol's API key
+
+    def __init__(self, port: int, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.holding = threading.Event()
+        self.held = threading.Event()  # a commit was swallowed
+        self.server = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        self.holding.set()
+
+    def close(self) -> None:
+        self.server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
+            upstream.settimeout(None)
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Client to broker, a request (4-byte size, then the API key) at a time."""
+        buffer = b""
+        try:
+            while data := client.recv(65536):
+                buffer += data
+                while len(buffer) >= 6 and len(buffer) >= 4 + int.from_bytes(buffer[:4], "big"):
+                    size = 4 + int.from_bytes(buffer[:4], "big")
+                    frame, buffer = buffer[:size], buffer[size:]
+                    if self.holding.is_set() and int.from_bytes(frame[4:6], "big") == self.OFFSET_COMMIT:
+                        self.held.set()
+                        while client.recv(65536):  # swallowed, and everything after it on this connection
+                            pass
+                        return
+                    upstream.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            _close(client, upstream)
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(source, target)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        try:
+            sock.close()
+        except OSError:
+            pass

@@ -271,6 +271,58 @@ def test_a_load_that_lost_its_lock_fails_and_never_flips(tmp_path, url, redis_se
     ]
 
 
+def test_a_load_that_lost_its_lock_before_its_sweep_leaves_the_new_owners_keys(tmp_path, url, redis_server):
+    """The sweep of keys left by killed loads runs under the lock: a load that stalled before it while another load
+    took over must not unlink the keys the other load is writing."""
+    from mlops_cli.errors import FeatureViewLocked
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    client = redis_server.client()
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2], "x": [1.0, 2.0]}), path)
+    store = Store(url)
+    load(store, path, MaterializeOptions(entity=ENTITY, name="flights"))
+    theirs = [f"{pointer('flights')}:v7:{i}" for i in range(3)]
+    record = store.record
+
+    def stalled(name):  # read just after the lock is taken, before the sweep: the other load takes over here
+        store.record = record  # type: ignore[method-assign]  (once)
+        client.set(f"{pointer('flights')}:lock", "otherhost 1 thief")
+        for key in theirs:
+            client.set(key, "[1.0]")
+        return record(name)
+
+    store.record = stalled  # type: ignore[method-assign]
+    with pytest.raises(FeatureViewLocked):
+        load(store, path, MaterializeOptions(entity=ENTITY, name="flights"))
+    assert all(client.exists(key) for key in theirs)
+    assert json.loads(client.get(pointer("flights")))["version"] == 1
+
+
+def test_a_load_that_outlasts_its_ttl_is_refused_and_never_flips(tmp_path, url, redis_server):
+    """With one absolute expiry, keys written after it are stored already expired (Redis answers OK and keeps
+    nothing): such a load must fail rather than publish a view missing its last entities."""
+    from mlops_cli.features.materialize import MaterializeOptions
+    from mlops_cli.features.materialize import materialize as load
+
+    client = redis_server.client()
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({ENTITY: [1, 2, 3], "x": [1.0, 2.0, 3.0]}), path)
+    store = Store(url)
+    load(store, path, MaterializeOptions(entity=ENTITY, name="flights"))
+    slow = MaterializeOptions(
+        entity=ENTITY, name="flights", ttl_s=1, batch_size=1, on_progress=lambda rows, total: time.sleep(0.6)
+    )
+    with pytest.raises(InputError) as error:
+        load(store, path, slow)
+    assert "took longer than --ttl-s 1" in error.value.one_line() and error.value.exit_code == 3
+    assert json.loads(client.get(pointer("flights")))["version"] == 1
+    assert sorted(client.keys(f"{pointer('flights')}:v*")) == [
+        f"{pointer('flights')}:v1:{i}".encode() for i in (1, 2, 3)
+    ]
+
+
 def test_entities_written_early_and_late_in_a_load_expire_together(tmp_path, url, redis_server):
     from mlops_cli.features.materialize import MaterializeOptions
     from mlops_cli.features.materialize import materialize as load
@@ -634,6 +686,59 @@ def test_redis_down_mid_serve_is_503_fast_and_never_leaks_the_store(two_profiles
         assert len(rows) > 0 and set(rows["temp"]) == {fills["temp"]}, route  # the answering model's profile
 
 
+def test_a_split_key_from_the_store_routes_the_row_its_fills_were_chosen_for(two_profiles, frame, tmp_path, url):
+    """The split key is a view column but not a model feature, and the view lacks `temp`: each row by id is routed
+    on the store's split key, and `temp` is filled from the profile of the model that answers it."""
+    view = frame.drop(columns=["temp"]).assign(region=[f"r{i % 17}" for i in range(len(frame))])
+    path = tmp_path / "view.parquet"
+    view.to_parquet(path)
+    Cli(two_profiles).json("features", "materialize", path, "--entity", ENTITY, "--name", "flights", "--store", url)
+    log = tmp_path / "log"
+    args = serve_args(url, "--on-missing-feature", "fill", "--log-dir", log, "--challenger", "flights:2",
+                      "--challenger-share", "0.5", "--split-key", "region")  # fmt: skip
+    with Server(two_profiles, "flights:1", *args, tmp=tmp_path) as server:
+        server.wait_ready()
+        status, _, body = server.post_json("/predict", {"rows": [{ENTITY: int(i)} for i in frame[ENTITY][:40]]})
+        assert status == 200, body
+        assert {p["route"] for p in body["predictions"]} == {"champion", "challenger"}
+        assert server.stop() == 0
+    logged = io.read_table(log)
+    for ref, route in (("flights:1", "champion"), ("flights:2", "challenger")):
+        rows = logged[logged["route"] == route]
+        assert len(rows) > 0 and set(rows["temp"]) == {profile_fills(two_profiles, ref)["temp"]}, route
+
+
+def test_while_redis_is_down_one_request_a_second_tries_it(registry, frame, table, tmp_path):
+    """Past the short circuit's retry time, one request probes the store; the others arriving meanwhile keep the
+    fast 503 instead of each waiting out the read timeout."""
+    redis = RedisServer(tmp_path)
+    try:
+        Cli(registry).json(
+            "features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", redis.url
+        )
+        args = serve_args(redis.url, "--feature-cache-s", "0", "--feature-timeout-s", "1", "--poll-s", "30")
+        one = {"rows": [{ENTITY: int(frame[ENTITY].iloc[0])}]}
+        with Server(registry, "flights", *args, tmp=tmp_path) as server:
+            server.wait_ready()
+            redis.pause()
+            assert server.post_json("/predict", one)[0] == 503  # after the read timeout: the circuit opens
+            time.sleep(1.2)  # past the retry time
+            import concurrent.futures
+
+            def timed() -> tuple[int, float]:
+                started = time.monotonic()
+                status = server.post_json("/predict", one)[0]
+                return status, time.monotonic() - started
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda _: timed(), range(4)))
+            assert [status for status, _ in results] == [503] * 4
+            assert sum(seconds >= 0.8 for _, seconds in results) == 1, results  # one probe waited the timeout
+            redis.resume()
+    finally:
+        redis.stop()
+
+
 def wait_for(condition, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -649,6 +754,20 @@ def test_serve_refuses_to_start_without_its_view(registry, url, tmp_path):
     assert done.returncode == 4 and "no feature view 'flights'" in done.stderr, done.stderr
     half = run_mlops("serve", "flights", "--features", url, registry=registry, timeout=60)
     assert half.returncode == 2
+
+
+def test_serve_fill_refuses_to_start_with_a_challenger_without_a_profile(
+    model_file, other_model_file, table, url, tmp_path
+):
+    """`fill` needs the profile of every model that may answer a row: a challenger without one is refused at start
+    (as score-batch refuses it), not found out by 503s on every request looked up by id."""
+    registry = tmp_path / "registry"
+    Cli(registry).json("register", model_file, "--name", "flights", "--train-data", REFERENCE, "--target", "delayed")
+    Cli(registry).json("register", other_model_file, "--name", "flights")  # no training data: no profile
+    Cli(registry).json("features", "materialize", table, "--entity", ENTITY, "--name", "flights", "--store", url)
+    args = ("--challenger", "flights:2", "--split-key", ENTITY, "--on-missing-feature", "fill")
+    done = run_mlops("serve", "flights:1", "--port", "0", *serve_args(url, *args), registry=registry, timeout=120)
+    assert done.returncode == 4 and "flights:2 has no reference profile" in done.stderr, done.stderr
 
 
 # --- score-batch --features ---------------------------------------------------------------------------------------

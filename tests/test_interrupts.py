@@ -201,6 +201,17 @@ def test_sigterm_during_the_report_write_never_leaves_a_partial_file(tmp_path, t
     assert json.loads(result.stdout)["command"] == "models list"
 
 
+@pytest.mark.slow
+def test_sighup_stops_a_command_as_sigterm_does_with_exit_129(tmp_path):
+    """A closed terminal (SIGHUP) no longer kills a command outright: it stops cleanly, one line, exit 128 + 1."""
+    out = tmp_path / "report.json"
+    args = ("--registry", tmp_path / "registry", "models", "list", "--json", "-o", out)
+    result = _interrupt_at("mlops_cli.io.check_output", *args, signals=(signal.SIGHUP,))
+    assert result.returncode == 129, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: interrupted by SIGHUP")
+    assert json.loads(result.stdout)["exit_code"] == 129
+
+
 def test_a_model_that_writes_to_fd_1_cannot_corrupt_json_in_a_real_process(tmp_path, model_file):
     """Under CliRunner only sys.stdout can be swapped; a real process also points fd 1 at stderr, so a C library or
     os.write(1, ...) in model code lands there too."""

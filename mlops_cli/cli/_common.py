@@ -415,10 +415,12 @@ def _command_path(group: TyperGroup, ctx: Any) -> str:
 
 
 class _Stop:
-    """The CLI's one handler for SIGTERM (a cron timeout, systemd) and Ctrl-C: they raise `Interrupted` in the main
-    thread, so `with` and `finally` blocks remove temporary files and the exit code is 143 or 130, never 1, which
-    scripts read as a verdict. Inside a commit window (`mlops_cli.interrupts`) the signal waits until the window
-    closes; once stopping, further signals are ignored, so nothing cuts the clean-up short."""
+    """The CLI's one handler for SIGTERM (a cron timeout, systemd), SIGHUP (the terminal closed) and Ctrl-C: they
+    raise `Interrupted` in the main thread, so `with` and `finally` blocks remove temporary files and the exit code
+    is 143, 129 or 130, never 1, which scripts read as a verdict. In a service that asked for it
+    (`interrupts.hangup_rechecks`), SIGHUP re-checks the alias instead. Inside a commit window (`mlops_cli.interrupts`)
+    the signal waits until the window closes; once stopping, further signals are ignored, so nothing cuts the
+    clean-up short."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -426,6 +428,12 @@ class _Stop:
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             return  # already stopping: a second Ctrl-C must not cut the clean-up short
+        import signal
+
+        recheck = interrupts.hangup_handler() if signum == signal.SIGHUP else None
+        if recheck is not None:  # a service (stream): SIGHUP re-checks the alias, as for `mlops serve`
+            recheck()
+            return
         if interrupts.defer(signum):
             return  # a commit is under way: `deliver` acts on it when the last window closes
         self._raise(signum, "stopped; every file is written whole or not at all")
@@ -462,7 +470,7 @@ def _interruptible(owns_process: bool = False) -> Callable[[], None]:
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
     stop = _Stop()
     interrupts.install(stop.deliver)
-    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def restore() -> None:
         for signum, handler in previous.items():

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, emit, pairs, registry
+from mlops_cli.cli._common import JsonOpt, OutputOpt, OverwriteOpt, QuietOpt, columns, emit, pairs, registry
 from mlops_cli.report import Report
 
 
@@ -98,7 +98,7 @@ def run(
                 'e.g. {"auc": 0.8}',
             )
         recorded = {**loaded, **recorded}
-    asked = tuple(dict.fromkeys(f.strip() for f in (formats or "").split(",") if f.strip()))
+    asked = tuple(dict.fromkeys(columns(formats)))
     unknown = [f for f in asked if f not in FORMATS]
     if unknown:
         raise typer.BadParameter(f"unknown format(s) {unknown}; use {', '.join(FORMATS)}", param_hint="--formats")

@@ -9,6 +9,7 @@ import typer
 from mlops_cli.cli._common import (
     JsonOpt,
     OutputOpt,
+    PromFileOpt,
     QuietOpt,
     RuntimeOpt,
     StrictOpt,
@@ -58,10 +59,7 @@ def run(
         int | None, typer.Option(min=0, max=65535, help="Serve /metrics, /livez, /readyz on this port.")
     ] = None,
     host: Annotated[str, typer.Option(help="Address the metrics port binds.")] = "127.0.0.1",
-    prom_file: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="Also write the metrics to FILE (node_exporter textfile), every 15 s."),
-    ] = None,
+    prom_file: PromFileOpt = None,
     start_from: Annotated[
         Literal["earliest", "latest"],
         typer.Option("--from", help="Where a group without committed offsets starts."),
@@ -90,7 +88,8 @@ def run(
     answers are acknowledged (at least once; nothing lost on a crash).
 
     NAME@ALIAS follows the alias: a new version is loaded, verified and warmed up, then used from the next batch.
-    SIGTERM finishes the batch, commits, leaves the group and exits 0. An unreachable broker exits 3.
+    SIGHUP re-checks the alias now. SIGTERM or Ctrl-C finish the batch, commit, leave the group and exit 0. An
+    unreachable broker exits 3.
     """
     key = columns(split_key)
     if challenger is None and (key or challenger_share != 0.1):
@@ -110,10 +109,6 @@ def run(
         raise InputError(f"mlops stream needs {exc.name}", "install the extra: pip install 'mlops-cli[kafka]'") from exc
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    if prom_file is not None and not prom_file.parent.is_dir():
-        from mlops_cli.errors import MissingFile
-
-        raise MissingFile(f"{prom_file.parent}: no such folder", "check --prom-file")
 
     from mlops_cli.refs import parse_ref
     from mlops_cli.report import Report
@@ -134,7 +129,6 @@ def run(
         log_dir=log_dir,
         metrics_host=host,
         metrics_port=metrics_port,
-        prom_file=prom_file,
         start_from=start_from,
         max_messages=max_messages,
         idle_exit_s=idle_exit_s,
@@ -171,6 +165,7 @@ def run(
         "messages_in": counts.messages_in,
         "messages_out": counts.messages_out,
         "dead_lettered": counts.dead_lettered,
+        "unproducible": counts.unproducible,
         "batches": counts.batches,
         "commits_failed": counts.commits_failed,
         "switches": counts.switches,

@@ -65,12 +65,15 @@ def materialize(store: Store, table: Path, options: MaterializeOptions) -> Repor
     store.ping()
     with _Lock(store, name) as lock:
         previous = store.record(name)
-        swept = store.drop_prefix(f"{pointer(name)}:v", keep=_current(previous))  # loads killed before this one
+        # Keys of loads killed before this one; the lock is checked before each UNLINK, so a load that stalled
+        # here past its lock cannot sweep the keys of the load that took over.
+        swept = store.drop_prefix(f"{pointer(name)}:v", keep=_current(previous), before_unlink=lock.check)
         version = int(store.call(store.client.incr, f"{pointer(name)}:seq"))
         prefix = version_prefix(name, version)
         try:
             expires_at_ms = _expiry(store, options.ttl_s)
             rows = _load(store, table, fmt, features, prefix, options, lock, expires_at_ms)
+            _check_not_expired(store, expires_at_ms, options.ttl_s)
             source = {**fingerprint.result(), "rows": rows}
             record = Record(
                 name, version, options.entity, features, kinds, options.ttl_s, rows, source, utc_now(),
@@ -211,6 +214,19 @@ def _expiry(store: Store, ttl_s: int | None) -> int | None:
     return int(seconds) * 1000 + int(micros) // 1000 + ttl_s * 1000
 
 
+def _check_not_expired(store: Store, expires_at_ms: int | None, ttl_s: int | None) -> None:
+    """A load that outlasted its TTL wrote its last keys already expired (Redis answers OK to a SET whose PXAT is
+    past, and keeps nothing): flipping to it would publish a view missing entities."""
+    if expires_at_ms is None:
+        return
+    seconds, micros = store.call(store.client.time)
+    if int(seconds) * 1000 + int(micros) // 1000 >= expires_at_ms:
+        raise InputError(
+            f"the load took longer than --ttl-s {ttl_s}: its keys expired before it finished; the view was not switched",
+            "give a --ttl-s longer than the load takes",
+        )
+
+
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
@@ -282,6 +298,11 @@ class _Lock:
     def renew(self, pipe: Any) -> None:
         """Queue the renewal on a batch's pipeline: its reply is 0 when the lock is no longer this load's."""
         pipe.eval(self._RENEW, 1, self.key, self.value, LOCK_S)
+
+    def check(self) -> None:
+        """Renew now, or raise `lost()` if the lock is no longer this load's."""
+        if not self.store.call(self.store.client.eval, self._RENEW, 1, self.key, self.value, LOCK_S):
+            raise self.lost()
 
     def lost(self) -> FeatureViewLocked:
         return FeatureViewLocked(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -232,8 +233,9 @@ class Store:
 
     # --- maintenance -------------------------------------------------------------------------------------------
 
-    def drop_prefix(self, prefix: str, keep: str | None = None) -> int:
-        """UNLINK every key under `prefix` (but those under `keep`), a SCAN step at a time; returns the count."""
+    def drop_prefix(self, prefix: str, keep: str | None = None, before_unlink: Callable[[], None] | None = None) -> int:
+        """UNLINK every key under `prefix` (but those under `keep`), a SCAN step at a time; returns the count.
+        `before_unlink` runs before each UNLINK (a lock check that raises to stop)."""
         dropped = 0
         cursor = 0
         while True:
@@ -241,6 +243,8 @@ class Store:
             if keep is not None:
                 keys = [k for k in keys if not k.decode(errors="replace").startswith(keep)]
             if keys:
+                if before_unlink is not None:
+                    before_unlink()
                 dropped += int(self.call(self.client.unlink, *keys))
             if cursor == 0:
                 return dropped

@@ -42,6 +42,8 @@ HELP = {
     "mlops_monitor_invalid_ratio": "Share of invalid rows in the monitored window.",
     "mlops_monitor_route_share_ratio": "Share of rows per route in the monitored window.",
     "mlops_monitor_dropped_log_rows": "Prediction-log rows the server dropped in the monitored window.",
+    "mlops_stream_run_messages": "Messages of the last stream run, by result (in, out, dead_letter, unproducible).",
+    "mlops_stream_run_commits_failed": "Offset commits the last stream run saw refused (answered again later).",
 }
 
 # Every metric is a gauge but the window's latency quantiles: a summary (the type a `quantile` label belongs to),
@@ -280,3 +282,20 @@ def _monitor(report: Report) -> list[Sample]:
     if r["drift"]:  # the window's drift, as drift-report's own metrics
         out += [s for s in _drift(Report("drift-report", results=r["drift"])) if s.name != "mlops_job_input_rows"]
     return out
+
+
+@mapping("stream")
+def _stream(report: Report) -> list[Sample]:
+    r = report.results
+    results = {
+        "in": "messages_in",
+        "out": "messages_out",
+        "dead_letter": "dead_lettered",
+        "unproducible": "unproducible",
+    }
+    return [
+        Sample("mlops_job_input_rows", r["messages_in"]),
+        Sample("mlops_job_rejected_rows", r["dead_lettered"]),
+        *(Sample("mlops_stream_run_messages", r[key], {"result": label}) for label, key in results.items()),
+        Sample("mlops_stream_run_commits_failed", r["commits_failed"]),
+    ]

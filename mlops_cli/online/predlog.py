@@ -261,7 +261,8 @@ def _batch(entries: list[Entry]) -> pa.RecordBatch:
             features = [contract.validate(contract.from_values(values, spec), spec)[0]]
         except MlopsError:
             if len(entries) > 1:  # one request's unreadable column must not null the others': each on its own
-                return pa.concat_batches([_batch([e]) for e in entries])
+                # (a Table, not pa.concat_batches: that needs pyarrow 19, and pyarrow>=15 is allowed)
+                return pa.Table.from_batches([_batch([e]) for e in entries]).combine_chunks().to_batches()[0]
     for feature in spec.features:
         add(feature.name, _feature(features[0].get(feature.name) if features else None, feature.kind, n))
     add("prediction", pa.array(each(lambda e: e.routed.prediction), type=_prediction_type(spec)))

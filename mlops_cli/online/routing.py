@@ -75,6 +75,17 @@ class Router:
         names.update(dict.fromkeys(self.split_key))
         return list(names)
 
+    def mistyped(self, values: Mapping[str, list[Any]]) -> dict[int, str]:
+        """Rows a served model cannot take (`contract.mistyped`), with the reason, checked before the split: a row
+        either model refuses is refused whichever model its key picks (a pair reads its columns alike in practice,
+        and the split key is hashed once per batch, in `score`)."""
+        out: dict[int, str] = {}
+        for followed in (self.champion, self.challenger):
+            if followed is not None and followed.current is not None:
+                for row, reason in contract.mistyped(values, followed.current.model.spec).items():
+                    out.setdefault(row, reason)
+        return out
+
     def score(self, values: Mapping[str, list[Any]], n: int) -> Routed:
         """Score `n` rows given as JSON values per column (see `contract.from_values`)."""
         champion = self.champion.current

@@ -23,6 +23,7 @@ UNSEEN = "unseen category"
 NOT_NUMBER = "not a number"
 NOT_BOOLEAN = "not a boolean"
 NOT_DATE = "not a date"
+NOT_TEXT = "not text"  # a number or a boolean where the model reads a text category
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -160,6 +161,30 @@ def from_values(values: Mapping[str, list[Any]], spec: ModelSpec) -> Columns:
         elif array.dtype.kind == "U":
             array = np.array(column, dtype=object)
         out[feature.name] = array
+    return out
+
+
+_TEXT_TYPES = frozenset({str, type(None)})
+
+
+def mistyped(values: Mapping[str, list[Any]], spec: ModelSpec) -> dict[int, str]:
+    """Rows whose JSON value can never be coerced to its feature's kind, with the reason for the first such column
+    ("<column>: <problem>", score-batch's form): anything but text in a categorical column (`NOT_TEXT`) or a date
+    column (`NOT_DATE`). These are the values that make `from_values` refuse a whole batch; every other value is
+    coerced or flagged row by row by `validate`. So the rows not named here can be scored together, in one call.
+    A column of text costs one set of its types."""
+    out: dict[int, str] = {}
+    for feature in spec.features:
+        kind = feature.kind
+        if (kind != "categorical" and kind != "datetime") or feature.name not in values:
+            continue
+        column = values[feature.name]
+        if set(map(type, column)) <= _TEXT_TYPES:
+            continue
+        reason = f"{feature.name}: {NOT_TEXT if kind == 'categorical' else NOT_DATE}"
+        for row, value in enumerate(column):
+            if value is not None and type(value) is not str and row not in out:
+                out[row] = reason
     return out
 
 

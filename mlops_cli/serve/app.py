@@ -547,7 +547,7 @@ class _Shadow:
 
 
 def _envelope(exc: MlopsError) -> dict[str, Any]:
-    return {"status": "error", "error": {"code": exc.http_status, "message": exc.message, "hint": exc.hint}}
+    return protocols.error_envelope(exc.http_status, exc.message, exc.hint)
 
 
 def _error(exc: MlopsError) -> _Response:

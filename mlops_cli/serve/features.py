@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from mlops_cli.errors import FeatureStoreError, StoreUnavailable
 from mlops_cli.features.assemble import ABSENT, assemble, needs_lookup, reference_fills
@@ -48,8 +49,9 @@ class FeatureOptions:
     timeout_s: float = 0.25
 
 
-def check(options: FeatureOptions, champion: Current) -> None:
-    """Before the server listens: the store answers, the view exists, and `fill` has a profile to fill from."""
+def check(options: FeatureOptions, *served: Current | None) -> None:
+    """Before the server listens: the store answers, the view exists, and `fill` has a profile to fill from for
+    every model served (champion and challenger)."""
     from mlops_cli.features.store import Store
 
     store = Store(options.url, timeout_s=max(options.timeout_s, 1.0))
@@ -58,7 +60,9 @@ def check(options: FeatureOptions, champion: Current) -> None:
     finally:
         store.close()
     if options.on_missing == "fill":
-        reference_fills(champion.model)  # raises if the version has no reference profile
+        for current in served:
+            if current is not None:
+                reference_fills(current.model)  # raises if the version has no reference profile
 
 
 class OnlineFeatures:
@@ -118,7 +122,8 @@ class OnlineFeatures:
             for j, entity in zip(wanted, found.entities, strict=True):
                 entities[j] = entity
         policy = self.options.on_missing
-        fill = self._row_fills(router, values, n, need, entities) if policy == "fill" and need else None
+        split = self._split_keys(router, values, n, need, entities)
+        fill = self._row_fills(router, split, n) if policy == "fill" and need else None
         assembled = assemble(
             values,
             n,
@@ -138,16 +143,21 @@ class OnlineFeatures:
         if ids_column is not None:
             assembled = replace(assembled, entity_ids=[entity_text(v) for v in ids_column])
         out = dict(assembled.values)
-        for name, column in values.items():  # the id and the split key: a column no row carried is null
+        for name, column in split.items():  # a split key that is not a model feature: routed as the fills chose
+            out.setdefault(name, column)
+        for name, column in values.items():  # the id: a column no row carried is null
             if name not in out:
                 out[name] = [None if v is ABSENT else v for v in column]
         return replace(rows, values=out, features=assembled)
 
     async def _fetch(self, keys: list[str]) -> Found:
         failure = self._failure
-        if failure is not None and time.monotonic() < self._retry_at:
-            self.metrics.feature_short_circuits.inc()
-            raise StoreUnavailable(failure.message, failure.hint)  # known down: 503 now, not after a timeout
+        if failure is not None:
+            now = time.monotonic()
+            if now < self._retry_at:
+                self.metrics.feature_short_circuits.inc()
+                raise StoreUnavailable(failure.message, failure.hint)  # known down: 503 now, not after a timeout
+            self._retry_at = now + RETRY_S  # this request tries the store; the others keep the fast 503 meanwhile
         loop = asyncio.get_running_loop()
         try:
             fetched = await loop.run_in_executor(self._pool, self.lookup.fetch, keys)
@@ -170,26 +180,30 @@ class OnlineFeatures:
             self.error = None
             self.metrics.feature_store_up.set(1)
 
-    def _row_fills(
-        self, router: Router, values: dict[str, list[Any]], n: int, need: list[int], entities: list[Entity | None]
-    ) -> list[dict[str, Any] | None]:
-        """Per row, the stand-ins of the model that will answer it: the router's split, decided on the split key as
-        the row will hold it (the request's value, else the store's; a key that is missing itself: the champion)."""
-        champion = router.champion.current
-        challenger = router.challenger.current if router.challenger is not None else None
-        fills: list[dict[str, Any] | None] = [self._fills_of(champion)] * n
-        if challenger is None or not router.share:
-            return fills
+    @staticmethod
+    def _split_keys(
+        router: Router, values: dict[str, list[Any]], n: int, need: list[int], entities: list[Entity | None]
+    ) -> dict[str, list[Any]]:
+        """The split key's columns as the router will read them: the request's value, else the store's."""
         keys: dict[str, list[Any]] = {}
-        for name in router.split_key:
-            column = [None if v is ABSENT else v for v in values.get(name, [ABSENT] * n)]
+        for name in router.split_key if router.challenger is not None else ():
+            given = values.get(name, [ABSENT] * n)
+            column = [None if v is ABSENT else v for v in given]
             for i, entity in zip(need, entities, strict=True):
-                if values.get(name, [ABSENT] * n)[i] is ABSENT and entity is not None:
+                if given[i] is ABSENT and entity is not None:
                     column[i] = entity.get(name)[1]
             keys[name] = column
-        to_challenger = router.to_challenger(keys)
-        challenger_fills = self._fills_of(challenger)
-        return [challenger_fills if routed else fill for routed, fill in zip(to_challenger, fills, strict=True)]
+        return keys
+
+    def _row_fills(self, router: Router, split: dict[str, list[Any]], n: int) -> Sequence[dict[str, Any] | None]:
+        """Per row, the stand-ins of the model that will answer it (the router's split on `split`), read from its
+        reference profile only when a row needs them."""
+        champion = router.champion.current
+        challenger = router.challenger.current if router.challenger is not None else None
+        if challenger is None or not router.share:
+            return _Fills(self, [champion] * n)
+        to_challenger = router.to_challenger(split)
+        return _Fills(self, [challenger if routed else champion for routed in to_challenger])
 
     def _fills_of(self, current: Current | None) -> dict[str, Any] | None:
         if current is None:
@@ -213,3 +227,23 @@ class OnlineFeatures:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         self.store.close()
+
+
+class _Fills(Sequence[dict[str, Any] | None]):
+    """Each row's stand-ins, looked up when `assemble` asks for a row it must fill: a version without a reference
+    profile fails only the requests that need one."""
+
+    def __init__(self, features: OnlineFeatures, answering: list[Current | None]) -> None:
+        self._features, self._answering = features, answering
+
+    def __len__(self) -> int:
+        return len(self._answering)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any] | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[dict[str, Any] | None]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self._features._fills_of(c) for c in self._answering[i]]
+        return self._features._fills_of(self._answering[i])

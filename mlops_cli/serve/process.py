@@ -62,7 +62,7 @@ def load(registry: Registry, ref: str, options: ServeOptions) -> Models:
     if options.features is not None:
         from mlops_cli.serve.features import check
 
-        check(options.features, champion.current)  # type: ignore[arg-type]
+        check(options.features, champion.current, challenger.current if challenger is not None else None)
     return Models(champion, challenger, shadow)
 
 

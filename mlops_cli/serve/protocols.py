@@ -14,6 +14,8 @@ Errors never quote a caller's value: they name the column and, where it helps, t
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,13 +181,36 @@ class Reader:
             raise TooLarge(f"{n:,} rows in one request; this server takes at most {self.max_rows:,}", "split it")
 
     def _checked(self, values: dict[str, list[Any]], n: int) -> Rows:
-        for name, column in values.items():
-            for i, value in enumerate(column):
-                if not isinstance(value, SCALARS) and value is not self.absent:
-                    raise SchemaMismatch(
-                        f"column {name!r} holds a list or an object at row {i + 1}", "send one plain value per cell"
-                    )
+        bad = not_scalar(values, self.absent)
+        if bad:
+            row = min(bad)
+            raise SchemaMismatch(
+                f"column {bad[row]!r} holds a list or an object at row {row + 1}", "send one plain value per cell"
+            )
         return Rows(values, n)
+
+
+_SCALAR_TYPES = frozenset(SCALARS)
+
+
+def not_scalar(values: Mapping[str, list[Any]], absent: Any = None) -> dict[int, str]:
+    """Rows holding a list or an object (JSON's only non-scalars) in one of `values`' columns, with the first such
+    column; `absent` (what a row that lacks a column holds) passes. For `serve`'s requests and `stream`'s messages.
+    The common case, none, costs one set of types per column."""
+    allowed = _SCALAR_TYPES | {type(absent)}
+    out: dict[int, str] = {}
+    for name, column in values.items():
+        if set(map(type, column)) <= allowed:
+            continue
+        for row, value in enumerate(column):
+            if row not in out and not isinstance(value, SCALARS) and value is not absent:
+                out[row] = name
+    return out
+
+
+def error_envelope(code: int, message: str, hint: str | None) -> dict[str, Any]:
+    """The one JSON error body of the services (`serve`, and `stream`'s metrics port). Never a caller's value."""
+    return {"status": "error", "error": {"code": code, "message": message, "hint": hint}}
 
 
 def _flat(data: list[Any]) -> list[Any]:
@@ -214,10 +239,20 @@ def _plain(value: Any) -> Any:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain)  # made once: json.dumps with
 # options builds an encoder per call, which a stream pays for every message
+# `JSONEncoder.encode` still builds CPython's C encoder on every call (a quarter of a small answer's encoding time);
+# this is the one it builds, made once. Without a circular-reference check: answers are built here, never circular.
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)  # None where there is no C encoder (not CPython)
+_C_ENCODER = (
+    _make_encoder(None, _plain, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+    if _make_encoder is not None
+    else None
+)
 
 
 def dumps(obj: Any) -> bytes:
-    return _ENCODER.encode(obj).encode()
+    if _C_ENCODER is None:
+        return _ENCODER.encode(obj).encode()
+    return "".join(_C_ENCODER(obj, 0)).encode()
 
 
 def answer_rows(routed: Any, ids: list[Any] | None, features: Any = None) -> list[dict[str, Any]]:
@@ -228,12 +263,13 @@ def answer_rows(routed: Any, ids: list[Any] | None, features: Any = None) -> lis
     from mlops_cli.runtime import proba_column
 
     columns = [proba_column(c) for c in routed.classes]
+    proba = routed.proba.tolist() if routed.proba is not None else None  # one conversion, not one per row
     out = []
     for i in range(routed.n):
         row: dict[str, Any] = {} if ids is None else {"id": ids[i]}
         row["prediction"] = routed.prediction[i]
-        if routed.proba is not None:
-            for name, value in zip(columns, routed.proba[i].tolist(), strict=True):
+        if proba is not None:
+            for name, value in zip(columns, proba[i], strict=True):
                 row[name] = None if math.isnan(value) else value
         row["model_version"] = routed.version[i]
         row["route"] = routed.route[i]

@@ -7,7 +7,6 @@ lag per partition and commits. A partition is a low-cardinality label (a topic h
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from typing import Any
 
 from mlops_cli.errors import InputError
 from mlops_cli.online.metrics import CONTENT_TYPE, LATENCY_BUCKETS, Metrics
+from mlops_cli.serve.protocols import dumps, error_envelope
 
 
 class StreamMetrics(Metrics):
@@ -25,10 +25,13 @@ class StreamMetrics(Metrics):
         reg = self.registry
         self.messages = Counter(
             "mlops_stream_messages_total",
-            "Messages consumed (in), answered on the output topic (out), sent to the dead-letter topic (dead_letter)",
+            "Messages consumed (in), answered on the output topic (out), sent to the dead-letter topic (dead_letter), "
+            "committed without an answer the broker would take (unproducible)",
             ["result"],
             registry=reg,
         )
+        for result in ("in", "out", "dead_letter", "unproducible"):
+            self.messages.labels(result)  # every series from the start, at 0: an alert on a rate needs it
         self.batch_seconds = Histogram(
             "mlops_stream_batch_duration_seconds",
             "Time from a batch's consumption to its offsets' commit (decode, score, produce, flush, commit)",
@@ -70,13 +73,10 @@ class Endpoint:
                     self._send(200, b'{"status":"ok"}')
                 elif path == "/readyz":
                     ready, details = readiness()
-                    body = {"status": "ok" if ready else "error", **details}
-                    if not ready:
-                        body["error"] = {"code": 503, "message": "not ready", "hint": "see the details"}
-                    self._send(200 if ready else 503, json.dumps(body, sort_keys=True).encode())
+                    status = {"status": "ok"} if ready else error_envelope(503, "not ready", "see the details")
+                    self._send(200 if ready else 503, dumps({**status, **details}))
                 else:
-                    error = {"code": 404, "message": "no such path", "hint": "GET /metrics, /livez or /readyz"}
-                    self._send(404, json.dumps({"status": "error", "error": error}).encode())
+                    self._send(404, dumps(error_envelope(404, "no such path", "GET /metrics, /livez or /readyz")))
 
             def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
                 self.send_response(status)

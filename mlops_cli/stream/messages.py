@@ -2,7 +2,8 @@
 
 An input message is one JSON object: a row of features, optionally its id (`--key-column`). A message that is not
 a JSON object, or whose model columns hold lists or objects, is undecodable; a row that breaks the input contract
-is invalid (score-batch's reasons). Both go to the dead-letter topic with the original bytes and the reason, or,
+is invalid (score-batch's reasons; a value of a type its feature never takes, found per row before the model call,
+so that the rest of the batch is scored in one call). Both go to the dead-letter topic with the original bytes and the reason, or,
 without a dead-letter topic, to the output topic with a null prediction and the reason, so that every input message
 has exactly one answer. Each answer names the input topic, partition and offset: downstream jobs deduplicate on
 those three (delivery is at least once).
@@ -21,14 +22,17 @@ from mlops_cli.errors import MlopsError
 if TYPE_CHECKING:
     from mlops_cli.online.routing import Routed, Router
 
-# Dead-letter headers: the reason, where the message came from, and which model turned it down.
-REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, MODEL = (
+# Dead-letter headers: the reason, where the message came from, which model turned it down, and, on a dead letter
+# cut to TRUNCATED_BYTES because the broker refused it whole, the original value's length.
+REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, MODEL, TRUNCATED = (
     "mlops.reason",
     "mlops.topic",
     "mlops.partition",
     "mlops.offset",
     "mlops.model",
+    "mlops.truncated",
 )
+TRUNCATED_BYTES = 1024
 
 
 class Incoming(NamedTuple):
@@ -44,8 +48,9 @@ class Incoming(NamedTuple):
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """A message to produce (a tuple, as `Incoming`: one per input message)."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -81,17 +86,26 @@ class Codec:
         self.key_column = key_column
 
     def answer(self, batch: Sequence[Incoming]) -> Answered:
+        from mlops_cli.serve.protocols import not_scalar
+
         names = self.router.columns()
         decoded = [_decode(message.value) for message in batch]
         problems: dict[int, str] = {i: row for i, row in enumerate(decoded) if type(row) is str}
         good = [i for i, row in enumerate(decoded) if type(row) is dict]
         rows: list[dict[str, Any]] = [decoded[i] for i in good]  # type: ignore[misc]
         values = {name: [row.get(name) for row in rows] for name in names}
-        nested = _nested(values)
-        if nested:  # a list or an object where the model reads a value: that message is undecodable
-            problems.update({good[j]: reason for j, reason in nested.items()})
-            good = [i for j, i in enumerate(good) if j not in nested]
-            rows = [row for j, row in enumerate(rows) if j not in nested]
+        # Per row, before the model call: a list or an object where the model reads a value (undecodable), or a
+        # value of a type the feature can never take (a number for a category: score-batch's reason). Either would
+        # make the whole batch's call fail; turned down alone, the other rows are still scored in one call.
+        refused = {
+            j: f"undecodable: column {name!r} holds a list or an object" for j, name in not_scalar(values).items()
+        }
+        for j, reason in self.router.mistyped(values).items():
+            refused.setdefault(j, reason)  # a list where a category goes is undecodable first
+        if refused:
+            problems.update({good[j]: reason for j, reason in refused.items()})
+            good = [i for j, i in enumerate(good) if j not in refused]
+            rows = [row for j, row in enumerate(rows) if j not in refused]
             values = {name: [row.get(name) for row in rows] for name in names}
         answers: dict[int, Outgoing] = {i: self._dead(batch[i], reason) for i, reason in problems.items()}
         result = Answered(undecodable=len(problems))
@@ -101,8 +115,9 @@ class Codec:
             try:
                 routed = self.router.score(values, len(rows))
             except MlopsError as exc:
-                # A batch-wide problem (a column holding numbers in some messages and text in others): each message
-                # alone, so that only the ones at fault are turned down.
+                # The last resort, for what no row-level check foresees: a split key holding numbers in some
+                # messages and text in others (its hash needs one type), a value the model itself refuses. Each
+                # message alone, so that only the ones at fault are turned down.
                 if len(batch) > 1:
                     return self._one_by_one(batch)
                 return Answered([self._dead(batch[0], exc.one_line())], undecodable=1)
@@ -128,17 +143,18 @@ class Codec:
         routed: Routed,
         answers: dict[int, Outgoing],
     ) -> None:
-        """serve's answer rows (`answer_rows`: the same columns), plus the message's key, the model's name and
-        where the message came from."""
+        """serve's answer rows (`answer_rows`: the same columns), plus the message's key, the name of the model
+        that answered the row and where the message came from."""
         from mlops_cli.serve.protocols import answer_rows, dumps
 
-        name = self.router.champion.ref.name
+        models = {part.route: part.current.model.spec.name or "" for part in routed.parts}
         output, dead_letter = self.output_topic, self.dead_letter_topic
         for j, answer in enumerate(answer_rows(routed, ids if ids is not None else [None] * routed.n)):
             message = batch[good[j]]
             reason = routed.reasons[j]
+            name = models[routed.route[j]]
             if reason is not None and dead_letter is not None:
-                answers[good[j]] = self._dead(message, reason, routed.version[j])
+                answers[good[j]] = self._dead(message, reason, f"{name}:{routed.version[j]}")
                 continue
             key = message.key
             answer["key"] = None if key is None else key.decode("utf-8", "replace")
@@ -148,22 +164,31 @@ class Codec:
                 key = str(answer["id"]).encode()
             answers[good[j]] = Outgoing(output, key, dumps(answer), dead=reason is not None)
 
-    def _dead(self, message: Incoming, reason: str, version: str = "") -> Outgoing:
+    def _dead(self, message: Incoming, reason: str, model: str = "") -> Outgoing:
+        """A dead letter; `model` (NAME:VERSION) is the model that turned the row down, none for a message turned
+        down before any model saw it."""
         if self.dead_letter_topic is None:
             from mlops_cli.serve.protocols import dumps
 
             body: dict[str, Any] = {"id": None, "key": _text(message.key), "prediction": None, "invalid_reason": reason}
             body.update(topic=message.topic, partition=message.partition, offset=message.offset)
             return Outgoing(self.output_topic, message.key, dumps(body), dead=True)
-        model = self.router.champion.ref.name + (f":{version}" if version else "")
         headers = list(message.headers or []) + [
             (REASON, reason.encode()),
             (SOURCE_TOPIC, message.topic.encode()),
             (SOURCE_PARTITION, str(message.partition).encode()),
             (SOURCE_OFFSET, str(message.offset).encode()),
-            (MODEL, model.encode()),
+            (MODEL, (model or self.router.champion.ref.name).encode()),
         ]
         return Outgoing(self.dead_letter_topic, message.key, message.value or b"", headers, dead=True)
+
+    def cut(self, item: Outgoing) -> Outgoing | None:
+        """A dead letter the broker refused (too large), cut to its first TRUNCATED_BYTES with the original length
+        in a header; None when cutting cannot help (an answer, or a value already that short)."""
+        if not item.dead or item.topic != self.dead_letter_topic or len(item.value) <= TRUNCATED_BYTES:
+            return None
+        headers = [*(item.headers or []), (TRUNCATED, str(len(item.value)).encode())]
+        return item._replace(value=item.value[:TRUNCATED_BYTES], headers=headers)
 
 
 def _decode(value: bytes | None) -> dict[str, Any] | str:
@@ -177,19 +202,6 @@ def _decode(value: bytes | None) -> dict[str, Any] | str:
     if type(row) is not dict:
         return "undecodable: not a JSON object"
     return row
-
-
-def _nested(values: dict[str, list[Any]]) -> dict[int, str]:
-    """Rows whose model columns hold a list or an object (JSON gives nothing else that is not a scalar), with the
-    first such column. Checked a column at a time: the common case, none, costs one set of types per column."""
-    out: dict[int, str] = {}
-    for name, column in values.items():
-        kinds = set(map(type, column))
-        if list in kinds or dict in kinds:
-            for j, value in enumerate(column):
-                if type(value) in (list, dict) and j not in out:
-                    out[j] = f"undecodable: column {name!r} holds a list or an object"
-    return out
 
 
 def _text(key: bytes | None) -> str | None:

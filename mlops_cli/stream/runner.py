@@ -3,19 +3,21 @@
 Delivery is at least once. One batch at a time, in the main thread: consume up to `max_batch_rows` messages, score
 them through the one runtime (champion and challenger, as `mlops serve` routes them), produce one output or
 dead-letter message per input message, flush the producer and check every delivery report, and only then commit the
-batch's offsets, synchronously. A crash or kill -9 at any point loses nothing: what was not committed is consumed
-again after a restart, and answered again (a duplicate, never a gap). Downstream jobs deduplicate on the input
-topic, partition and offset that every answer carries.
+batch's offsets, synchronously (waited for at most --timeout-s: a silent coordinator is Unreachable, exit 3). A
+crash or kill -9 at any point loses nothing: what was not committed is consumed again after a restart, and answered
+again (a duplicate, never a gap). Downstream jobs deduplicate on the input topic, partition and offset that every
+answer carries. A message whose answer the broker refuses for itself (too large) never blocks its partition: its
+dead letter is sent again cut, or, if even that is refused, it is counted as unproducible and committed past.
 
 Rebalances: librdkafka calls the assignment callbacks only inside `consume`, and every batch consumed before that
 call has been committed by then, so a revoked partition has nothing done and uncommitted. A commit refused because
 a rebalance took the partition away leaves its messages to the new owner (answered twice, not lost).
 
-Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM or SIGINT raise `Interrupted` in the main thread, but
-never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed, and the stream
-then leaves the group (`close`) and returns its counts; the CLI exits 0. The alias is followed as `mlops serve`
-follows it (`mlops_cli.online.following`): a thread re-reads it, and a new version is loaded, verified and warmed up
-there, then swapped in between two batches.
+Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM or SIGINT raise `Interrupted` in the main
+thread, but never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed, and the
+stream then leaves the group (`close`) and returns its counts; the CLI exits 0. The alias is followed as `mlops serve`
+follows it (`mlops_cli.online.following`): a thread re-reads it (every --poll-s, and at once on SIGHUP), and a new
+version is loaded, verified and warmed up there, then swapped in between two batches.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_cli.errors import InputError, Interrupted, Unreachable
-from mlops_cli.interrupts import commit_window
+from mlops_cli.interrupts import commit_window, hangup_rechecks
 from mlops_cli.stream.messages import Codec, Incoming, Outgoing
 
 if TYPE_CHECKING:
@@ -40,7 +43,14 @@ if TYPE_CHECKING:
 
 IDLE_POLL_S = 0.1  # how long one consume call waits for a first message when nothing is buffered
 LAG_EVERY_S = 1.0
-PROM_FILE_EVERY_S = 15.0  # node_exporter's textfile collector reads at scrape time; a few scrapes per rewrite
+# librdkafka's errors about one message rather than the broker: it is refused for itself, and would be again.
+PER_MESSAGE_ERRORS = (
+    "MSG_SIZE_TOO_LARGE",
+    "RECORD_LIST_TOO_LARGE",
+    "INVALID_RECORD",
+    "INVALID_MSG",
+    "INVALID_MSG_SIZE",
+)
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,11 @@ class StreamOptions:
     log_dir: Path | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
-    prom_file: Path | None = None  # the same metrics as a node_exporter textfile, rewritten atomically
     start_from: str = "earliest"
     max_messages: int | None = None
     idle_exit_s: float | None = None
     poll_s: float = 0.5
-    timeout_s: float = 30.0  # connecting, and a batch's delivery: past it the broker is unreachable
+    timeout_s: float = 30.0  # connecting, a batch's delivery, a commit: past it the broker is unreachable
     session_timeout_ms: int = 10_000
     kafka: dict[str, str] = field(default_factory=dict)  # more librdkafka settings (security, client.id, ...)
     load: LoadOptions | None = None
@@ -75,6 +84,7 @@ class Counts:
     messages_in: int = 0
     messages_out: int = 0
     dead_lettered: int = 0
+    unproducible: int = 0  # messages whose answer or dead letter the broker refused even cut: committed past
     batches: int = 0
     commits_failed: int = 0
     switches: list[dict[str, Any]] = field(default_factory=list)
@@ -100,11 +110,13 @@ class Stream:
         self._served: dict[str, Current] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to answer, per assigned partition
         self._lag_at = 0.0
-        self._prom_at = 0.0
+        self._commit_stuck = False  # a commit thread still waits on the coordinator: the consumer is not closed
         self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
         self._joined = False
         self._ready = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by SIGHUP (re-check now) and at the end (stop waiting)
+        self._force = False
         self._kafka_error: str | None = None
         self._kafka_code: int | None = None
         self._down_since: float | None = None  # librdkafka said every broker is down; cleared when one answers
@@ -159,13 +171,15 @@ class Stream:
             metrics.ready.set(1)
             if announce is not None:
                 announce(self)
-            self._loop()
+            with hangup_rechecks(self.recheck):
+                self._loop()
         except Interrupted as stop:
             self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed
         finally:
             self._ready = False
             metrics.ready.set(0)
             self._stop.set()
+            self._wake.set()
             self._close(endpoint)
         return self.counts
 
@@ -241,11 +255,10 @@ class Stream:
         return PredictionLog(directory, 0, on_rows=counted)
 
     def _close(self, endpoint: Endpoint | None) -> None:
-        if self._consumer is not None:
-            self._consumer.close()  # leaves the group at once: its partitions go to the other members now
-        if self.options.prom_file is not None and self._metrics is not None:
-            self._update_lag()
-            self._write_prom_file(self.options.prom_file)
+        # Leaves the group at once: its partitions go to the other members now. Not while a commit is stuck in
+        # another thread: closing would wait on the same silent coordinator (the session timeout frees them).
+        if self._consumer is not None and not self._commit_stuck:
+            self._consumer.close()
         if self._log is not None:
             self._log.close()
         if endpoint is not None:
@@ -276,9 +289,6 @@ class Stream:
                 self._lag_at = now
                 self._update_lag()
                 self._check_broker(now)
-            if options.prom_file is not None and now - self._prom_at >= PROM_FILE_EVERY_S:
-                self._prom_at = now
-                self._write_prom_file(options.prom_file)
 
     def _idle_limit(self, idle_exit_s: float) -> float:
         """Idle means no message since the last assignment. Before the first one (a group join takes a while), a
@@ -309,38 +319,78 @@ class Stream:
         incoming = [Incoming(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in batch]
         with commit_window():  # a signal waits until this batch is answered and committed
             answered = self.codec.answer(incoming)
-            self._produce(answered.out)
+            lost = self._produce(incoming, answered.out)
             self._commit(incoming)
-            dead = sum(1 for o in answered.out if o.dead)
+            dead = sum(1 for i, o in enumerate(answered.out) if o.dead and i not in lost)
+            out = len(answered.out) - len(lost) - dead
             self.counts.messages_in += len(batch)
-            self.counts.messages_out += len(answered.out) - dead
+            self.counts.messages_out += out
             self.counts.dead_lettered += dead
+            self.counts.unproducible += len(lost)
             self.counts.batches += 1
         metrics.messages.labels("in").inc(len(batch))
-        metrics.messages.labels("out").inc(len(answered.out) - dead)
+        metrics.messages.labels("out").inc(out)
         metrics.messages.labels("dead_letter").inc(dead)
+        metrics.messages.labels("unproducible").inc(len(lost))
         if answered.routed is not None:
             metrics.answered(answered.routed, answered.score_seconds)
             if self._log is not None and answered.values is not None:
                 self._submit(answered, incoming[0], started)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _produce(self, out: list[Outgoing]) -> None:
-        """Every answer acknowledged by the broker, or Unreachable (and nothing of the batch committed)."""
+    def _produce(self, incoming: list[Incoming], out: list[Outgoing]) -> set[int]:
+        """Every answer acknowledged by the broker, or Unreachable (and nothing of the batch committed).
+
+        A message refused for itself (too large for the broker's or the producer's `message.max.bytes`, invalid)
+        must not block its partition: a restart would meet it again, for ever. A dead letter is sent again cut
+        (`Codec.cut`); what still cannot be produced is said on stderr and returned (positions in `out`), and the
+        batch is committed past it."""
+        refused = self._send(dict(enumerate(out)))
+        if not refused:
+            return set()
+        cut = {i: item for i in refused if (item := self.codec.cut(out[i])) is not None}
+        refused_cut = self._send(cut) if cut else {}
+        lost = (refused.keys() - cut.keys()) | refused_cut.keys()
+        for i in sorted(lost):
+            message, error = incoming[i], refused_cut[i] if i in refused_cut else refused[i]
+            self._say(
+                f"{message.topic}/{message.partition}/{message.offset}: the broker refused its "
+                f"{'dead letter' if out[i].dead else 'answer'} ({error.str()}); committed without one"
+            )
+        return lost
+
+    def _send(self, items: dict[int, Outgoing]) -> dict[int, Any]:
+        """Produce and flush `items`; returns the ones refused for themselves, with the error. Anything else the
+        broker or the producer says (a timeout, a lost broker) is Unreachable."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        per_message = {getattr(KafkaError, name) for name in PER_MESSAGE_ERRORS}
         producer = self._producer
+        refused: dict[int, Any] = {}
         failed: list[Any] = []
 
-        def delivered(error: Any, message: Any) -> None:
+        def delivered(i: int, error: Any, message: Any) -> None:
             if error is not None:
-                failed.append(error)
+                if error.code() in per_message:
+                    refused[i] = error
+                else:
+                    failed.append(error)
 
-        for item in out:
+        for i, item in items.items():
             while True:
                 try:
-                    producer.produce(item.topic, item.value, item.key, headers=item.headers, on_delivery=delivered)
+                    producer.produce(
+                        item.topic, item.value, item.key, headers=item.headers, on_delivery=partial(delivered, i)
+                    )
                     break
                 except BufferError:  # the producer's queue is full: let deliveries drain it
                     producer.poll(0.05)
+                except KafkaException as exc:  # refused before it was queued: librdkafka's own checks
+                    if exc.args[0].code() not in per_message:
+                        failed.append(exc.args[0])
+                    else:
+                        refused[i] = exc.args[0]
+                    break
         left = producer.flush(self.options.timeout_s)
         if left or failed:
             why = failed[0].str() if failed else f"{left} messages not acknowledged in {self.options.timeout_s:g} s"
@@ -348,6 +398,7 @@ class Stream:
                 f"the broker did not take the answers ({why}); their input offsets were not committed",
                 "check the broker; a restart answers the uncommitted messages again",
             )
+        return refused
 
     def _commit(self, incoming: list[Incoming]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -359,7 +410,7 @@ class Stream:
             last[(message.topic, message.partition)] = message.offset
         offsets = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._commit_within(offsets)
         except KafkaException as exc:
             # A rebalance gave a partition to another member (its new owner answers these messages again), or the
             # coordinator is moving (the next batch's commit carries higher offsets): a duplicate, not a loss.
@@ -372,6 +423,34 @@ class Stream:
             if key in self._positions:  # still assigned
                 self._positions[key] = offset + 1
 
+    def _commit_within(self, offsets: list[Any]) -> None:
+        """A synchronous commit, waited for at most --timeout-s. confluent-kafka's `commit` takes no timeout (nor
+        does librdkafka's): it waits for the coordinator's answer, for ever if none comes. So it runs in a thread;
+        past the deadline, Unreachable (the thread is left waiting; nothing more is committed)."""
+        outcome: list[BaseException | None] = []
+        done = threading.Event()
+
+        def commit() -> None:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which raises it)
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=commit, name="mlops-commit", daemon=True).start()
+        if not done.wait(self.options.timeout_s):
+            self._commit_stuck = True
+            raise Unreachable(
+                f"the group coordinator did not answer the offset commit within {self.options.timeout_s:g} s; "
+                "this batch's offsets may not be committed",
+                "check the broker; a restart answers the uncommitted messages again",
+            )
+        error = outcome[0]
+        if error is not None:
+            raise error
+
     def _submit(self, answered: Any, first: Incoming, started: float) -> None:
         from mlops_cli.online.predlog import Entry
 
@@ -382,24 +461,20 @@ class Stream:
         assert self._log is not None
         self._log.submit(Entry(answered.values, routed, spec, answered.ids, request_id, time.time(), latency_ms))
 
-    def _write_prom_file(self, path: Path) -> None:
-        from mlops_cli import io
-
-        metrics = self._metrics
-        assert metrics is not None
-        data = metrics.render()
-        try:
-            io.write_atomic(path, lambda fh: fh.write(data))
-        except OSError as exc:  # a full disk must not stop the scoring: /metrics and the next rewrite still say it
-            self._say(f"cannot write {path} ({exc.strerror or exc})")
-
     # --- partitions, lag -----------------------------------------------------------------------------------------
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import KafkaException
+
         metrics = self._metrics
         assert metrics is not None
+        try:  # where this member starts: the lag counts from there until its own first commit
+            partitions = consumer.committed(partitions, timeout=self.options.timeout_s)
+        except KafkaException as exc:  # not known yet: the lag counts from the low watermark meanwhile
+            self._say(f"kafka: the group's committed offsets are unknown ({exc.args[0].str()})")
         for tp in partitions:
-            self._positions.setdefault((tp.topic, tp.partition), -1)
+            key = (tp.topic, tp.partition)
+            self._positions[key] = max(self._positions.get(key, -1), tp.offset)  # no offset: negative
         self._idle_since = time.monotonic()
         self._joined = True
         metrics.assigned.set(len(self._positions))
@@ -433,11 +508,19 @@ class Stream:
 
     # --- alias following, readiness, messages ----------------------------------------------------------------
 
+    def recheck(self) -> None:
+        """SIGHUP: re-read the aliases now, and retry a version that failed (as `mlops serve` does)."""
+        self._force = True
+        self._wake.set()
+
     def _follow(self) -> None:
-        while not self._stop.wait(self.options.poll_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.options.poll_s)
+            self._wake.clear()
+            force, self._force = self._force, False
             for followed in self.models():
                 if followed.follows:
-                    followed.check()
+                    followed.check(force=force)
 
     def _switched(self, followed: Followed, result: str, new: Current | None, error: str | None) -> None:
         metrics = self._metrics
