@@ -35,6 +35,7 @@ from mlops_cli.runtime.contract import text_column_types
 
 ON_INVALID = ("fail", "skip", "null")
 REASON_COLUMN = "invalid_reason"
+REASON_SEPARATOR = "; "  # between a row's reasons in REASON_COLUMN
 QUANTILE_SAMPLE = 100_000  # predictions kept per model for the quantiles: exact up to this many rows scored
 SAMPLE_SEED = 0
 SPLIT_METHOD = "fnv1a64+splitmix64"
@@ -121,8 +122,9 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     return {"use_dictionary": [f.name for f in schema if not pa.types.is_floating(f.type)]}
 
 
-def _score_file(run: _Run, file: Path, where: Path, fmt: str, write: Callable[[pa.RecordBatch], None]) -> None:
-    """Stream one input file through `run` into `write`, batch by batch: the one loop of both engines."""
+def score_file(run: _Run, file: Path, where: Path, fmt: str, write: Callable[[pa.RecordBatch], None]) -> None:
+    """Stream one input file through `run` into `write`, batch by batch: the one loop of both engines (and of
+    drift-report's scoring on Dask)."""
     row = 0
     options, plan = run.options, run.plan
     for batch in io.iter_batches(
@@ -145,7 +147,7 @@ def _score_locally(
     )
     try:
         with writer:
-            for _ in local.map_partitions(lambda file: _score_file(run, file, where[file], fmt, writer.write), where):
+            for _ in local.map_partitions(lambda file: score_file(run, file, where[file], fmt, writer.write), where):
                 pass
             if run.rows_read == 0:
                 raise EmptyInput(f"{input_path}: has no rows", "check that the job that writes it finished")
@@ -170,7 +172,7 @@ class _Job:
     models: tuple[tuple[str, str, str], ...]  # (role, NAME:VERSION, artifact sha256)
     options: ScoreOptions
     plan: _Plan
-    folder: Path
+    folder: Path | None  # where the parts go; None: the caller takes the batches (worker_run, score_file)
     fmt: str
 
 
@@ -239,24 +241,40 @@ def _part_name(index: int) -> str:
 
 
 def _score_partition(task: tuple[Any, Path], job: _Job) -> _Partial:
-    """On a worker: score one input file into its part (`task`: the partition, and the name its errors give). The
-    models come from the registry, each verified against its sha256 before it is unpickled (LoadedModel.load), once
-    per worker process."""
+    """On a worker: score one input file into its part (`task`: the partition, and the name its errors give)."""
+    started = time.perf_counter()
+    partition, name = task
+    run = worker_run(partition, job)
+    assert job.folder is not None
+    target = job.folder / _part_name(partition.index)
+    schema = job.plan.schema
+    with io.TableWriter(target, schema, parquet_options=_parquet_options(schema), overwrite=True) as writer:
+        score_file(run, partition.path, name, job.fmt, writer.write)
+    return replace(run.partial(), seconds=time.perf_counter() - started)
+
+
+def worker_run(partition: Any, job: _Job) -> _Run:
+    """On a worker: a run over one partition (`partition.offset` its first row's global index). The models come
+    from the registry, each verified against its sha256 before it is unpickled (LoadedModel.load), once per worker
+    process."""
     from mlops_cli.engines import dask as engine
 
-    partition, name = task
-    started = time.perf_counter()
     models = []
     for role, ref, sha256 in job.models:
         key = (str(job.registry), ref, sha256, job.options.load, job.options.proba)
         loaded = engine.worker_cached(key, functools.partial(_load_verified, job, ref, sha256))
         models.append(_Model(role, ref, loaded, _Summary(loaded.classes, loaded.with_proba)))
-    run = _Run(models, job.plan, job.options, first_index=partition.offset)
-    target = job.folder / _part_name(partition.index)
-    schema = job.plan.schema
-    with io.TableWriter(target, schema, parquet_options=_parquet_options(schema), overwrite=True) as writer:
-        _score_file(run, partition.path, name, job.fmt, writer.write)
-    return replace(run.partial(), seconds=time.perf_counter() - started)
+    return _Run(models, job.plan, job.options, first_index=partition.offset)
+
+
+def worker_job(registry: Registry, model: LoadedModel, input_path: Path, options: ScoreOptions) -> _Job:
+    """What Dask workers need to score the Parquet files of `input_path` with `model` (resolved and verified on the
+    client) through score-batch's worker path, for a caller that takes the output batches itself (drift-report):
+    the exact version, its sha256 and the plan, checked against every file's columns."""
+    models = [_Model("champion", model.ref, model, _Summary(model.classes, model.with_proba))]
+    plan = _plan(input_path, io.parts(input_path), "parquet", "parquet", models, options, [])
+    refs = tuple((m.role, m.version.ref, m.version.summary()["sha256"]) for m in models)
+    return _Job(registry.root, refs, replace(options, on_progress=None), plan, None, "parquet")
 
 
 def _load_verified(job: _Job, ref: str, sha256: str) -> LoadedModel:
@@ -848,7 +866,7 @@ def _reason_texts(n: int, reasons: dict[str, np.ndarray]) -> list[str | None]:
     texts: list[str | None] = [None] * n
     for label, mask in reasons.items():
         for i in np.flatnonzero(mask).tolist():
-            texts[i] = label if texts[i] is None else f"{texts[i]}; {label}"
+            texts[i] = label if texts[i] is None else f"{texts[i]}{REASON_SEPARATOR}{label}"
     return texts
 
 

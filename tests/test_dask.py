@@ -276,8 +276,6 @@ def _wait_for_parts(folder: Path, proc: subprocess.Popen, parts: int, timeout: f
 def test_a_killed_worker_is_replaced_and_the_output_is_still_the_local_one(reg, cluster, tmp_path, big, big_local):
     """kill -9 a worker while it runs a task: the scheduler runs its tasks again on the others; the parts it left
     half-written are not published; the output and report are the local engine's."""
-    from distributed import Client
-
     local, local_out = big_local
     out = tmp_path / "dask.parquet"
     with (tmp_path / "w3.log").open("w") as log:
@@ -286,16 +284,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_still_the_local_one(reg, 
             _wait_for_workers(cluster, 3)
             proc = _mlops(reg, "score-batch", "flights:1", big, out, *PLAIN, "--engine", "dask", "--scheduler", cluster)
             _wait_for_parts(tmp_path, proc, 1)
-            with Client(cluster, timeout=10, set_as_default=False) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    info = client.scheduler_info(n_workers=-1)["workers"]
-                    mine = [a for a, w in info.items() if w.get("name") == "w3"]
-                    if mine and client.processing(mine).get(mine[0]):
-                        break  # w3 holds a task right now
-                    assert time.monotonic() < deadline and proc.poll() is None, "w3 never ran a task"
-                    time.sleep(0.02)
-            victim.kill()
+            _kill_when_busy(cluster, "w3", victim, proc)
             stdout, stderr = proc.communicate(timeout=300)
         finally:
             _stop([victim])
@@ -342,6 +331,18 @@ def test_a_worker_refuses_an_artifact_other_than_the_clients(reg, tmp_path):
     assert scoring._load_verified(job, "flights:1", Registry(reg.registry).resolve("flights:1").summary()["sha256"])
     with pytest.raises(IntegrityError, match="not the artifact the client verified"):
         scoring._load_verified(job, "flights:1", "0" * 64)
+
+
+def test_a_worker_refuses_a_stored_sample_other_than_the_clients(reg):
+    """drift-report --model reads the stored reference sample on a worker: only the file the client verified."""
+    from mlops_cli.drift import partitioned
+    from mlops_cli.registry import SAMPLE, Registry
+
+    version = Registry(reg.registry).resolve("flights:1")
+    path = version.file(SAMPLE)
+    assert partitioned._verified(path, version.manifest["files"][SAMPLE]["sha256"]).num_rows == 500
+    with pytest.raises(IntegrityError, match="not the file the client verified"):
+        partitioned._verified(path, "0" * 64)
 
 
 # --- drift-report on the cluster -------------------------------------------------------------------------------
@@ -431,6 +432,145 @@ def test_drift_report_on_dask_equals_local(cluster, tmp_path, drift_data, extra)
         reg("drift-report", ref, cur, *extra, *e).stdout for e in ([], ["--engine", "dask", "--scheduler", cluster])
     ]
     assert table[0] == table[1]
+
+
+@pytest.fixture(scope="module")
+def scored_data(tmp_path_factory, reference_frame, current_frame) -> tuple[Path, Path]:
+    """REFERENCE in 3 files and CURRENT in 20 (one empty, half under month=1/), both with predictions made upstream:
+    `score` (probabilities) and `label` (0/1)."""
+    root = tmp_path_factory.mktemp("scored")
+    rng = np.random.default_rng(3)
+    ref, cur = (
+        frame.assign(score=rng.beta(2, 5 + shift, len(frame)), label=rng.integers(0, 2, len(frame)))
+        for frame, shift in ((reference_frame, 0), (current_frame, 1))
+    )
+    folder = root / "ref.parquet"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(ref)), 3)):
+        pq.write_table(pa.Table.from_pandas(ref.iloc[part], preserve_index=False), folder / f"part-{i}.parquet")
+    return folder, _write_parts(cur, root / "cur.parquet", 20)
+
+
+def _without_times(report: dict[str, Any]) -> dict[str, Any]:
+    report = copy.deepcopy(report)
+    report.pop("created_at")
+    report["results"].pop("html", None)
+    return report
+
+
+MODEL_CASES = {
+    # The stored sample as the reference: importance, prediction drift of proba_1, performance on the labels.
+    "stored-reference": ("scored", ["--model", "flights:1"], [False, True]),
+    "reference-path": ("scored", ["--model", "flights:1"], [True, True]),
+    # Rows the model refuses: prediction drift over the others, and a message each for them and for performance.
+    "invalid-rows": ("dirty", ["--model", "strict"], [False, True]),
+    "upstream-scores": ("scored", ["--model", "flights:1", "--prediction-column", "score"], [False, True]),
+    "upstream-labels": ("scored", ["--model", "flights:1", "--prediction-column", "label"], [False, True]),
+    "upstream-both-sides": ("scored", ["--model", "flights:1", "--prediction-column", "score"], [True, True]),
+    "upstream-no-model": ("scored", ["--prediction-column", "score"], [True, True]),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, request, case):
+    """With --model (and --prediction-column): the model scores CURRENT on the workers; every figure of the report
+    (prediction drift, performance, importance, the feature table) is the local engine's, and so are the page and
+    the table."""
+    data, extra, paths = MODEL_CASES[case]
+    if data == "dirty":
+        cur = request.getfixturevalue("dirty")
+        ref = None
+    else:
+        ref, cur = request.getfixturevalue("scored_data")
+    args = [p for p, given in zip((ref, cur), paths, strict=True) if given]
+    pages = {engine: tmp_path / f"{engine}.html" for engine in ("local", "dask")}
+    local = reg.json("drift-report", *args, *extra, "--html", pages["local"])
+    dask = reg.json("drift-report", *args, *extra, "--html", pages["dask"], "--engine", "dask", "--scheduler", cluster)
+    assert dask["results"].pop("engine") == {"name": "dask", "scheduler": cluster, "workers": 2}
+    assert _walk(_without_times(local), _without_times(dask)) == []
+    summary = dask["results"]["summary"]
+    assert summary["prediction_drift"]["statistics"]  # compared, not skipped
+    if "--model" in extra:
+        assert dask["model"]["sha256"] and summary["weighted_drifted_share"] is not None
+        if "--prediction-column" not in extra or case == "upstream-scores":
+            assert summary["prediction_drift"]["kind"] == "numeric"
+    if case == "invalid-rows":
+        assert any(
+            m.startswith("prediction drift: 4 rows of CURRENT break the input contract") for m in dask["messages"]
+        )
+    elif "--model" in extra:
+        assert summary["performance"]["rows"] > 1000
+    page = [re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "T", p.read_text()) for p in pages.values()]
+    assert page[0] == page[1]
+    if case in ("stored-reference", "invalid-rows"):  # the table renders the same report: twice is enough
+        table = [
+            reg("drift-report", *args, *extra, *e).stdout for e in ([], ["--engine", "dask", "--scheduler", cluster])
+        ]
+        assert table[0] == table[1]
+
+
+def _kill_when_busy(
+    cluster: str, name: str, victim: subprocess.Popen, proc: subprocess.Popen, holding: str | None = None
+) -> None:
+    """kill -9 the worker `name` as soon as it runs a task of `proc`'s run or, with `holding`, as soon as it runs
+    or holds the result of a task of that function."""
+    from distributed import Client
+
+    def tasks(dask_scheduler: Any) -> list[tuple[str, list[str]]]:
+        return [
+            (str(t.key), [w.name for w in t.who_has or ()] + ([t.processing_on.name] if t.processing_on else []))
+            for t in dask_scheduler.tasks.values()
+        ]
+
+    with Client(cluster, timeout=10, set_as_default=False) as client:
+        deadline = time.monotonic() + 120
+        while True:
+            if holding is not None:
+                if any(k.startswith(holding) and name in on for k, on in client.run_on_scheduler(tasks)):
+                    break
+            else:
+                info = client.scheduler_info(n_workers=-1)["workers"]
+                mine = [a for a, w in info.items() if w.get("name") == name]
+                if mine and client.processing(mine).get(mine[0]):
+                    break  # it holds a task right now
+            assert time.monotonic() < deadline and proc.poll() is None, f"{name} never ran a task"
+            time.sleep(0.02)
+    victim.kill()
+
+
+@pytest.mark.parametrize("holding", ["_score", "_values"], ids=["scoring", "holding-predictions"])
+def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(
+    reg, cluster, tmp_path, scored_data, holding
+):
+    """kill -9 a worker while it scores a file for drift-report --model, or once it holds scored predictions:
+    Dask runs its tasks again (the scoring of the predictions it held included) and the report is the local one,
+    or the run fails with exit 3 and writes nothing. Never a hang, never a half-written -o file."""
+    _, cur = scored_data
+    local = reg.json("drift-report", cur, "--model", "flights:1")
+    out = tmp_path / "drift.json"
+    with (tmp_path / "w3.log").open("w") as log:
+        victim = _start_worker(cluster, "w3", log)
+        try:
+            _wait_for_workers(cluster, 3)
+            proc = _mlops(reg, "drift-report", cur, "--model", "flights:1", "-o", out, "--engine", "dask",
+                          "--scheduler", cluster)  # fmt: skip
+            _kill_when_busy(cluster, "w3", victim, proc, holding)
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            _stop([victim])
+    if proc.returncode == 0:
+        dask = json.loads(stdout)
+        assert dask["results"].pop("engine")["name"] == "dask"
+        assert _walk(_without_times(local), _without_times(dask)) == []
+        assert json.loads(out.read_text())["results"]["summary"] == dask["results"]["summary"]
+    else:
+        assert proc.returncode == 3, stderr
+        assert stdout == "" and not out.exists()
+        assert len(stderr.strip().splitlines()) == 1 and "Dask workers died" in stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name != "w3.log"] == (
+        ["drift.json"] if proc.returncode == 0 else []
+    )
+    _wait_for_workers(cluster, 2)
 
 
 def test_drift_report_unreachable_scheduler_is_one_line_naming_it():

@@ -93,7 +93,8 @@ def run(
     """What changed between reference and current data, per feature and in the predictions.
 
     With --engine dask, REFERENCE and CURRENT (Parquet files or folders) are read in partitions on a Dask cluster
-    and every statistic is the local engine's, computed exactly from mergeable partials.
+    (with --model, the workers score CURRENT too) and every statistic is the local engine's, computed exactly from
+    mergeable partials.
     """
     from mlops_cli import drift, io
     from mlops_cli import html as html_lib

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from mlops_cli.runtime import LoadedModel, proba_column
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlops_cli.metrics import Scorer
     from mlops_cli.registry import Registry, Version
 
 MIN_LABELLED = 30  # below this many labelled rows, no performance block (its CI would mean nothing)
@@ -74,30 +76,46 @@ def prediction_row(name: str, ref: pd.Series, cur: pd.Series, options: DriftOpti
     import pandas as pd
 
     numeric = [name] if pd.api.types.is_float_dtype(ref) else []  # never an "identifier": scores are mostly unique
-    row = feature_row(
-        name, ref, cur, DriftOptions(numeric=numeric, stattest=options.stattest, threshold=options.threshold)
-    )
+    row = feature_row(name, ref, cur, prediction_options(options, numeric))
+    return decide_prediction_row(row, options, lambda: (float(ref.mean()), float(cur.mean())))
+
+
+def prediction_options(options: DriftOptions, numeric: list[str]) -> DriftOptions:
+    """The options a prediction column is compared under: the test and threshold, no kinds but `numeric`."""
+    return DriftOptions(numeric=numeric, stattest=options.stattest, threshold=options.threshold)
+
+
+def decide_prediction_row(
+    row: dict[str, Any], options: DriftOptions, means: Callable[[], tuple[float, float]]
+) -> dict[str, Any]:
+    """A prediction column's row, decided without correction (one test), and both sides' means when it holds
+    scores (`means()`, asked only then): both engines finish the row here."""
     decide([row], DriftOptions(stattest=options.stattest, threshold=options.threshold, correction="none"))
     scores = row["kind"] == "numeric" and row["status"] == "ok"
-    row["mean_reference"] = float(ref.mean()) if scores else None
-    row["mean_current"] = float(cur.mean()) if scores else None
+    row["mean_reference"], row["mean_current"] = means() if scores else (None, None)
     return row
 
 
-def _stored_prediction_column(version: Version, sample: pd.DataFrame, values: pd.Series | None = None) -> str:
+def stored_prediction_column(
+    version: Version, sample: pd.DataFrame, upstream: tuple[str, Callable[[], bool]] | None = None
+) -> str:
     """The column of the stored reference sample that matches the model's output: the positive-class probability
-    of a binary classifier, else `prediction`. Given the values of a --prediction-column, labels (not fractions)
-    match `prediction`, and a column of the sample's own name matches itself."""
-    import pandas as pd
-
-    if values is not None and values.name in sample.columns:
-        return str(values.name)
+    of a binary classifier, else `prediction`. Given a --prediction-column's name and whether it holds labels (not
+    fractions; asked only when it matters), labels match `prediction`, and a column of the sample's own name
+    matches itself."""
+    if upstream is not None and upstream[0] in sample.columns:
+        return upstream[0]
     classes = version.manifest.get("classes") or []
     binary = version.manifest["task"] == "classifier" and len(classes) == 2
-    labels = values is not None and not (
-        pd.api.types.is_float_dtype(values) and not integral(values.dropna().to_numpy(dtype=float))
-    )
+    labels = upstream is not None and binary and upstream[1]()
     return proba_column(classes[-1]) if binary and not labels else "prediction"
+
+
+def holds_labels(values: pd.Series) -> bool:
+    """Whether a --prediction-column holds labels: anything but floats that are not all whole."""
+    import pandas as pd
+
+    return not (pd.api.types.is_float_dtype(values) and not integral(values.dropna().to_numpy(dtype=float)))
 
 
 def prediction_drift(
@@ -114,56 +132,78 @@ def prediction_drift(
     if col is not None and col in current.columns:  # predictions made upstream: compare them, no re-scoring
         if reference is not None and col in reference.columns:
             return prediction_row(col, reference[col], current[col], options), None
-        stored = _stored_prediction_column(version, sample, current[col])
+        stored = stored_prediction_column(version, sample, (col, lambda: holds_labels(current[col])))
         if stored not in sample.columns:
-            return None, f"prediction drift skipped: the stored reference sample has no {stored!r} column"
+            return None, no_stored_column(stored)
         return prediction_row(col, sample[stored], current[col], options), None
     missing = [f for f in model.spec.feature_names if f not in current.columns]
     if missing:
-        return None, f"prediction drift and performance skipped: CURRENT lacks the model's features {missing}"
-    column = _stored_prediction_column(version, sample)
+        return None, lacks_features(missing)
+    column = stored_prediction_column(version, sample)
     if column not in sample.columns:
-        return None, f"prediction drift skipped: the stored reference sample has no {column!r} column"
+        return None, no_stored_column(column)
     try:
         scored = model.score(current)
     except InvalidData as exc:
         return None, f"prediction drift skipped: {exc.message}"
     row = prediction_row(column, sample[column], scored.frame(current.index)[column], options)
-    if scored.invalid.any():
-        reasons = ", ".join(f"{label} ({n:,})" for label, n in sorted(scored.rejected().items()))
-        return (
-            row,
-            f"prediction drift: {int(scored.invalid.sum()):,} rows of CURRENT break the input contract and were not scored: {reasons}",
-        )
-    return row, None
+    return row, unscored_message(int(scored.invalid.sum()), scored.rejected())
+
+
+def no_stored_column(column: str) -> str:
+    return f"prediction drift skipped: the stored reference sample has no {column!r} column"
+
+
+def lacks_features(missing: list[str]) -> str:
+    return f"prediction drift and performance skipped: CURRENT lacks the model's features {missing}"
+
+
+def unscored_message(rows: int, reasons: dict[str, int]) -> str | None:
+    """The message for the rows of CURRENT left out of prediction drift (None: none was)."""
+    if not rows:
+        return None
+    listed = ", ".join(f"{label} ({n:,})" for label, n in sorted(reasons.items()))
+    return f"prediction drift: {rows:,} rows of CURRENT break the input contract and were not scored: {listed}"
 
 
 def performance(model: LoadedModel, current: pd.DataFrame, target: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(the model's metrics on the labelled current rows against the recorded ones, or None and why not).
+    """(the model's metrics on the labelled current rows against the recorded ones, or None and why not)."""
+    from mlops_cli.runtime import labelled as labelled_lib
+
+    if any(f not in current.columns for f in model.spec.feature_names):
+        return None, None  # said once, with prediction drift
+    labelled = current[current[target].notna()]
+    return performance_of(model, len(labelled), lambda: labelled_lib.scorer(model, labelled, target, where=LABELLED))
+
+
+LABELLED = "the labelled rows of CURRENT"
+
+
+def performance_of(
+    model: LoadedModel, rows: int, scorer: Callable[[], Scorer]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """`performance` from the count of labelled rows and their scorer (asked for only with enough rows): both
+    engines end here.
 
     The drop's 95% CI combines both uncertainties by the normal approximation: each side's standard error is its
     95% CI half-width / 1.96 (the recorded CI from the manifest, the current one from 300 bootstrap resamples),
     and the drop's CI is drop +/- 1.96 * sqrt(se_recorded^2 + se_current^2).
     """
     from mlops_cli import metrics
-    from mlops_cli.runtime import labelled as labelled_lib
 
-    if any(f not in current.columns for f in model.spec.feature_names):
-        return None, None  # said once, with prediction drift
     recorded = model.version.manifest.get("eval_metrics") or {} if model.version else {}
-    labelled = current[current[target].notna()]
-    if len(labelled) < MIN_LABELLED:
+    if rows < MIN_LABELLED:
         return None, (
-            f"performance skipped: {len(labelled):,} labelled rows in CURRENT; "
+            f"performance skipped: {rows:,} labelled rows in CURRENT; "
             f"a drop needs at least {MIN_LABELLED} to mean anything"
         )
     try:
-        scorer = labelled_lib.scorer(model, labelled, target, where="the labelled rows of CURRENT")
+        labelled = scorer()
     except InvalidData as exc:
         return None, f"performance skipped: {exc.message}"
-    now = metrics.evaluate(scorer, n_boot=300, seed=0)
+    now = metrics.evaluate(labelled, n_boot=300, seed=0)
     out = {}
-    for name in metrics.CLASSIFIER_METRICS if scorer.task == "classifier" else metrics.REGRESSOR_METRICS:
+    for name in metrics.CLASSIFIER_METRICS if labelled.task == "classifier" else metrics.REGRESSOR_METRICS:
         if name not in now:
             continue
         cur = now[name]
@@ -178,7 +218,7 @@ def performance(model: LoadedModel, current: pd.DataFrame, target: str) -> tuple
             entry.update(recorded=base["value"], recorded_ci=ref_ci, drop=drop, drop_ci=[drop - half, drop + half])
         out[name] = entry
     return {
-        "rows": len(labelled),
+        "rows": rows,
         "metrics": out,
         "drop_ci_method": "normal: drop ± 1.96·√(se_recorded² + se_current²), se = 95% CI half-width / 1.96",
     }, None

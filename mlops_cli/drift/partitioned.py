@@ -6,8 +6,10 @@ The client never holds a column. Each statistic comes from partials that merge i
     (to choose range splitters) and, for categories, the value counts (merged by sum, in first-appearance order, so
     the top categories tie-break as value_counts does);
   * per numeric column, a range partition: the splitters cut the values into R disjoint ranges (s_j-1, s_j]; one
-    task per range reads the column's values in its range from every file and sorts them (a distributed sort:
-    ties never straddle two ranges). Its result stays on the cluster for the passes that follow;
+    task per range reads the values in its range from every file and sorts them (a distributed sort: ties never
+    straddle two ranges), for a batch of columns at once (one read of each file per range task; BATCH_VALUES
+    bounds what the cluster holds). Its result stays on the cluster for the passes that follow, whose tasks for
+    every column of the batch are submitted together;
   * pass A per range: counts, distinct values, point masses, sums, ends;
   * pass B per range, given the counts of the ranges before it: the two empirical CDFs at each of its values, so
     KS = max |F1 - F2| and Wasserstein-1 = sum |F1 - F2| x step are exact (the step from a range's last value to the
@@ -15,12 +17,15 @@ The client never holds a column. Each statistic comes from partials that merge i
     exact select: the rank tells the range); squared deviations from the mean for the std;
   * pass C per range: counts below each PSI and histogram edge, summed into the shares.
 Small samples (<= 10,000 values a side) are fetched whole for scipy's exact KS p-value, as the local engine does.
+
+A model's predictions (drift-report --model) are scored on the workers through score-batch's worker path and held
+there as tables, one per file: a side's pieces are then futures of those tables, compared by the same passes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,19 +42,29 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from mlops_cli.engines.dask import Cluster
+    from mlops_cli.runtime import LoadedModel, Scored
 
 SPLIT_POINTS = 64  # order statistics per file and column that the range splitters are chosen from
 RANGES_PER_WORKER = 2
+BATCH_VALUES = 50_000_000  # values (both sides) of the numeric columns the cluster holds at once: 400 MB in all
 
 
 @dataclass(frozen=True)
 class Side:
-    """A dataset as the workers read it: its files, in the local engine's order, and their unified schema."""
+    """A dataset as the workers read it: its files, in the local engine's order, and their unified schema. The
+    pieces may also be futures of Arrow tables held on the cluster (a model's predictions, scored there): a task
+    given one as an argument receives the table."""
 
     path: Path
-    files: tuple[Path, ...]
+    files: tuple[Any, ...]  # Path | distributed.Future of a pa.Table
     schema: Any  # pa.Schema: the files' types promoted as read_table's concat promotes them
     rows: int
+
+    def release(self) -> None:
+        """Let the cluster free the tables this side holds there."""
+        for piece in self.files:
+            if not isinstance(piece, Path):
+                piece.release()
 
     @classmethod
     def open(cls, path: Path, fmt: str | None) -> Side:
@@ -72,14 +87,15 @@ class Side:
         return cls(path, tuple(files), schema, rows)
 
 
-def _read(file: Path, schema: pa.Schema, columns: Sequence[str]) -> pd.DataFrame:
-    """One file's columns, cast to the dataset's types and converted as the local engine converts the whole."""
+def _read(file: Path | pa.Table, schema: pa.Schema, columns: Sequence[str]) -> pd.DataFrame:
+    """One file's (or held table's) columns, cast to the dataset's types and converted as the local engine converts
+    the whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     columns = list(columns)
     try:
-        table = pq.read_table(file, columns=columns)
+        table = file if isinstance(file, pa.Table) else pq.read_table(file, columns=columns)
         table = table.select(columns).cast(pa.schema([schema.field(c) for c in columns]))
     except io.read_errors() as exc:
         raise UnreadableFile(f"{file}: cannot read ({io.first_line(exc)})", "check the file") from exc
@@ -109,32 +125,37 @@ def _scan(task: tuple[Path, Any, list[str], list[str]]) -> dict[str, dict[str, A
     for name in numbers + others:
         series = frame[name]
         part: dict[str, Any] = {"rows": len(series), "isna": int(series.isna().sum())}
+        x = _numbers(series) if name in numbers else None
+        if x is not None:
+            x.sort()
+            low = int(np.searchsorted(x, -np.inf, side="right"))
+            high = int(np.searchsorted(x, np.inf, side="left"))
+            end = int(np.searchsorted(x, np.inf, side="right"))
+            finite = x[low:high]
+            at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
+            part.update(
+                numeric=True,
+                nan=len(x) - end,
+                neg=low,
+                pos=end - high,
+                finite=len(finite),
+                whole=pd.api.types.is_integer_dtype(series) or kinds.integral(finite),
+                points=finite[at],
+            )
+        elif name in numbers:
+            part["numeric"] = False
+        # A numeric column with this many values per file is no category: its counts are taken later if asked.
+        # The sorted floats tell first (they have no more distinct values than the column), sparing the hashing
+        # of a column of measurements.
+        if x is not None and end > 1 and 1 + np.count_nonzero(x[1:end] != x[: end - 1]) > kinds.MAX_CATEGORIES:
+            part["counts"] = None
+            out[name] = part
+            continue
         try:
             counts = series.value_counts(sort=False)  # first-appearance order: merged, it is the whole column's
-            # A numeric column with this many values per file is no category: its counts are taken later if asked.
             part["counts"] = counts if name in others or len(counts) <= kinds.MAX_CATEGORIES else None
         except TypeError:
             part["counts"], part["unhashable"] = None, True
-        if name in numbers:
-            x = _numbers(series)
-            if x is None:
-                part["numeric"] = False
-            else:
-                x.sort()
-                low = int(np.searchsorted(x, -np.inf, side="right"))
-                high = int(np.searchsorted(x, np.inf, side="left"))
-                end = int(np.searchsorted(x, np.inf, side="right"))
-                finite = x[low:high]
-                at = np.linspace(0, max(len(finite) - 1, 0), SPLIT_POINTS if len(finite) else 0).round().astype(int)
-                part.update(
-                    numeric=True,
-                    nan=len(x) - end,
-                    neg=low,
-                    pos=end - high,
-                    finite=len(finite),
-                    whole=pd.api.types.is_integer_dtype(series) or kinds.integral(finite),
-                    points=finite[at],
-                )
         out[name] = part
     return out
 
@@ -162,39 +183,48 @@ def _merge_counts(parts: list[pd.Series]) -> pd.Series:
 
 @dataclass(frozen=True)
 class _Range:
-    """Which values of a column one task gathers: finite, in (low, high] (None: unbounded)."""
+    """What one range task gathers: for each column of a batch, its finite values in (low, high] (None: unbounded),
+    from the files (or held tables, the task's other arguments) of each side; the current side's only for the
+    columns in `current` (the others' current values are not numeric)."""
 
-    name: str
-    low: float | None
-    high: float | None
-    reference: Side
-    current: Side | None  # None: the current values are not numeric
-
-
-def _gather(task: _Range) -> tuple[np.ndarray, np.ndarray]:
-    """On a worker: the sorted reference and current values of one range of one column."""
-    out = []
-    for side in (task.reference, task.current):
-        pieces = []
-        for file in side.files if side is not None else ():
-            assert side is not None
-            x = _numbers(_read(file, side.schema, [task.name])[task.name])
-            assert x is not None  # the scan checked
-            keep = np.isfinite(x)
-            if task.low is not None:
-                keep &= x > task.low
-            if task.high is not None:
-                keep &= x <= task.high
-            pieces.append(x[keep])
-        values = np.concatenate(pieces) if pieces else np.empty(0)
-        values.sort()
-        out.append(values)
-    return out[0], out[1]
+    bounds: dict[str, tuple[float | None, float | None]]
+    current: tuple[str, ...]
+    schemas: tuple[Any, Any]
 
 
-def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
-    """Counts, distinct reference values, point masses (values holding >= k reference rows), sums and ends."""
-    r, c = rng
+Ranges = dict[str, tuple[np.ndarray, np.ndarray]]  # a range task's result: per column, both sides' sorted values
+
+
+def _gather(task: _Range, *sides: tuple[Any, ...]) -> Ranges:
+    """On a worker: per column, the sorted reference and current values of its range, from one read of each file
+    for every column of the batch."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in task.bounds}
+    for schema, files, names in zip(task.schemas, sides, (list(task.bounds), list(task.current)), strict=True):
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for file in files if names else ():
+            frame = _read(file, schema, names)
+            for name in names:
+                x = _numbers(frame[name])
+                assert x is not None  # the scan checked
+                low, high = task.bounds[name]
+                keep = np.isfinite(x)
+                if low is not None:
+                    keep &= x > low
+                if high is not None:
+                    keep &= x <= high
+                pieces[name].append(x[keep])
+        for name in task.bounds:
+            values = np.concatenate(pieces[name]) if pieces.get(name) else np.empty(0)
+            values.sort()
+            out[name].append(values)
+    return {name: (values[0], values[1]) for name, values in out.items()}
+
+
+def _pass_a(task: tuple[Ranges, str, int, bool]) -> dict[str, Any]:
+    """Of one column's range: counts, distinct reference values, point masses (values holding >= k reference rows),
+    sums (the current's only for `means`) and ends."""
+    ranges, name, k, means = task
+    r, c = ranges[name]
     starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]])) if len(r) else np.empty(0, dtype=int)
     runs = np.diff(np.concatenate([starts, [len(r)]]))
     big = runs >= k
@@ -206,6 +236,7 @@ def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
         "masses": r[starts[big]] if len(r) else r,
         "mass_rows": int(runs[big].sum()),
         "sum": math.fsum(r),
+        "c_sum": math.fsum(c) if means else None,
         "r_min": float(r[0]) if len(r) else None,
         "r_max": float(r[-1]) if len(r) else None,
         "first": min(float(x[0]) for x in both) if both else None,
@@ -213,10 +244,11 @@ def _pass_a(rng: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, Any]:
     }
 
 
-def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+def _pass_b(task: tuple[Ranges, str, dict[str, Any]]) -> dict[str, Any]:
     """Given the counts before this range: the two CDFs at each merged value (KS within the range, Wasserstein up
     to its last value), the gap at that last value, the requested order statistics and squared deviations."""
-    (r, c), job = task
+    ranges, name, job = task
+    r, c = ranges[name]
     n, m = job["n"], job["m"]
     both = np.concatenate([r, c])
     from_r = np.concatenate([np.ones(len(r), dtype=bool), np.zeros(len(c), dtype=bool)])
@@ -251,9 +283,10 @@ def _pass_b(task: tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]) -> dict[
     }
 
 
-def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.ndarray) -> list[np.ndarray]:
+def _pass_c(task: tuple[Ranges, str, np.ndarray, np.ndarray]) -> list[np.ndarray]:
     """Counts below each PSI edge (right-closed bins) and each histogram edge ([a, b) bins), per side."""
-    r, c = rng
+    ranges, name, psi_edges, grid = task
+    r, c = ranges[name]
     return [
         np.searchsorted(r, psi_edges, side="right"),
         np.searchsorted(r, grid, side="left"),
@@ -262,8 +295,155 @@ def _pass_c(rng: tuple[np.ndarray, np.ndarray], psi_edges: np.ndarray, grid: np.
     ]
 
 
-def _samples(rng: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return rng
+def _samples(task: tuple[Ranges, str]) -> tuple[np.ndarray, np.ndarray]:
+    ranges, name = task
+    return ranges[name]
+
+
+# --- a model's answers, on the workers ---------------------------------------------------------------------------
+
+
+def _verified(path: Path, sha256: str) -> pa.Table:
+    """On a worker: a registry file (the stored reference sample), read once its sha256 is the one the client
+    verified."""
+    import pyarrow.parquet as pq
+
+    from mlops_cli.errors import IntegrityError
+
+    try:
+        same = io.sha256_file(path) == sha256
+        table = pq.read_table(path) if same else None
+    except io.read_errors() as exc:  # a worker without the registry, or a damaged copy
+        raise UnreadableFile(f"{path}: cannot read on this worker ({io.first_line(exc)})", "check the file") from exc
+    if table is None:
+        raise IntegrityError(
+            f"{path} on this worker is not the file the client verified (sha256 differs)",
+            "give every worker the same registry",
+        )
+    return table
+
+
+def _renamed(table: pa.Table, column: str, name: str) -> pa.Table:
+    return table.select([column]).rename_columns([name])
+
+
+def _score(task: tuple[Any, Path], job: Any, column: str | None, target: str | None) -> dict[str, Any]:
+    """On a worker: one CURRENT file through score-batch's worker path (the worker's verified model, the one
+    runtime, invalid rows kept with their reasons). `values` (the scored rows' output `column`) stays on the
+    cluster for prediction drift; the rest (`_answers`) goes to the client: the reasons rows were not scored and,
+    with `target`, the labelled rows' labels and answers, for performance."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from mlops_cli import scoring
+    from mlops_cli.runtime import proba_column
+
+    partition, where = task
+    batches: list[pa.RecordBatch] = []
+    run = scoring.worker_run(partition, job)
+    scoring.score_file(run, partition.path, where, job.fmt, batches.append)
+    table = pa.Table.from_batches(batches, schema=job.plan.schema)
+    scored = table.filter(pc.is_null(table[scoring.REASON_COLUMN]))
+    out: dict[str, Any] = {"scored": scored.num_rows, "reasons": dict(run.reasons), "labelled": None}
+    out["values"] = scored.select([column]) if column is not None else None
+    if target is not None:
+        labelled = io.to_pandas(table.select([target]))[target].notna().to_numpy()  # the local engine's notna()
+        answers = ["prediction", *(proba_column(c) for c in job.plan.classes), scoring.REASON_COLUMN]
+        out["labelled"] = table.filter(pa.array(labelled)).select([target, *answers])
+    return out
+
+
+def _values(scored: dict[str, Any]) -> pa.Table:
+    return scored["values"]
+
+
+def _answers(scored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scored.items() if k != "values"}
+
+
+@dataclass
+class Answers:
+    """CURRENT scored on the workers: the output column's values held there (`side`), and what the client keeps."""
+
+    side: Side | None  # the scored rows' output column, held on the cluster (None: not asked for)
+    rejected: int
+    reasons: dict[str, int]
+    labelled: pa.Table | None  # target, prediction, probabilities and reasons of the labelled rows, in row order
+
+    def labelled_answers(self, model: LoadedModel, target: str) -> tuple[np.ndarray, Scored]:
+        """The labels of the labelled rows and the runtime's answers to them, as `model.score` of those rows gives
+        them: the rows that broke the input contract flagged, with their reasons."""
+        import pyarrow as pa
+
+        from mlops_cli import scoring
+        from mlops_cli.runtime import Scored, proba_column
+
+        assert self.labelled is not None
+        frame = io.to_pandas(self.labelled)
+        texts = frame[scoring.REASON_COLUMN]
+        invalid = texts.notna().to_numpy()
+        reasons: dict[str, np.ndarray] = {}
+        for i in np.flatnonzero(invalid):
+            for label in texts.iat[i].split(scoring.REASON_SEPARATOR):
+                reasons.setdefault(label, np.zeros(len(frame), dtype=bool))[i] = True
+        valid = io.to_pandas(
+            self.labelled.filter(pa.array(~invalid))
+        )  # filtered before pandas: no nulls widen the labels
+        classes = tuple(model.classes.tolist()) if model.classes is not None else None
+        proba = None
+        if model.with_proba and classes is not None:
+            proba = valid[[proba_column(c) for c in classes]].to_numpy(dtype=float)
+        scored = Scored(valid["prediction"].to_numpy(), proba, invalid, reasons, classes, model.runtime)
+        return frame[target].to_numpy(), scored
+
+
+def score(cluster: Cluster, job: Any, current: Side, column: str | None, target: str | None) -> Answers:
+    """Score every file of `current` on the workers with score-batch's job (`scoring.worker_job`); the first
+    failing file in file order raises, as the local engine would meet it."""
+    import pyarrow as pa
+
+    from mlops_cli.engines import Partition
+
+    partitions, offset = [], 0
+    for i, (file, rows) in enumerate(io.part_rows(current.path)):
+        partitions.append((Partition(i, file, offset, rows), file if len(current.files) > 1 else current.path))
+        offset += rows
+    client = cluster.client
+    futures = [client.submit(_score, p, job, column, target, pure=False) for p in partitions]
+    try:
+        parts = _engine().map_partitions(cluster, _answers, futures)
+        values = [client.submit(_values, f, pure=False) for f in futures] if column is not None else []
+    finally:
+        for future in futures:  # the values' tasks hold what they need; a lost one is scored again
+            future.release()
+    reasons: dict[str, int] = {}
+    for part in parts:
+        for label, n in part["reasons"].items():
+            reasons[label] = reasons.get(label, 0) + n
+    side = None
+    if column is not None:
+        schema = pa.schema([job.plan.schema.field(column)])
+        side = Side(current.path, tuple(values), schema, sum(p["scored"] for p in parts))
+    labelled = None
+    if target is not None:
+        labelled = pa.concat_tables([p["labelled"] for p in parts], promote_options="permissive")
+    return Answers(side, offset - sum(p["scored"] for p in parts), reasons, labelled)
+
+
+def held_file(cluster: Cluster, path: Path, sha256: str) -> Side:
+    """A small registry file (the stored reference sample) as a side of one table held on the cluster: read by a
+    task, on a worker, after checking its sha256 (a lost copy is read again)."""
+    side = Side.open(path, None)
+    return Side(path, (cluster.client.submit(_verified, path, sha256, pure=False),), side.schema, side.rows)
+
+
+def held_column(cluster: Cluster, side: Side, column: str, name: str) -> Side:
+    """Column `column` of a held side (`held_file`) as a side of its own, the column named `name`."""
+    import pyarrow as pa
+
+    (table,) = side.files
+    future = cluster.client.submit(_renamed, table, column, name, pure=False)
+    return Side(side.path, (future,), pa.schema([side.schema.field(column).with_name(name)]), side.rows)
 
 
 # --- the client ------------------------------------------------------------------------------------------------
@@ -288,26 +468,79 @@ def compare_on_cluster(
 
     numbers = [n for n in both if number_path(n)]
     others = [n for n in both if n not in numbers]
-    scans = {}
-    for side in (reference, current):
-        tasks = [(f, side.schema, numbers, others) for f in side.files]
-        scans[side.path] = _engine().map_partitions(cluster, _scan, tasks)
-    ref_scan = {n: [s[n] for s in scans[reference.path]] for n in both}
-    cur_scan = {n: [s[n] for s in scans[current.path]] for n in both}
-    columns = _Columns(cluster, reference, current, ref_scan, cur_scan, options)
-    rows = []
+    columns = _Columns.scan(cluster, reference, current, numbers, others, options)
+    rows = {name: kinds.new_row(name) for name in names}
     for name in names:
-        row = kinds.new_row(name)
         if name not in cur_columns:
-            row.update(status="missing_in_current", note="column missing from the current data")
+            rows[name].update(status="missing_in_current", note="column missing from the current data")
         elif name not in ref_columns:
-            row.update(status="missing_in_reference", note="column missing from the reference data")
-        else:
-            row["statistics"] = {"rows_reference": reference.rows, "rows_current": current.rows}
-            columns.fill(row, name in numbers)
-        rows.append(row)
+            rows[name].update(status="missing_in_reference", note="column missing from the reference data")
+    # Numeric columns a batch at a time: one read of each file per range for the whole batch, and each pass's
+    # tasks for every column of the batch submitted together; the batch bounds what the cluster holds at once.
+    per_batch = max(1, BATCH_VALUES // (reference.rows + current.rows))
+    for start in range(0, len(numbers), per_batch):
+        batch = numbers[start : start + per_batch]
+        columns.gather(batch)
+        for name in batch:
+            columns.fill(rows[name], True)
+        columns.settle()
+        columns.release()
+    for name in others:
+        columns.fill(rows[name], False)
+    return [rows[name] for name in names], ref_columns, cur_columns
+
+
+def prediction_row(
+    cluster: Cluster, reference: Side, current: Side, name: str, options: DriftOptions
+) -> dict[str, Any]:
+    """model.prediction_row on the cluster: column `name` of both sides (files, or tables held on the cluster)."""
+    import pyarrow as pa
+
+    from mlops_cli.drift.model import decide_prediction_row, prediction_options
+
+    t = reference.schema.field(name).type
+    number_path = pa.types.is_integer(t) or pa.types.is_floating(t)
+    numbers, others = ([name], []) if number_path else ([], [name])
+    columns = _Columns.scan(cluster, reference, current, numbers, others, options)
+    # Scores (pandas' float dtype: floats, or integers with nulls) are numeric; labels take their kind.
+    floats = pa.types.is_floating(t) or (pa.types.is_integer(t) and _total(columns.ref_scan[name], "isna") > 0)
+    columns.options = prediction_options(options, [name] if floats else [])
+    columns.with_means = True
+    row = kinds.new_row(name)
+    if number_path:
+        columns.gather([name])
+    columns.fill(row, number_path)
+    columns.settle()
     columns.release()
-    return rows, ref_columns, cur_columns
+    return decide_prediction_row(row, options, lambda: columns.means[name])
+
+
+def holds_labels(cluster: Cluster, side: Side, name: str) -> bool:
+    """model.holds_labels of a column of `side`: anything but floats that are not all whole."""
+    import pyarrow as pa
+
+    if not pa.types.is_floating(side.schema.field(name).type):
+        return True  # integers are whole, with nulls (pandas' floats) or without
+    parts = _engine().map_partitions(cluster, _scan, [(f, side.schema, [name], []) for f in side.files])
+    scan = [p[name] for p in parts]
+    return all(p["whole"] for p in scan if p["finite"]) and not (_total(scan, "neg") or _total(scan, "pos"))
+
+
+def _mean(total: float, neg: int, pos: int, finite: int) -> float:
+    """pandas' mean of a column (nulls left out) from the sum of its finite values and its infinities."""
+    if neg and pos:
+        return math.nan
+    if neg or pos:
+        return -math.inf if neg else math.inf
+    return total / finite
+
+
+# A numeric column's passes B and C: yields (task function, tasks), is sent their results, returns _numeric's answer.
+_Passes = Generator[
+    tuple[Callable[..., Any], list[Any]],
+    list[Any],
+    tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None],
+]
 
 
 def _engine() -> Any:
@@ -335,11 +568,35 @@ class _Columns:
         self.cluster, self.reference, self.current, self.options = cluster, reference, current, options
         self.ref_scan, self.cur_scan = ref_scan, cur_scan
         self.futures: list[Any] = []
+        self.with_means = False  # a prediction row: the means of both sides, kept in `means`
+        self.means: dict[str, tuple[float, float]] = {}
+        # Per gathered column: its ranges' futures, pass A's answers, the reference's min and max.
+        self.ranges: dict[str, tuple[list[Any], list[dict[str, Any]], tuple[float, float]]] = {}
+        self.pending: list[tuple[_Passes, Callable[[Any], None]]] = []  # numeric columns awaiting passes B and C
+
+    @classmethod
+    def scan(
+        cls,
+        cluster: Cluster,
+        reference: Side,
+        current: Side,
+        numbers: list[str],
+        others: list[str],
+        options: DriftOptions,
+    ) -> _Columns:
+        """Pass 0 over every file of both sides: the columns `numbers` (the numeric path) and `others`."""
+        scans = []
+        for side in (reference, current):
+            tasks = [(f, side.schema, numbers, others) for f in side.files]
+            parts = _engine().map_partitions(cluster, _scan, tasks)
+            scans.append({n: [p[n] for p in parts] for n in numbers + others})
+        return cls(cluster, reference, current, scans[0], scans[1], options)
 
     def release(self) -> None:
         for future in self.futures:
             future.release()
         self.futures = []
+        self.ranges = {}
 
     def _missing_shares(self, s: dict[str, Any], name: str) -> None:
         ref = _total(self.ref_scan[name], "isna") / self.reference.rows
@@ -360,7 +617,8 @@ class _Columns:
     def fill(self, row: dict[str, Any], number_path: bool) -> None:
         import pyarrow as pa
 
-        name, s, options = row["name"], row["statistics"], self.options
+        name, options = row["name"], self.options
+        s = row["statistics"] = {"rows_reference": self.reference.rows, "rows_current": self.current.rows}
         ref, cur = self.ref_scan[name], self.cur_scan[name]
         t = self.reference.schema.field(name).type
         nulls = _total(ref, "isna")
@@ -372,9 +630,7 @@ class _Columns:
                 row.update(kind="numeric", status="type_mismatch", note="not numeric in the reference: not compared")
                 return
             finite = _total(ref, "finite")
-            cur_numeric = all(p["numeric"] for p in cur)
-            if finite:
-                ranges = self._ranges(name, cur_numeric)
+            ranges = self.ranges.get(name)  # gathered when the reference has finite values
             integer_dtype = pa.types.is_integer(t) and nulls == 0
 
             def shape() -> tuple[bool, int]:
@@ -407,13 +663,20 @@ class _Columns:
             if not kinds.number_shares(row, sides[0], sides[1]):
                 return
             assert ranges is not None
-            numbers, row["histogram"], inside = self._numeric(*ranges)
-            s.update(numbers)
-            (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
-            outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
-            s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
-            if ranges[2][0] == ranges[2][1] and not note:
-                row["note"] = "constant in the reference: Wasserstein not normalised"
+            constant = ranges[2][0] == ranges[2][1]
+
+            def finish(result: tuple[dict[str, float], dict[str, Any], int, tuple[float, float] | None]) -> None:
+                numbers, row["histogram"], inside, sums = result
+                s.update(numbers)
+                if sums is not None:
+                    self.means[name] = (_mean(sums[0], *sides[0][2:]), _mean(sums[1], *sides[1][2:]))
+                (_, _, r_neg, r_pos, _), (_, _, c_neg, c_pos, m) = sides
+                outside = m - inside + (c_neg if not r_neg else 0) + (c_pos if not r_pos else 0)
+                s["out_of_range_share"] = float(outside) / (m + c_neg + c_pos)
+                if constant and not note:
+                    row["note"] = "constant in the reference: Wasserstein not normalised"
+
+            self.pending.append((self._numeric(name, *ranges), finish))  # run by settle()
             return
         if rc is None:
             raw = self._counts(self.reference, ref, name)
@@ -425,28 +688,67 @@ class _Columns:
             return
         kinds.categorical_tail(row, rc, stats.as_text(raw_cur), self.reference.rows, self.current.rows)
 
-    def _ranges(self, name: str, cur_numeric: bool) -> tuple[list[Any], list[dict[str, Any]], tuple[float, float]]:
-        """The column's range partition on the cluster (futures) and pass A's answers; the reference's min, max."""
-        ref, cur = self.ref_scan[name], self.cur_scan[name]
-        points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
-        pooled = np.sort(np.concatenate(points))
+    def gather(self, names: list[str]) -> None:
+        """The range partitions of the numeric-path columns `names` on the cluster (one task per range reads each
+        file once for all of them) and pass A's answers (one round for all), kept in `ranges`."""
         count = max(1, RANGES_PER_WORKER * self.cluster.workers)
-        splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
-        bounds = [None, *map(float, splitters), None]
-        current = self.current if cur_numeric else None
-        tasks = [_Range(name, lo, hi, self.reference, current) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        bounds: dict[str, list[tuple[float | None, float | None]]] = {}
+        current = []
+        for name in names:
+            ref, cur = self.ref_scan[name], self.cur_scan[name]
+            if not all(p["numeric"] for p in ref) or not _total(ref, "finite"):
+                continue  # not compared as numbers: fill says why
+            cur_numeric = all(p["numeric"] for p in cur)
+            points = [p["points"] for p in ref + (cur if cur_numeric else []) if p["numeric"] and p["finite"]]
+            pooled = np.sort(np.concatenate(points))
+            splitters = np.unique(np.quantile(pooled, np.linspace(0, 1, count + 1)[1:-1]))
+            edges = [None, *map(float, splitters), None]
+            bounds[name] = list(zip(edges[:-1], edges[1:], strict=True))
+            current += [name] if cur_numeric else []
+        if not bounds:
+            return
+        schemas = (self.reference.schema, self.current.schema)
+        tasks = []
+        for j in range(max(len(b) for b in bounds.values())):
+            mine = {name: b[j] for name, b in bounds.items() if j < len(b)}
+            tasks.append(_Range(mine, tuple(n for n in current if n in mine), schemas))
         client = self.cluster.client
-        futures = [client.submit(_gather, t, pure=False) for t in tasks]
+        files = self.reference.files
+        futures = [client.submit(_gather, t, files, self.current.files if t.current else (), pure=False) for t in tasks]
         self.futures += futures
-        k = stats.mass_rows(_total(ref, "finite"))
-        infos = _engine().map_partitions(self.cluster, _pass_a, futures, k)
-        filled = [a for a in infos if a["n"]]
-        return futures, infos, (filled[0]["r_min"], filled[-1]["r_max"])
+        pairs = [(name, j) for name, b in bounds.items() for j in range(len(b))]
+        k = {name: stats.mass_rows(_total(self.ref_scan[name], "finite")) for name in bounds}
+        items = [(futures[j], name, k[name], self.with_means) for name, j in pairs]
+        infos = _engine().map_partitions(self.cluster, _pass_a, items)
+        for name, b in bounds.items():
+            answers = [a for (n, _), a in zip(pairs, infos, strict=True) if n == name]
+            filled = [a for a in answers if a["n"]]
+            self.ranges[name] = (futures[: len(b)], answers, (filled[0]["r_min"], filled[-1]["r_max"]))
+
+    def settle(self) -> None:
+        """Passes B and C of the pending numeric columns, each pass's tasks for all of them submitted together
+        (every column's passes yield B, then C, then return)."""
+        pending, self.pending = self.pending, []
+        requests = [next(passes) for passes, _ in pending]
+        while pending:
+            items = [item for _, column_items in requests for item in column_items]
+            results = _engine().map_partitions(self.cluster, requests[0][0], items)
+            still, asked, at = [], [], 0
+            for (passes, finish), (_, column_items) in zip(pending, requests, strict=True):
+                answers, at = results[at : at + len(column_items)], at + len(column_items)
+                try:
+                    asked.append(passes.send(answers))
+                    still.append((passes, finish))
+                except StopIteration as done:
+                    finish(done.value)
+            pending, requests = still, asked
 
     def _numeric(
-        self, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
-    ) -> tuple[dict[str, float], dict[str, Any], int]:
-        """numeric_stats, the histogram and the count of current values within the reference's range."""
+        self, name: str, futures: list[Any], infos: list[dict[str, Any]], r_range: tuple[float, float]
+    ) -> _Passes:
+        """numeric_stats, the histogram, the count of current values within the reference's range and, with
+        `with_means`, the sums of both sides' finite values. A generator: it yields pass B's tasks, then pass C's,
+        and is sent their answers (`settle` runs many columns' at once)."""
         engine = _engine()
         n, m = sum(a["n"] for a in infos), sum(a["m"] for a in infos)
         masses = np.concatenate([a["masses"] for a in infos])
@@ -481,7 +783,7 @@ class _Columns:
                 }
             )
             r_before, before, rest_before = r_before + a["n"], before + size, rest_before + rest_size
-        results = engine.map_partitions(self.cluster, _pass_b, list(zip(futures, jobs, strict=True)))
+        results = yield _pass_b, [(f, name, job) for f, job in zip(futures, jobs, strict=True)]
         # Order statistics: each rank is answered by the one range that holds it.
         rest_values, both_values = np.empty(len(rest_ranks)), np.empty(len(both_ranks))
         for (rest_mask, both_mask), b in zip(masks, results, strict=True):
@@ -492,7 +794,7 @@ class _Columns:
         filled = [a for a in infos if a["n"] + a["m"]]
         low, high = (float(v) for v in stats.interpolate(both_values[:2], both_values[2:], both_t))
         grid = stats.histogram_edges(low, high, float(filled[0]["first"]), float(filled[-1]["last"]))
-        cuts = engine.map_partitions(self.cluster, _pass_c, futures, psi_edges, grid[1:-1])
+        cuts = yield _pass_c, [(f, name, psi_edges, grid[1:-1]) for f in futures]
         total = [sum(c[i] for c in cuts) for i in range(4)]
         p_ref, p_cur = stats.shares_from_cuts(total[0], n), stats.shares_from_cuts(total[2], m)
         # KS: the largest gap within a range or at its last value; Wasserstein: each range's area plus the step
@@ -505,10 +807,11 @@ class _Columns:
         std = math.sqrt(math.fsum(b["ssd"] for b in results) / (n - 1)) if n > 1 else 0.0
 
         def samples() -> tuple[np.ndarray, np.ndarray]:
-            pieces = engine.map_partitions(self.cluster, _samples, futures)
+            pieces = engine.map_partitions(self.cluster, _samples, [(f, name) for f in futures])
             return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
         p = stats.ks_p_value(d, n, m, samples)
         numbers = stats.numeric_result(d, p, w, std, p_ref, p_cur, len(psi_edges))
         hist = stats.histogram(grid, stats.shares_from_cuts(total[1], n), stats.shares_from_cuts(total[3], m))
-        return numbers, hist, sum(b["inside"] for b in results)
+        sums = (math.fsum(a["sum"] for a in infos), math.fsum(a["c_sum"] for a in infos)) if self.with_means else None
+        return numbers, hist, sum(b["inside"] for b in results), sums

@@ -4,7 +4,9 @@ registered version's stored reference, and the report's assembly (summary, verdi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +14,16 @@ from mlops_cli import io
 from mlops_cli.drift import decision, kinds, model, stats
 from mlops_cli.drift.decision import DriftOptions
 from mlops_cli.engines import EngineOptions
-from mlops_cli.errors import EmptyInput, InputError, SchemaMismatch
+from mlops_cli.errors import EmptyInput, InputError, InvalidData, SchemaMismatch
+from mlops_cli.registry import SAMPLE
 from mlops_cli.report import Report
 from mlops_cli.runtime import LoadedModel
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlops_cli.drift import partitioned
+    from mlops_cli.engines.dask import Cluster
     from mlops_cli.registry import Registry, Version
 
 MIN_ROWS = 30  # below this many rows on a side, the tests have little power: the report says so
@@ -140,9 +145,7 @@ def report(
             "e.g. mlops drift-report current.parquet --model churn@production",
         )
     if engine is not None and engine.name == "dask":
-        if model_ref is not None or reference_path is None:
-            raise InputError("drift-report --engine dask compares two datasets; --model is not there yet", "drop one")
-        return _report_on_dask(reference_path, current_path, options, fmt, engine)
+        return _report_on_dask(registry, current_path, reference_path, model_ref, options, fmt, engine)
     paths = [p for p in (reference_path, current_path) if p is not None]
     # The inputs' sha256 (a full read of each file) runs beside the parsing and the statistics.
     digests = [io.Background(io.fingerprint, p) for p in paths]
@@ -154,14 +157,13 @@ def report(
     if model_ref is None:
         assert reference is not None
         out = _report(*compare(reference, current, options), [], None, [])
-        col = options.prediction_column
-        if col is not None and col in reference.columns and col in current.columns:
-            out.results["summary"]["prediction_drift"] = model.prediction_row(
-                col, reference[col], current[col], options
-            )
-        elif col is not None:
-            side = "REFERENCE" if col not in reference.columns else "CURRENT"
-            out.messages.append(f"prediction drift skipped: no column {col!r} in {side}")
+        _upstream_prediction_drift(
+            out,
+            options,
+            list(reference.columns),
+            list(current.columns),
+            lambda col: model.prediction_row(col, reference[col], current[col], options),
+        )
     else:
         assert registry is not None
         version = registry.resolve(model_ref)
@@ -171,27 +173,66 @@ def report(
     return out
 
 
+def _upstream_prediction_drift(
+    out: Report,
+    options: DriftOptions,
+    reference_columns: list[str],
+    current_columns: list[str],
+    row: Callable[[str], dict[str, Any]],
+) -> None:
+    """Two datasets and --prediction-column COL: COL's drift (`row(COL)`), or why not."""
+    col = options.prediction_column
+    if col is not None and col in reference_columns and col in current_columns:
+        out.results["summary"]["prediction_drift"] = row(col)
+    elif col is not None:
+        side = "REFERENCE" if col not in reference_columns else "CURRENT"
+        out.messages.append(f"prediction drift skipped: no column {col!r} in {side}")
+
+
 def _report_on_dask(
-    reference_path: Path, current_path: Path, options: DriftOptions, fmt: str | None, engine: EngineOptions
+    registry: Registry | None,
+    current_path: Path,
+    reference_path: Path | None,
+    model_ref: str | None,
+    options: DriftOptions,
+    fmt: str | None,
+    engine: EngineOptions,
 ) -> Report:
-    """The dask engine: each side read in partitions on the workers; the statistics equal the local engine's
-    (partitioned.py says how each is exact)."""
+    """The dask engine: each side read in partitions on the workers, the model's answers computed there; the
+    statistics equal the local engine's (partitioned.py says how each is exact)."""
     from mlops_cli.drift import partitioned
     from mlops_cli.engines import dask
 
-    if options.prediction_column is not None:
-        raise InputError("--prediction-column does not run on --engine dask yet", "drop one of them")
-    digests = [io.Background(io.fingerprint, p) for p in (reference_path, current_path)]
+    paths = [p for p in (reference_path, current_path) if p is not None]
+    digests = [io.Background(io.fingerprint, p) for p in paths]
     current = partitioned.Side.open(current_path, fmt)
     if options.target is not None and options.target not in current.schema.names:
         raise SchemaMismatch(f"{current_path}: no target column {options.target!r}", "check --target")
-    reference = partitioned.Side.open(reference_path, fmt)
+    reference = partitioned.Side.open(reference_path, fmt) if reference_path is not None else None
+    prepared = None
+    if model_ref is not None:  # resolved, verified and loaded once, here, before any task
+        assert registry is not None
+        prepared = _Prepared.of(registry, registry.resolve(model_ref), options)
     with dask.cluster(engine) as cluster:
-        rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, reference, current, options)
+        if prepared is None:
+            assert reference is not None
+            both = (reference, current)
+            rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, *both, options)
+            sizes = (reference.rows, current.rows)
+            out = _report(*summarize(rows, ref_columns, cur_columns, sizes, options), [], None, [])
+            _upstream_prediction_drift(
+                out,
+                options,
+                ref_columns,
+                cur_columns,
+                lambda col: partitioned.prediction_row(cluster, *both, col, options),
+            )
+        else:
+            out = prepared.report_on_cluster(cluster, current, reference)
         described = cluster.describe()
-    out = _report(*summarize(rows, ref_columns, cur_columns, (reference.rows, current.rows), options), [], None, [])
     out.results["engine"] = described
-    out.inputs = [{**d.result(), "rows": side.rows} for d, side in zip(digests, (reference, current), strict=True)]
+    sides = [s for s in (reference, current) if s is not None]
+    out.inputs = [{**d.result(), "rows": side.rows} for d, side in zip(digests, sides, strict=True)]
     return out
 
 
@@ -209,15 +250,9 @@ def drift_for_model(
 
     `answered`: the rows of `current` this version answered, when others answered the rest (a prediction log
     across a hot switch or a challenger split); prediction drift and performance are about those rows only."""
-    options = options or DriftOptions()
-    loaded = LoadedModel.load(registry, version, options.load)
-    sample = io.read_table(version.file("sample.parquet"))
-    features = loaded.spec.feature_names
-    target = options.target or version.manifest.get("target")
-    if options.features is None:
-        options = DriftOptions(**{**options.__dict__, "features": features})
-    importance = model.feature_importance(registry, loaded, sample)
-    rows, summary = compare(reference if reference is not None else sample, current, options, importance)
+    prepared = _Prepared.of(registry, version, options or DriftOptions())
+    loaded, sample, options, target = prepared.loaded, prepared.sample, prepared.options, prepared.target
+    rows, summary = compare(reference if reference is not None else sample, current, options, prepared.importance)
     messages = []
     own = current if answered is None else answered
     if own.empty:
@@ -229,6 +264,141 @@ def drift_for_model(
         summary["performance"], why = model.performance(loaded, own, target)
         messages += [why] if why else []
     return _report(rows, summary, [], loaded.summary(), messages)
+
+
+@dataclass
+class _Prepared:
+    """What a report with --model needs before any data: the loaded version, its stored reference sample, the
+    options (the features: the model's, unless --features), the target and the feature importance. Both engines
+    start here."""
+
+    registry: Registry
+    loaded: LoadedModel
+    sample: pd.DataFrame
+    options: DriftOptions
+    target: str | None
+    importance: dict[str, float]
+
+    @classmethod
+    def of(cls, registry: Registry, version: Version, options: DriftOptions) -> _Prepared:
+        loaded = LoadedModel.load(registry, version, options.load)
+        sample = io.read_table(version.file(SAMPLE))
+        target = options.target or version.manifest.get("target")
+        if options.features is None:
+            options = DriftOptions(**{**options.__dict__, "features": loaded.spec.feature_names})
+        importance = model.feature_importance(registry, loaded, sample)
+        return cls(registry, loaded, sample, options, target, importance)
+
+    def report_on_cluster(
+        self, cluster: Cluster, current: partitioned.Side, reference: partitioned.Side | None
+    ) -> Report:
+        """drift_for_model on the cluster: CURRENT (and REFERENCE) read there, the stored sample the reference
+        when REFERENCE is not given, the model's answers computed there."""
+        from mlops_cli.drift import partitioned
+
+        version = self.loaded.version
+        assert version is not None
+        # The stored sample, verified and read on a worker, held there: the workers may not trust their registry.
+        sample = partitioned.held_file(cluster, version.file(SAMPLE), version.manifest["files"][SAMPLE]["sha256"])
+        try:
+            ref = reference if reference is not None else sample
+            rows, ref_columns, cur_columns = partitioned.compare_on_cluster(cluster, ref, current, self.options)
+            sizes = (ref.rows, current.rows)
+            rows, summary = summarize(rows, ref_columns, cur_columns, sizes, self.options, self.importance)
+            summary["prediction_drift"], summary["performance"], messages = self._answers(
+                cluster, current, reference, sample
+            )
+        finally:
+            sample.release()
+        return _report(rows, summary, [], self.loaded.summary(), messages)
+
+    def _answers(
+        self,
+        cluster: Cluster,
+        current: partitioned.Side,
+        reference: partitioned.Side | None,
+        held_sample: partitioned.Side,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
+        """(prediction drift, performance, messages): model.prediction_drift and model.performance, with the
+        model scoring CURRENT on the workers through score-batch's worker path, once for both."""
+        from mlops_cli import scoring
+        from mlops_cli.drift import partitioned
+        from mlops_cli.runtime import labelled as labelled_lib
+
+        loaded, options, sample = self.loaded, self.options, self.sample
+        version = loaded.version
+        assert version is not None
+        columns = current.schema.names
+        messages: list[str] = []
+        prediction = None
+        column = None  # the model's output column whose drift needs CURRENT scored
+        missing = [f for f in loaded.spec.feature_names if f not in columns]
+        col = options.prediction_column
+        if col is not None and col in columns:  # predictions made upstream: compare them, no re-scoring
+            if reference is not None and col in reference.schema.names:
+                prediction = partitioned.prediction_row(cluster, reference, current, col, options)
+            else:
+                upstream = (col, lambda: partitioned.holds_labels(cluster, current, col))
+                stored = model.stored_prediction_column(version, sample, upstream)
+                if stored not in sample.columns:
+                    messages.append(model.no_stored_column(stored))
+                else:
+                    prediction = self._against(cluster, held_sample, stored, current, col)
+        elif missing:
+            messages.append(model.lacks_features(missing))
+        else:
+            column = model.stored_prediction_column(version, sample)
+            if column not in sample.columns:
+                messages.append(model.no_stored_column(column))
+                column = None
+        target = self.target if self.target in columns and not missing else None
+        if column is None and target is None:
+            return prediction, None, messages
+        keep = [target] if target is not None else []
+        job = scoring.worker_job(
+            self.registry,
+            loaded,
+            current.path,
+            scoring.ScoreOptions(keep_columns=keep, on_invalid="null", load=options.load),
+        )
+        try:
+            answers = partitioned.score(cluster, job, current, column, target)
+        except InvalidData as exc:  # the model cannot score the data at all
+            messages += [
+                f"{what} skipped: {exc.message}"
+                for what, asked in (("prediction drift", column), ("performance", target))
+                if asked
+            ]
+            return prediction, None, messages
+        if column is not None:
+            assert answers.side is not None
+            try:
+                prediction = self._against(cluster, held_sample, column, answers.side, column)
+            finally:
+                answers.side.release()
+            why = model.unscored_message(answers.rejected, answers.reasons)
+            messages += [why] if why else []
+        performance = None
+        if target is not None:
+            label = target  # narrowed, for the lambda
+            y, scored = answers.labelled_answers(loaded, label)
+            performance, why = model.performance_of(
+                loaded, len(y), lambda: labelled_lib.scorer_of(loaded, y, scored, label, where=model.LABELLED)
+            )
+            messages += [why] if why else []
+        return prediction, performance, messages
+
+    def _against(
+        self, cluster: Cluster, sample: partitioned.Side, stored: str, current: partitioned.Side, name: str
+    ) -> dict[str, Any]:
+        """The drift of CURRENT's column `name` from the held sample's column `stored`."""
+        from mlops_cli.drift import partitioned
+
+        reference = partitioned.held_column(cluster, sample, stored, name)
+        try:
+            return partitioned.prediction_row(cluster, reference, current, name, self.options)
+        finally:
+            reference.release()
 
 
 def _report(
