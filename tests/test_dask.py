@@ -514,6 +514,22 @@ def test_drift_report_with_a_model_on_dask_equals_local(reg, cluster, tmp_path, 
         assert table[0] == table[1]
 
 
+def test_drift_report_when_the_model_refuses_every_row_skips_prediction_drift_on_both_engines(
+    reg, cluster, tmp_path, current_frame
+):
+    """Every row of CURRENT breaks `strict`'s contract (a missing value): no predictions to compare, so prediction
+    drift is skipped with the reason, on both engines alike (it was an internal error, exit 5)."""
+    frame = current_frame.head(3000).copy()
+    frame["temp"] = float("nan")
+    cur = _write_parts(frame, tmp_path / "all-bad.parquet", 6)
+    local = reg.json("drift-report", cur, "--model", "strict")
+    dask = reg.json("drift-report", cur, "--model", "strict", "--engine", "dask", "--scheduler", cluster)
+    dask["results"].pop("engine")
+    assert _walk(_without_times(local), _without_times(dask)) == []
+    assert local["results"]["summary"]["prediction_drift"] is None
+    assert any(m.startswith("prediction drift skipped: all 3,000 rows of CURRENT break") for m in dask["messages"])
+
+
 def _kill_when_busy(
     cluster: str, name: str, victim: subprocess.Popen, proc: subprocess.Popen, holding: str | None = None
 ) -> None:
@@ -544,12 +560,10 @@ def _kill_when_busy(
 
 
 @pytest.mark.parametrize("holding", ["_score", "_values"], ids=["scoring", "holding-predictions"])
-def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(
-    reg, cluster, tmp_path, scored_data, holding
-):
+def test_a_killed_worker_mid_drift_report_gives_the_same_report(reg, cluster, tmp_path, scored_data, holding):
     """kill -9 a worker while it scores a file for drift-report --model, or once it holds scored predictions:
-    Dask runs its tasks again (the scoring of the predictions it held included) and the report is the local one,
-    or the run fails with exit 3 and writes nothing. Never a hang, never a half-written -o file."""
+    Dask runs its tasks again on the others (the scoring of the predictions it held included; one lost worker is
+    within Dask's allowed failures) and the report is the local one, written whole. Never a hang."""
     _, cur = scored_data
     local = reg.json("drift-report", cur, "--model", "flights:1")
     out = tmp_path / "drift.json"
@@ -563,18 +577,12 @@ def test_a_killed_worker_mid_drift_report_gives_the_same_report_or_nothing(
             stdout, stderr = proc.communicate(timeout=300)
         finally:
             _stop([victim])
-    if proc.returncode == 0:
-        dask = json.loads(stdout)
-        assert dask["results"].pop("engine")["name"] == "dask"
-        assert _walk(_without_times(local), _without_times(dask)) == []
-        assert json.loads(out.read_text())["results"]["summary"] == dask["results"]["summary"]
-    else:
-        assert proc.returncode == 3, stderr
-        assert stdout == "" and not out.exists()
-        assert len(stderr.strip().splitlines()) == 1 and "Dask workers died" in stderr
-    assert [p.name for p in tmp_path.iterdir() if p.name != "w3.log"] == (
-        ["drift.json"] if proc.returncode == 0 else []
-    )
+    assert proc.returncode == 0, stderr
+    dask = json.loads(stdout)
+    assert dask["results"].pop("engine")["name"] == "dask"
+    assert _walk(_without_times(local), _without_times(dask)) == []
+    assert json.loads(out.read_text())["results"]["summary"] == dask["results"]["summary"]
+    assert [p.name for p in tmp_path.iterdir() if p.name != "w3.log"] == ["drift.json"]
     _wait_for_workers(cluster, 2)
 
 

@@ -128,10 +128,17 @@ HARNESS = textwrap.dedent("""
 """)
 
 
-def _interrupt_at(target: str, *args, signals=(signal.SIGTERM,)) -> subprocess.CompletedProcess:
+def _interrupt_at(target: str, *args, signals=(signal.SIGTERM,), ignored=()) -> subprocess.CompletedProcess:
+    """Run mlops, send `signals` once `target` has been called; `ignored` signals are ignored from the start (as
+    `nohup` leaves SIGHUP)."""
     argv = [sys.executable, "-c", HARNESS, target, *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ignore() -> None:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     lines = []
     while (line := proc.stderr.readline()) and line != "MARK\n":
         lines.append(line)
@@ -210,6 +217,16 @@ def test_sighup_stops_a_command_as_sigterm_does_with_exit_129(tmp_path):
     assert result.returncode == 129, result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: interrupted by SIGHUP")
     assert json.loads(result.stdout)["exit_code"] == 129
+
+
+@pytest.mark.slow
+def test_under_nohup_sighup_is_still_ignored(tmp_path):
+    """`nohup mlops …`: SIGHUP was ignored when the command started, so a closed terminal must not stop it."""
+    out = tmp_path / "report.json"
+    args = ("--registry", tmp_path / "registry", "models", "list", "--json", "-o", out)
+    result = _interrupt_at("mlops_cli.io.check_output", *args, signals=(signal.SIGHUP,), ignored=(signal.SIGHUP,))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["exit_code"] == 0 and json.loads(out.read_text())["exit_code"] == 0
 
 
 def test_a_model_that_writes_to_fd_1_cannot_corrupt_json_in_a_real_process(tmp_path, model_file):

@@ -470,7 +470,10 @@ def _interruptible(owns_process: bool = False) -> Callable[[], None]:
         return lambda: None  # handlers can only be set from the main thread (tests may run elsewhere)
     stop = _Stop()
     interrupts.install(stop.deliver)
-    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    # A signal ignored at start stays ignored: `nohup mlops …` must outlive the terminal (Python does the same
+    # for SIGINT).
+    wanted = [s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop.handle) for s in wanted}
 
     def restore() -> None:
         for signum, handler in previous.items():

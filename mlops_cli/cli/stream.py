@@ -101,6 +101,7 @@ def run(
     extra = pairs(kafka_option, "--kafka-option")
 
     from mlops_cli.errors import InputError
+    from mlops_cli.interrupts import hangup_rechecks
 
     try:
         import confluent_kafka  # noqa: F401
@@ -138,8 +139,6 @@ def run(
         kafka=extra,
         load=load_options(strict, runtime),
     )
-    stream = Stream(registry(), ref, options)
-    stream.load()
 
     def announce(stream: Any) -> None:
         if quiet:
@@ -153,7 +152,11 @@ def run(
             flush=True,
         )
 
-    counts = stream.run(announce)
+    stream = Stream(registry(), ref, options)
+    # From the start, not only once consuming: a SIGHUP while loading or connecting re-checks too, never stops.
+    with hangup_rechecks(stream.recheck):
+        stream.load()
+        counts = stream.run(announce)
     champion = stream.champion.current
     assert champion is not None
     results = {

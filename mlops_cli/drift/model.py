@@ -146,6 +146,8 @@ def prediction_drift(
         scored = model.score(current)
     except InvalidData as exc:
         return None, f"prediction drift skipped: {exc.message}"
+    if len(current) and scored.invalid.all():
+        return None, none_scored(len(current), scored.rejected())
     row = prediction_row(column, sample[column], scored.frame(current.index)[column], options)
     return row, unscored_message(int(scored.invalid.sum()), scored.rejected())
 
@@ -156,6 +158,12 @@ def no_stored_column(column: str) -> str:
 
 def lacks_features(missing: list[str]) -> str:
     return f"prediction drift and performance skipped: CURRENT lacks the model's features {missing}"
+
+
+def none_scored(rows: int, reasons: dict[str, int]) -> str:
+    """The message when no row of CURRENT could be scored: there are no predictions to compare."""
+    listed = ", ".join(f"{label} ({n:,})" for label, n in sorted(reasons.items()))
+    return f"prediction drift skipped: all {rows:,} rows of CURRENT break the input contract: {listed}"
 
 
 def unscored_message(rows: int, reasons: dict[str, int]) -> str | None:

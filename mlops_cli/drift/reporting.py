@@ -370,7 +370,11 @@ class _Prepared:
                 if asked
             ]
             return prediction, None, messages
-        if column is not None:
+        if column is not None and current.rows and answers.rejected >= current.rows:
+            assert answers.side is not None
+            answers.side.release()
+            messages.append(model.none_scored(current.rows, answers.reasons))
+        elif column is not None:
             assert answers.side is not None
             try:
                 prediction = self._against(cluster, held_sample, column, answers.side, column)

@@ -182,6 +182,13 @@ class Codec:
         ]
         return Outgoing(self.dead_letter_topic, message.key, message.value or b"", headers, dead=True)
 
+    def instead(self, message: Incoming, item: Outgoing, error: str) -> Outgoing | None:
+        """What to send in place of `item`, which the broker refused for itself: for an answer, a dead letter
+        saying so; for a dead letter, its cut; None when nothing smaller can be sent."""
+        if not item.dead:
+            return self._dead(message, f"the broker refused the answer: {error}")
+        return self.cut(item)
+
     def cut(self, item: Outgoing) -> Outgoing | None:
         """A dead letter the broker refused (too large), cut to its first TRUNCATED_BYTES with the original length
         in a header; None when cutting cannot help (an answer, or a value already that short)."""

@@ -30,8 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops_cli.errors import InputError, Interrupted, Unreachable
-from mlops_cli.interrupts import commit_window, hangup_rechecks
+from mlops_cli.errors import InputError, Interrupted, MlopsError, Unreachable
+from mlops_cli.interrupts import commit_window
 from mlops_cli.stream.messages import Codec, Incoming, Outgoing
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ PER_MESSAGE_ERRORS = (
     "MSG_SIZE_TOO_LARGE",
     "RECORD_LIST_TOO_LARGE",
     "INVALID_RECORD",
-    "INVALID_MSG",
     "INVALID_MSG_SIZE",
 )
 
@@ -171,9 +170,12 @@ class Stream:
             metrics.ready.set(1)
             if announce is not None:
                 announce(self)
-            with hangup_rechecks(self.recheck):
-                self._loop()
+            self._loop()
         except Interrupted as stop:
+            if isinstance(stop.__context__, MlopsError):
+                # The signal waited for a batch that then failed (the broker lost): that failure is the outcome,
+                # not a clean stop, and the batch is not committed.
+                raise stop.__context__ from None
             self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed
         finally:
             self._ready = False
@@ -342,22 +344,34 @@ class Stream:
         """Every answer acknowledged by the broker, or Unreachable (and nothing of the batch committed).
 
         A message refused for itself (too large for the broker's or the producer's `message.max.bytes`, invalid)
-        must not block its partition: a restart would meet it again, for ever. A dead letter is sent again cut
-        (`Codec.cut`); what still cannot be produced is said on stderr and returned (positions in `out`), and the
-        batch is committed past it."""
-        refused = self._send(dict(enumerate(out)))
-        if not refused:
-            return set()
-        cut = {i: item for i in refused if (item := self.codec.cut(out[i])) is not None}
-        refused_cut = self._send(cut) if cut else {}
-        lost = (refused.keys() - cut.keys()) | refused_cut.keys()
+        must not block its partition: a restart would meet it again, for ever. A broker refuses a whole record
+        batch for one message, so what was refused is sent again one message at a time to know which. A refused
+        answer is replaced in `out` by a dead letter saying so, a refused dead letter by its cut (`Codec.instead`);
+        what still cannot be produced is said on stderr and returned (positions in `out`), and the batch is
+        committed past it."""
+        refused = self._alone(out, self._send(dict(enumerate(out))))
+        lost: set[int] = set()
+        for _ in range(2):  # a refused answer becomes a dead letter; a refused dead letter, its cut
+            instead: dict[int, Outgoing] = {}
+            for i, error in refused.items():
+                item = self.codec.instead(incoming[i], out[i], error.str())
+                if item is None:
+                    lost.add(i)
+                else:
+                    instead[i] = out[i] = item
+            refused = self._alone(out, self._send(instead)) if instead else {}
+        lost |= refused.keys()
         for i in sorted(lost):
-            message, error = incoming[i], refused_cut[i] if i in refused_cut else refused[i]
+            message = incoming[i]
             self._say(
                 f"{message.topic}/{message.partition}/{message.offset}: the broker refused its "
-                f"{'dead letter' if out[i].dead else 'answer'} ({error.str()}); committed without one"
+                f"{'dead letter' if out[i].dead else 'answer'}; committed without one"
             )
         return lost
+
+    def _alone(self, out: list[Outgoing], refused: dict[int, Any]) -> dict[int, Any]:
+        """Of the refused messages, those refused again when sent one at a time."""
+        return {i: error for i in sorted(refused) if (error := self._send({i: out[i]}).get(i)) is not None}
 
     def _send(self, items: dict[int, Outgoing]) -> dict[int, Any]:
         """Produce and flush `items`; returns the ones refused for themselves, with the error. Anything else the
