@@ -384,3 +384,38 @@ def test_serve_refuses_what_it_cannot_start(registry, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         done = run_mlops("serve", "flights:1", "--port", busy.getsockname()[1], registry=registry)
     assert done.returncode == 3 and "cannot listen" in done.stderr
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_scores_observed_in_bulk_export_what_observing_one_by_one_exports(with_nan):
+    """The score histogram is fed a batch at a time (`observe_all`): the same series as prometheus_client's own
+    `observe` per value, values on a bucket's bound included."""
+    import math
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from mlops_cli.online.metrics import SCORE_BUCKETS, observe_all
+
+    values = np.concatenate([np.random.default_rng(5).random(2_000), SCORE_BUCKETS, [0.0, 1.0, 0.95, 0.05]])
+    if with_nan:
+        values[[3, 17]] = np.nan
+    series = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        child = Histogram("s", "s", ["v"], buckets=SCORE_BUCKETS, registry=registry).labels("1")
+        if bulk:
+            observe_all(child, values[:1000])
+            observe_all(child, values[1000:])
+            observe_all(child, values[:0])
+        else:
+            for value in values.tolist():
+                child.observe(value)
+        series.append({(s.name, s.labels.get("le")): s.value for m in registry.collect() for s in m.samples
+                       if not s.name.endswith("_created")})  # fmt: skip
+    one_by_one, bulk = series
+    assert one_by_one.keys() == bulk.keys() and len(one_by_one) == len(SCORE_BUCKETS) + 3  # +Inf, count, sum
+    for key, value in one_by_one.items():
+        if key[0] == "s_sum":
+            assert math.isnan(bulk[key]) if with_nan else bulk[key] == pytest.approx(value, rel=1e-12)
+        else:
+            assert bulk[key] == value, key
