@@ -116,7 +116,6 @@ class Stream:
         self._commit_stuck = False  # a commit thread still waits on the coordinator: the consumer is not closed
         self._undelivered: list[tuple[Any, Any]] = []  # delivery reports of failed messages, during a flush
         self._in_flight: _Commit | None = None  # the last batch's offset commit, while the loop goes on
-        self._failing_since: float | None = None  # when the first commit since the last one taken was sent
         self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
         self._joined = False
         self._ready = False
@@ -449,14 +448,12 @@ class Stream:
             last[(message.topic, message.partition)] = message.offset
         self._settle_commit(wait=True)
         self._in_flight = _Commit(self._consumer, last)
-        if self._failing_since is None:
-            self._failing_since = self._in_flight.sent
 
     def _settle_commit(self, *, wait: bool) -> None:
         """Book the commit in flight once it is answered: waited for (`wait`) until --timeout-s after it was sent,
         or only looked at. Past that deadline, Unreachable: confluent-kafka's `commit` takes no timeout (nor does
         librdkafka's), so a silent coordinator would hold the thread for ever; nothing more is committed."""
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         commit = self._in_flight
         if commit is None:
@@ -473,9 +470,8 @@ class Stream:
         if isinstance(commit.error, KafkaException):
             # A rebalance gave a partition to another member (its new owner answers these messages again), or the
             # coordinator is moving (the next batch's commit carries higher offsets): a duplicate, not a loss. But
-            # no commit taken for --timeout-s (each one refused, librdkafka's own timeout) is a lost coordinator.
-            assert self._failing_since is not None
-            if time.monotonic() - self._failing_since >= self.options.timeout_s:
+            # librdkafka giving up on the coordinator's answer is what --timeout-s would have said, sooner or later.
+            if commit.error.args[0].code() == KafkaError._TIMED_OUT:
                 raise self._not_committed() from None
             self.counts.commits_failed += 1
             metrics.commits.labels("failed").inc()
@@ -484,7 +480,6 @@ class Stream:
         if commit.error is not None:
             raise commit.error
         metrics.commits.labels("ok").inc()
-        self._failing_since = None
         for key, offset in commit.last.items():
             if key in self._positions:  # still assigned
                 self._positions[key] = offset + 1
