@@ -257,13 +257,13 @@ def observe_all(histogram: Any, values: np.ndarray) -> None:
     """`histogram.observe(v)` for every v of `values`, in one call per bucket: per value, observing cost a stream
     5% of its throughput (and a server as much per large request). prometheus_client has no bulk observe, so this
     adds to its Histogram child's own per-bucket counts (`_upper_bounds`, `_buckets`: not cumulative, the first
-    bound at or above the value, none for NaN) and `_sum`, as its `observe` does; `test_metrics` checks the two
-    export the same series."""
+    bound at or above the value, none for NaN) and `_sum`, as its `observe` does; tests/test_serve.py checks the
+    two export the same series."""
     import numpy as np
 
     if not len(values):
         return
-    histogram._sum.inc(float(values.sum()))
+    histogram._sum.inc(float(values.sum(dtype=np.float64)))
     slots = np.searchsorted(np.asarray(histogram._upper_bounds), values, side="left")  # NaN: past the last slot
     counts = np.bincount(slots, minlength=len(histogram._upper_bounds) + 1)
     for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):

@@ -3,22 +3,18 @@
 Delivery is at least once. One batch at a time, in the main thread: consume up to `max_batch_rows` messages, score
 them through the one runtime (champion and challenger, as `mlops serve` routes them), produce one output or
 dead-letter message per input message, flush the producer and check every delivery report, and only then commit the
-batch's offsets. The commit is synchronous, in a thread, while the loop consumes and scores the next batch (the
-commit's round trip was 4% of the throughput); it is settled (waited for, at most --timeout-s after it was sent: a
-silent coordinator is Unreachable, exit 3) before the next commit, before a rebalance and before the exit. A
+batch's offsets, synchronously (waited for at most --timeout-s: a silent coordinator is Unreachable, exit 3). A
 crash or kill -9 at any point loses nothing: what was not committed is consumed again after a restart, and answered
 again (a duplicate, never a gap). Downstream jobs deduplicate on the input topic, partition and offset that every
 answer carries. A message whose answer the broker refuses for itself (too large) never blocks its partition: its
 dead letter is sent again cut, or, if even that is refused, it is counted as unproducible and committed past.
 
-Rebalances: librdkafka calls the assignment callbacks only inside `consume`; every batch consumed before that call
-has been delivered by then, and the revoke callback waits for its commit, so a revoked partition has nothing done
-and uncommitted. A commit refused because
+Rebalances: librdkafka calls the assignment callbacks only inside `consume`, and every batch consumed before that
+call has been committed by then, so a revoked partition has nothing done and uncommitted. A commit refused because
 a rebalance took the partition away leaves its messages to the new owner (answered twice, not lost).
 
 Signals are the CLI's (`mlops_cli/cli/_common.py`): SIGTERM or SIGINT raise `Interrupted` in the main
-thread, but never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed (the
-commit answered), and the
+thread, but never inside a batch's produce-flush-commit (a commit window): the batch finishes, is committed, and the
 stream then leaves the group (`close`) and returns its counts; the CLI exits 0. The alias is followed as `mlops serve`
 follows it (`mlops_cli.online.following`): a thread re-reads it (every --poll-s, and at once on SIGHUP), and a new
 version is loaded, verified and warmed up there, then swapped in between two batches.
@@ -115,7 +111,7 @@ class Stream:
         self._lag_at = 0.0
         self._commit_stuck = False  # a commit thread still waits on the coordinator: the consumer is not closed
         self._undelivered: list[tuple[Any, Any]] = []  # delivery reports of failed messages, during a flush
-        self._in_flight: _Commit | None = None  # the last batch's offset commit, while the loop goes on
+        self._refreeze = False  # a new model version came in: the collector's frozen heap is out of date
         self._idle_since = 0.0  # the last message, or the last assignment (a group join is not idleness)
         self._joined = False
         self._ready = False
@@ -143,10 +139,7 @@ class Stream:
         threads.pin_single()
         if self.challenger is not None:
             check_pair(self.champion, self.challenger)
-        # The loaded models and libraries are the heap for good: out of the collector's sight, a full collection
-        # no longer walks them (one took 90 ms, 4% of a 50,000-message run). As `mlops serve` does before forking.
-        gc.collect()
-        gc.freeze()
+        self._freeze()
 
     def run(self, announce: Any = None) -> Counts:
         """Consume until --max-messages, --idle-exit-s or a signal; returns the counts (`stopped_by` says why)."""
@@ -181,16 +174,12 @@ class Stream:
             if announce is not None:
                 announce(self)
             self._loop()
-            with commit_window():
-                self._settle_commit(wait=True)
         except Interrupted as stop:
             if isinstance(stop.__context__, MlopsError):
                 # The signal waited for a batch that then failed (the broker lost): that failure is the outcome,
                 # not a clean stop, and the batch is not committed.
                 raise stop.__context__ from None
-            self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed...
-            with commit_window():
-                self._settle_commit(wait=True)  # ...once the last commit is answered
+            self.stopped_by = stop.signal_name  # between batches: everything answered so far is committed
         finally:
             self._ready = False
             metrics.ready.set(0)
@@ -298,7 +287,9 @@ class Stream:
                     self.stopped_by = "max-messages"
                     return
             batch = self._consume(n, wait_s)
-            self._settle_commit(wait=False)  # answered while consuming (booked), or late (Unreachable)
+            if self._refreeze:  # between two batches, once per switch
+                self._refreeze = False
+                self._freeze()
             now = time.monotonic()
             if batch:
                 self._idle_since = now
@@ -417,17 +408,7 @@ class Stream:
                     break
         left = producer.flush(self.options.timeout_s)
         if self._undelivered:
-            # A report names no index: the message is found by its content (identical messages, refused alike,
-            # each take one report).
-            where: dict[tuple[str, bytes | None, bytes], list[int]] = {}
-            for i, item in items.items():
-                where.setdefault((item.topic, item.key, item.value), []).append(i)
-            for error, message in self._undelivered:
-                at = where.get((message.topic(), message.key(), message.value()))
-                if error.code() in per_message and at:
-                    refused[at.pop(0)] = error
-                else:
-                    failed.append(error)
+            refused.update(self._which(items, per_message, failed))
         if left or failed:
             why = failed[0].str() if failed else f"{left} messages not acknowledged in {self.options.timeout_s:g} s"
             raise Unreachable(
@@ -440,56 +421,72 @@ class Stream:
         if error is not None:
             self._undelivered.append((error, message))
 
+    def _which(self, items: dict[int, Outgoing], per_message: set[int], failed: list[Any]) -> dict[int, Any]:
+        """The items the failed delivery reports are about (a report names no index: found by content). Other
+        failures go to `failed`. Where identical messages are not all refused, it cannot say which were: all of
+        them are taken as refused, and `_alone` sends each again by itself to find out."""
+        where: dict[tuple[str, bytes | None, bytes], list[int]] = {}
+        for i, item in items.items():
+            where.setdefault((item.topic, item.key, item.value), []).append(i)
+        refused: dict[int, Any] = {}
+        for error, message in self._undelivered:
+            at = where.get((message.topic(), message.key(), message.value()))
+            if error.code() in per_message and at:
+                refused.update(dict.fromkeys(at, error))
+            else:
+                failed.append(error)
+        return refused
+
     def _commit(self, incoming: list[Incoming]) -> None:
-        """Send the batch's offsets (its answers are delivered): a synchronous commit in a thread of its own, while
-        the loop goes on to the next batch; the commit before it is settled first, so at most one is in flight."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        metrics = self._metrics
+        assert metrics is not None
         last: dict[tuple[str, int], int] = {}
         for message in incoming:
             last[(message.topic, message.partition)] = message.offset
-        self._settle_commit(wait=True)
-        self._in_flight = _Commit(self._consumer, last)
-
-    def _settle_commit(self, *, wait: bool) -> None:
-        """Book the commit in flight once it is answered: waited for (`wait`) until --timeout-s after it was sent,
-        or only looked at. Past that deadline, Unreachable: confluent-kafka's `commit` takes no timeout (nor does
-        librdkafka's), so a silent coordinator would hold the thread for ever; nothing more is committed."""
-        from confluent_kafka import KafkaError, KafkaException
-
-        commit = self._in_flight
-        if commit is None:
-            return
-        left = commit.sent + self.options.timeout_s - time.monotonic()
-        if not commit.done.wait(max(0.0, left) if wait else 0.0):
-            if left > 0:
-                return  # not answered yet, not late yet
-            self._commit_stuck = True
-            raise self._not_committed()
-        self._in_flight = None
-        metrics = self._metrics
-        assert metrics is not None
-        if isinstance(commit.error, KafkaException):
+        offsets = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+        try:
+            self._commit_within(offsets)
+        except KafkaException as exc:
             # A rebalance gave a partition to another member (its new owner answers these messages again), or the
-            # coordinator is moving (the next batch's commit carries higher offsets): a duplicate, not a loss. But
-            # librdkafka giving up on the coordinator's answer is what --timeout-s would have said, sooner or later.
-            if commit.error.args[0].code() == KafkaError._TIMED_OUT:
-                raise self._not_committed() from None
+            # coordinator is moving (the next batch's commit carries higher offsets): a duplicate, not a loss.
             self.counts.commits_failed += 1
             metrics.commits.labels("failed").inc()
-            self._say(f"commit failed, these messages will be answered again: {commit.error.args[0].str()}")
+            self._say(f"commit failed, these messages will be answered again: {exc.args[0].str()}")
             return
-        if commit.error is not None:
-            raise commit.error
         metrics.commits.labels("ok").inc()
-        for key, offset in commit.last.items():
+        for key, offset in last.items():
             if key in self._positions:  # still assigned
                 self._positions[key] = offset + 1
 
-    def _not_committed(self) -> Unreachable:
-        return Unreachable(
-            f"the group coordinator did not answer the offset commit within {self.options.timeout_s:g} s; "
-            "this batch's offsets may not be committed",
-            "check the broker; a restart answers the uncommitted messages again",
-        )
+    def _commit_within(self, offsets: list[Any]) -> None:
+        """A synchronous commit, waited for at most --timeout-s. confluent-kafka's `commit` takes no timeout (nor
+        does librdkafka's): it waits for the coordinator's answer, for ever if none comes. So it runs in a thread;
+        past the deadline, Unreachable (the thread is left waiting; nothing more is committed)."""
+        outcome: list[BaseException | None] = []
+        done = threading.Event()
+
+        def commit() -> None:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which raises it)
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=commit, name="mlops-commit", daemon=True).start()
+        if not done.wait(self.options.timeout_s):
+            self._commit_stuck = True
+            raise Unreachable(
+                f"the group coordinator did not answer the offset commit within {self.options.timeout_s:g} s; "
+                "this batch's offsets may not be committed",
+                "check the broker; a restart answers the uncommitted messages again",
+            )
+        error = outcome[0]
+        if error is not None:
+            raise error
 
     def _submit(self, answered: Any, first: Incoming, started: float) -> None:
         from mlops_cli.online.predlog import Entry
@@ -520,9 +517,7 @@ class Stream:
         metrics.assigned.set(len(self._positions))
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
-        # This runs inside `consume`: every batch consumed before it is delivered, and its commit was sent. That
-        # commit is waited for here, before the partitions go: their new owner starts after it.
-        self._settle_commit(wait=True)
+        # Nothing to commit here: this runs inside `consume`, and every batch consumed before it was committed.
         metrics = self._metrics
         assert metrics is not None
         for tp in partitions:
@@ -576,6 +571,7 @@ class Stream:
                 {"role": followed.role, "from": old.version if old else None, "to": new.version, "at": time.time()}
             )
             self._say(f"{followed.role} {followed.ref}: now version {new.version}")
+            self._refreeze = True
         if error is not None:
             self._say(f"{followed.role} {followed.ref}: switch failed, still scoring with the old version: {error}")
 
@@ -617,27 +613,14 @@ class Stream:
         self._say("kafka: the broker answers again")
 
     @staticmethod
+    def _freeze() -> None:
+        """The loaded models and libraries are the heap for good: out of the collector's sight, a full collection
+        no longer walks them (one took 90 ms, 4% of a 50,000-message run). Again after a switch: the old version's
+        cycles are collected, the new one frozen. As `mlops serve` does before forking."""
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+    @staticmethod
     def _say(line: str) -> None:
         print(f"mlops stream: {line}", file=sys.stderr, flush=True)
-
-
-class _Commit:
-    """One batch's synchronous offset commit, run in a daemon thread (a stuck one must not hold the exit)."""
-
-    def __init__(self, consumer: Any, last: dict[tuple[str, int], int]) -> None:
-        from confluent_kafka import TopicPartition
-
-        self.last = last
-        self.sent = time.monotonic()
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        offsets = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
-        threading.Thread(target=self._run, args=(consumer, offsets), name="mlops-commit", daemon=True).start()
-
-    def _run(self, consumer: Any, offsets: list[Any]) -> None:
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which books or raises it)
-            self.error = exc
-        finally:
-            self.done.set()
